@@ -1,0 +1,139 @@
+//! Every configuration key, its default and its one-line meaning.
+//!
+//! This table is the single source for the TOML file we ship, the
+//! environment variable names (`RAINFOREST_<KEY>`), `rainforest config` and
+//! the README's table; a test checks the shipped file against it.
+
+/// One configuration key.
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    /// Name in the TOML file; the env var is `RAINFOREST_` + upper case.
+    pub name: &'static str,
+    /// Default as text (empty: unset).
+    pub default: &'static str,
+    /// One line for the TOML file and README.
+    pub help: &'static str,
+    /// Printed redacted by `rainforest config`.
+    pub secret: bool,
+}
+
+const fn key(name: &'static str, default: &'static str, help: &'static str) -> Key {
+    Key {
+        name,
+        default,
+        help,
+        secret: false,
+    }
+}
+
+/// All keys, in the order they are printed.
+pub const KEYS: &[Key] = &[
+    key(
+        "redis_url",
+        "",
+        "Redis holding users and statistics, e.g. redis://127.0.0.1:6379/0 (empty: use users_file)",
+    ),
+    key(
+        "users_file",
+        "",
+        "JSON-lines users file, the embedded registry used when redis_url is empty",
+    ),
+    key(
+        "data_dir",
+        "./data/logs",
+        "Spool directory for hour-bucketed JSON-lines files (containers use /data/logs)",
+    ),
+    key(
+        "log_dir",
+        "",
+        "When set, each service also logs to <log_dir>/<service>/<service>.log, rotated daily",
+    ),
+    key(
+        "relay_url",
+        "https://rainforestcloud.com:9445/cgi-bin/post_manager",
+        "The EAGLE cloud relay's post_manager URL",
+    ),
+    key(
+        "relay_insecure_tls",
+        "false",
+        "Skip TLS certificate checks on the relay (dangerous; logged as a warning)",
+    ),
+    key("poll_interval", "6s", "How often each meter is read"),
+    key(
+        "request_timeout",
+        "5s",
+        "Timeout for one EAGLE request (connect + answer)",
+    ),
+    key(
+        "user_reload_interval",
+        "60s",
+        "How often the user list is reloaded from Redis or the users file",
+    ),
+    key(
+        "max_concurrent_requests",
+        "4096",
+        "Global cap on EAGLE requests in flight",
+    ),
+    key(
+        "max_requests_per_second",
+        "20000",
+        "Global cap on EAGLE requests started per second",
+    ),
+    key(
+        "file_prefix",
+        "iseif-rainforest",
+        "Prefix of spool and archive file names",
+    ),
+    key(
+        "open_files",
+        "1024",
+        "Most spool files kept open at once (least recently used are closed)",
+    ),
+    key(
+        "s3_bucket",
+        "",
+        "S3 bucket of the archive (empty: no S3 archive)",
+    ),
+    key("s3_prefix", "rainforest-logs", "Key prefix inside the bucket"),
+    key(
+        "s3_endpoint",
+        "",
+        "S3-compatible endpoint URL (MinIO, Garage, Ceph); empty means AWS",
+    ),
+    key("listen", "0.0.0.0:8000", "Address the HTTP server listens on"),
+    Key {
+        name: "api_token",
+        default: "",
+        help: "Bootstrap admin token for the HTTP API",
+        secret: true,
+    },
+];
+
+/// Looks a key up by name.
+pub fn find(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+/// The environment variable for a key.
+pub fn env_name(key: &str) -> String {
+    format!("RAINFOREST_{}", key.to_ascii_uppercase())
+}
+
+/// Renders the TOML file we ship: every key, its default and its comment.
+pub fn default_toml() -> String {
+    let mut out = String::from(
+        "# rainforest configuration. Every key, with its default.\n\
+         # Precedence: built-in defaults < this file < RAINFOREST_* environment variables < flags.\n\
+         # Durations accept 6s, 500ms, 2m. Empty strings mean unset.\n\n",
+    );
+    for k in KEYS {
+        out.push_str(&format!("# {} (env {})\n", k.help, env_name(k.name)));
+        let value = match k.default {
+            "true" | "false" => k.default.to_string(),
+            d if !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()) => d.to_string(),
+            d => format!("{d:?}"),
+        };
+        out.push_str(&format!("{} = {value}\n\n", k.name));
+    }
+    out
+}

@@ -1,0 +1,496 @@
+//! The checked, typed configuration, built once at start-up.
+//!
+//! Layers, lowest first: built-in defaults, a TOML file, `RAINFOREST_*`
+//! environment variables, command-line flags. Every value remembers where it
+//! came from so that a bad one is reported as "key X from Y". All problems
+//! are collected before failing, so an operator fixes them in one go. Nothing
+//! outside this module reads the environment for settings.
+
+pub mod keys;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use url::Url;
+
+use crate::secret::{REDACTED, Secret};
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The built-in default.
+    Default,
+    /// A TOML file.
+    File(PathBuf),
+    /// An environment variable.
+    Env(String),
+    /// A command-line flag.
+    Flag(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => write!(f, "default"),
+            Origin::File(p) => write!(f, "file {}", p.display()),
+            Origin::Env(v) => write!(f, "environment variable {v}"),
+            Origin::Flag(v) => write!(f, "flag {v}"),
+        }
+    }
+}
+
+/// Everything wrong with the configuration, one problem per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .problems.join("\n  "))]
+pub struct ConfigError {
+    /// Each problem names the key and where its value came from.
+    pub problems: Vec<String>,
+}
+
+/// The raw layers before typing: key -> (text, origin).
+#[derive(Debug, Clone, Default)]
+pub struct Layers {
+    values: BTreeMap<&'static str, (String, Origin)>,
+    problems: Vec<String>,
+}
+
+impl Layers {
+    /// Starts from the built-in defaults.
+    pub fn defaults() -> Self {
+        let mut l = Layers::default();
+        for k in keys::KEYS {
+            l.values.insert(k.name, (k.default.to_string(), Origin::Default));
+        }
+        l
+    }
+
+    fn set(&mut self, name: &str, value: String, origin: Origin) {
+        match keys::find(name) {
+            Some(k) => {
+                self.values.insert(k.name, (value, origin));
+            }
+            None => self
+                .problems
+                .push(format!("unknown key `{name}` (from {origin}); `rainforest config` lists the valid keys")),
+        }
+    }
+
+    /// Overlays a TOML document read from `path`.
+    pub fn file(mut self, path: &Path, text: &str) -> Self {
+        let origin = Origin::File(path.to_path_buf());
+        let table: toml::Table = match text.parse() {
+            Ok(t) => t,
+            Err(e) => {
+                self.problems
+                    .push(format!("cannot parse {}: {e}", path.display()));
+                return self;
+            }
+        };
+        for (name, value) in table {
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                other => {
+                    self.problems.push(format!(
+                        "key `{name}` (from {origin}) must be a string, number or boolean, got {}",
+                        other.type_str()
+                    ));
+                    continue;
+                }
+            };
+            self.set(&name, text, origin.clone());
+        }
+        self
+    }
+
+    /// Overlays `RAINFOREST_*` variables from an environment snapshot.
+    pub fn env<I: IntoIterator<Item = (String, String)>>(mut self, vars: I) -> Self {
+        for (var, value) in vars {
+            let Some(rest) = var.strip_prefix("RAINFOREST_") else {
+                continue;
+            };
+            // Read by clap itself, not a configuration key.
+            if rest == "CONFIG" {
+                continue;
+            }
+            self.set(&rest.to_ascii_lowercase(), value, Origin::Env(var.clone()));
+        }
+        self
+    }
+
+    /// Overlays one command-line flag.
+    pub fn flag(mut self, name: &str, value: impl Into<String>, flag: &str) -> Self {
+        self.set(name, value.into(), Origin::Flag(flag.to_string()));
+        self
+    }
+
+    /// Overlays `--set key=value` pairs.
+    pub fn sets(mut self, pairs: &[String]) -> Self {
+        for pair in pairs {
+            match pair.split_once('=') {
+                Some((k, v)) => self.set(k.trim(), v.to_string(), Origin::Flag(format!("--set {k}"))),
+                None => self
+                    .problems
+                    .push(format!("--set {pair:?} must look like key=value")),
+            }
+        }
+        self
+    }
+
+    /// Types and checks every value; all problems are reported together.
+    pub fn build(self) -> Result<Config, ConfigError> {
+        let mut problems = self.problems.clone();
+        let mut p = Parser {
+            layers: &self,
+            problems: &mut problems,
+        };
+        let cfg = Config {
+            redis_url: p.opt_url("redis_url", &["redis", "rediss", "redis+unix", "unix"]),
+            users_file: p.opt_path("users_file"),
+            data_dir: p.path("data_dir"),
+            log_dir: p.opt_path("log_dir"),
+            relay_url: p.url("relay_url", &["http", "https"]),
+            relay_insecure_tls: p.bool("relay_insecure_tls"),
+            poll_interval: p.duration("poll_interval"),
+            request_timeout: p.duration("request_timeout"),
+            user_reload_interval: p.duration("user_reload_interval"),
+            max_concurrent_requests: p.number("max_concurrent_requests"),
+            max_requests_per_second: p.number("max_requests_per_second"),
+            file_prefix: p.file_prefix("file_prefix"),
+            open_files: p.number("open_files"),
+            s3_bucket: p.opt_string("s3_bucket"),
+            s3_prefix: p.string("s3_prefix"),
+            s3_endpoint: p.opt_url("s3_endpoint", &["http", "https"]),
+            listen: p.socket("listen"),
+            api_token: p.opt_string("api_token").map(Secret::new),
+            origins: self
+                .values
+                .iter()
+                .map(|(k, (_, o))| (*k, o.clone()))
+                .collect(),
+        };
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+struct Parser<'a> {
+    layers: &'a Layers,
+    problems: &'a mut Vec<String>,
+}
+
+impl Parser<'_> {
+    fn raw(&self, key: &str) -> (&str, &Origin) {
+        match self.layers.values.get(key) {
+            Some((v, o)) => (v.trim(), o),
+            None => ("", &Origin::Default),
+        }
+    }
+
+    fn fail<T: Default>(&mut self, key: &str, msg: impl fmt::Display) -> T {
+        let (_, origin) = self.raw(key);
+        let origin = origin.clone();
+        self.problems.push(format!("`{key}` (from {origin}): {msg}"));
+        T::default()
+    }
+
+    fn string(&mut self, key: &str) -> String {
+        self.raw(key).0.to_string()
+    }
+
+    fn opt_string(&mut self, key: &str) -> Option<String> {
+        Some(self.string(key)).filter(|s| !s.is_empty())
+    }
+
+    fn path(&mut self, key: &str) -> PathBuf {
+        match self.opt_path(key) {
+            Some(p) => p,
+            None => self.fail(key, "must not be empty"),
+        }
+    }
+
+    fn opt_path(&mut self, key: &str) -> Option<PathBuf> {
+        self.opt_string(key).map(PathBuf::from)
+    }
+
+    fn file_prefix(&mut self, key: &str) -> String {
+        let v = self.string(key);
+        let ok = !v.is_empty()
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            && !v.starts_with('.');
+        if ok {
+            v
+        } else {
+            self.fail(key, format!("{v:?} must be letters, digits, '-', '_' or '.'"))
+        }
+    }
+
+    fn duration(&mut self, key: &str) -> Duration {
+        let v = self.string(key);
+        match humantime::parse_duration(&v) {
+            Ok(d) if d.is_zero() => self.fail(key, "must be longer than zero"),
+            Ok(d) => d,
+            Err(e) => self.fail(
+                key,
+                format!("{v:?} is not a duration ({e}); use forms like 6s, 500ms, 2m"),
+            ),
+        }
+    }
+
+    fn bool(&mut self, key: &str) -> bool {
+        match self.string(key).to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" | "" => false,
+            v => self.fail(key, format!("{v:?} is not true or false")),
+        }
+    }
+
+    fn number<T: std::str::FromStr + Default + PartialEq>(&mut self, key: &str) -> T {
+        let v = self.string(key);
+        match v.parse::<T>() {
+            Ok(n) if n != T::default() => n,
+            _ => self.fail(key, format!("{v:?} is not a positive whole number")),
+        }
+    }
+
+    fn url(&mut self, key: &str, schemes: &[&str]) -> Url {
+        match self.opt_url(key, schemes) {
+            Some(u) => u,
+            None => {
+                if self.string(key).is_empty() {
+                    self.fail::<()>(key, "must not be empty");
+                }
+                Url::parse("http://invalid.invalid/").unwrap_or_else(|_| unreachable_url())
+            }
+        }
+    }
+
+    fn opt_url(&mut self, key: &str, schemes: &[&str]) -> Option<Url> {
+        let v = self.opt_string(key)?;
+        match Url::parse(&v) {
+            Ok(u) if schemes.contains(&u.scheme()) => Some(u),
+            Ok(u) => {
+                self.fail::<()>(
+                    key,
+                    format!("scheme {:?} is not one of {}", u.scheme(), schemes.join(", ")),
+                );
+                None
+            }
+            Err(e) => {
+                self.fail::<()>(key, format!("{:?} is not a URL ({e})", redact_url(&v)));
+                None
+            }
+        }
+    }
+
+    fn socket(&mut self, key: &str) -> SocketAddr {
+        let v = self.string(key);
+        match v.parse() {
+            Ok(a) => a,
+            Err(_) => {
+                self.fail::<()>(key, format!("{v:?} is not an address like 0.0.0.0:8000"));
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            }
+        }
+    }
+}
+
+#[allow(clippy::unwrap_used)]
+fn unreachable_url() -> Url {
+    // Only reached when the constant above stops parsing, which it cannot.
+    Url::parse("http://localhost/").expect("constant URL parses")
+}
+
+/// Hides the password of a URL such as `redis://:pw@host/0`.
+pub fn redact_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some(REDACTED));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// The program's settings, typed and checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Redis with users and statistics; `None` selects the users file.
+    pub redis_url: Option<Url>,
+    /// JSON-lines users file (embedded registry).
+    pub users_file: Option<PathBuf>,
+    /// Spool directory.
+    pub data_dir: PathBuf,
+    /// Optional directory for per-service log files.
+    pub log_dir: Option<PathBuf>,
+    /// The relay's URL.
+    pub relay_url: Url,
+    /// Skip TLS verification for the relay.
+    pub relay_insecure_tls: bool,
+    /// Poll cadence per meter.
+    pub poll_interval: Duration,
+    /// Timeout per EAGLE request.
+    pub request_timeout: Duration,
+    /// How often the user list is reloaded.
+    pub user_reload_interval: Duration,
+    /// Global cap on requests in flight.
+    pub max_concurrent_requests: usize,
+    /// Global cap on requests started per second.
+    pub max_requests_per_second: u32,
+    /// Spool/archive file name prefix.
+    pub file_prefix: String,
+    /// Most spool files open at once.
+    pub open_files: usize,
+    /// Archive bucket.
+    pub s3_bucket: Option<String>,
+    /// Key prefix inside the bucket.
+    pub s3_prefix: String,
+    /// S3-compatible endpoint.
+    pub s3_endpoint: Option<Url>,
+    /// Server listen address.
+    pub listen: SocketAddr,
+    /// Bootstrap admin token.
+    pub api_token: Option<Secret>,
+    origins: BTreeMap<&'static str, Origin>,
+}
+
+impl Config {
+    /// Loads the layers: defaults, then `path` (or `config/rainforest.toml`
+    /// when present), then the given environment, then `flags`.
+    pub fn load<I: IntoIterator<Item = (String, String)>>(
+        path: Option<&Path>,
+        env: I,
+        flags: impl FnOnce(Layers) -> Layers,
+    ) -> Result<Config, ConfigError> {
+        let mut layers = Layers::defaults();
+        let default_path = Path::new("config/rainforest.toml");
+        let chosen = path.or(default_path.exists().then_some(default_path));
+        if let Some(p) = chosen {
+            match std::fs::read_to_string(p) {
+                Ok(text) => layers = layers.file(p, &text),
+                Err(e) => {
+                    return Err(ConfigError {
+                        problems: vec![format!("cannot read config file {}: {e}", p.display())],
+                    });
+                }
+            }
+        }
+        flags(layers.env(env)).build()
+    }
+
+    /// Built-in defaults only (for tests and embedded use).
+    pub fn defaults() -> Result<Config, ConfigError> {
+        Layers::defaults().build()
+    }
+
+    /// Where a key's value came from.
+    pub fn origin(&self, key: &str) -> Origin {
+        self.origins.get(key).cloned().unwrap_or(Origin::Default)
+    }
+
+    /// The effective configuration as TOML-like text, secrets redacted, each
+    /// line annotated with its origin.
+    pub fn render(&self) -> String {
+        let d = |d: Duration| humantime::format_duration(d).to_string();
+        let opt = |v: Option<String>| v.unwrap_or_default();
+        let pairs: Vec<(&str, String)> = vec![
+            ("redis_url", opt(self.redis_url.as_ref().map(|u| redact_url(u.as_str())))),
+            ("users_file", opt(self.users_file.as_ref().map(|p| p.display().to_string()))),
+            ("data_dir", self.data_dir.display().to_string()),
+            ("log_dir", opt(self.log_dir.as_ref().map(|p| p.display().to_string()))),
+            ("relay_url", self.relay_url.to_string()),
+            ("relay_insecure_tls", self.relay_insecure_tls.to_string()),
+            ("poll_interval", d(self.poll_interval)),
+            ("request_timeout", d(self.request_timeout)),
+            ("user_reload_interval", d(self.user_reload_interval)),
+            ("max_concurrent_requests", self.max_concurrent_requests.to_string()),
+            ("max_requests_per_second", self.max_requests_per_second.to_string()),
+            ("file_prefix", self.file_prefix.clone()),
+            ("open_files", self.open_files.to_string()),
+            ("s3_bucket", opt(self.s3_bucket.clone())),
+            ("s3_prefix", self.s3_prefix.clone()),
+            ("s3_endpoint", opt(self.s3_endpoint.as_ref().map(|u| u.to_string()))),
+            ("listen", self.listen.to_string()),
+            ("api_token", opt(self.api_token.as_ref().map(|t| t.to_string()))),
+        ];
+        let mut out = String::new();
+        for (k, v) in pairs {
+            out.push_str(&format!("{k} = {v:?}  # {}\n", self.origin(k)));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file_beat_defaults() {
+        let layers = Layers::defaults()
+            .file(Path::new("x.toml"), "poll_interval = \"2s\"\nrequest_timeout = \"1s\"\nfile_prefix = \"f\"")
+            .env(env(&[("RAINFOREST_REQUEST_TIMEOUT", "500ms"), ("RAINFOREST_FILE_PREFIX", "e")]))
+            .flag("file_prefix", "flag", "--file-prefix");
+        let c = layers.build().unwrap();
+        assert_eq!(c.poll_interval, Duration::from_secs(2));
+        assert_eq!(c.request_timeout, Duration::from_millis(500));
+        assert_eq!(c.file_prefix, "flag");
+        assert_eq!(c.user_reload_interval, Duration::from_secs(60));
+        assert_eq!(c.origin("request_timeout"), Origin::Env("RAINFOREST_REQUEST_TIMEOUT".into()));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_key_and_origin() {
+        let err = Layers::defaults()
+            .env(env(&[
+                ("RAINFOREST_POLL_INTERVAL", "six"),
+                ("RAINFOREST_RELAY_URL", "not a url"),
+                ("RAINFOREST_BOGUS", "1"),
+            ]))
+            .build()
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("`poll_interval` (from environment variable RAINFOREST_POLL_INTERVAL)"), "{text}");
+        assert!(text.contains("`relay_url`"), "{text}");
+        assert!(text.contains("unknown key `bogus`"), "{text}");
+        assert_eq!(err.problems.len(), 3);
+    }
+
+    #[test]
+    fn render_redacts_secrets() {
+        let c = Layers::defaults()
+            .env(env(&[
+                ("RAINFOREST_API_TOKEN", "tok-123"),
+                ("RAINFOREST_REDIS_URL", "redis://:hunter2@127.0.0.1:6379/0"),
+            ]))
+            .build()
+            .unwrap();
+        let out = c.render();
+        assert!(!out.contains("tok-123") && !out.contains("hunter2"), "{out}");
+        assert!(out.contains("api_token = \"[redacted]\""), "{out}");
+    }
+
+    #[test]
+    fn shipped_toml_lists_every_key_with_its_default() {
+        let shipped = include_str!("../../config/rainforest.toml");
+        assert_eq!(shipped, keys::default_toml(), "regenerate config/rainforest.toml");
+        let c = Layers::defaults().file(Path::new("s"), shipped).build().unwrap();
+        assert_eq!(c.poll_interval, Duration::from_secs(6));
+    }
+}

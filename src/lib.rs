@@ -1,0 +1,29 @@
+//! rainforest: collects EAGLE smart-meter readings into an hour-bucketed
+//! archive.
+//!
+//! # Layout
+//!
+//! Data flows one way, and the modules are named after the stages:
+//!
+//! ```text
+//! registry (Redis | users file) -> scheduler -> protocol (relay | EAGLE-200) -> record
+//!                                        -> spool (hour files) -> rotator -> archive (S3 | dir)
+//! ```
+//!
+//! - [`cloud_id`], [`secret`]: the validated id and the redacting secret type
+//!   every other module uses.
+//! - [`config`]: defaults <- TOML <- env <- flags, checked once.
+//! - [`telemetry`]: tracing set-up (stderr, JSON, per-service log files).
+//! - [`protocol`]: EAGLE relay and EAGLE-200 clients and parsers.
+//! - [`record`]: the JSON line written per reading.
+//! - [`simulator`]: a fake relay and EAGLE-200 for tests, demos, benchmarks.
+//! - [`cli`]: the `rainforest` subcommands; `main.rs` only calls [`cli::main`].
+
+pub mod cli;
+pub mod cloud_id;
+pub mod config;
+pub mod protocol;
+pub mod record;
+pub mod secret;
+pub mod simulator;
+pub mod telemetry;
