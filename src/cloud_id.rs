@@ -108,7 +108,9 @@ mod tests {
 
     #[test]
     fn rejects_traversal_and_odd_lengths() {
-        for bad in ["", "../x", "%2e%2e", "00ce6", "00ce699", "00ce6g", "00/e69", "00\0e69", "ééé"] {
+        for bad in [
+            "", "../x", "%2e%2e", "00ce6", "00ce699", "00ce6g", "00/e69", "00\0e69", "ééé",
+        ] {
             assert!(CloudId::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

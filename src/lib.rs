@@ -16,14 +16,24 @@
 //! - [`telemetry`]: tracing set-up (stderr, JSON, per-service log files).
 //! - [`protocol`]: EAGLE relay and EAGLE-200 clients and parsers.
 //! - [`record`]: the JSON line written per reading.
+//! - [`registry`]: users and their statistics, in Redis or a JSON-lines file.
+//! - [`scheduler`]: per-meter slots, global caps, backoff.
+//! - [`poll`]: one reading from the wire to the spool.
+//! - [`pinger`]: the polling service wired together.
+//! - [`spool`]: hour-bucketed JSON-lines files, one writer thread.
 //! - [`simulator`]: a fake relay and EAGLE-200 for tests, demos, benchmarks.
 //! - [`cli`]: the `rainforest` subcommands; `main.rs` only calls [`cli::main`].
 
 pub mod cli;
 pub mod cloud_id;
 pub mod config;
+pub mod pinger;
+pub mod poll;
 pub mod protocol;
 pub mod record;
+pub mod registry;
+pub mod scheduler;
 pub mod secret;
 pub mod simulator;
+pub mod spool;
 pub mod telemetry;

@@ -34,16 +34,28 @@ pub struct Record {
     #[serde(rename = "Demand", default, skip_serializing_if = "Option::is_none")]
     pub demand: Option<i32>,
     /// Raw multiplier as sent (0 means 1).
-    #[serde(rename = "Multiplier", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "Multiplier",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub multiplier: Option<u32>,
     /// Raw divisor as sent (0 means 1).
     #[serde(rename = "Divisor", default, skip_serializing_if = "Option::is_none")]
     pub divisor: Option<u32>,
     /// Display hint.
-    #[serde(rename = "DigitsRight", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "DigitsRight",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub digits_right: Option<u32>,
     /// Display hint.
-    #[serde(rename = "DigitsLeft", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "DigitsLeft",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub digits_left: Option<u32>,
     /// Display hint, `Y` or `N`.
     #[serde(
@@ -53,10 +65,18 @@ pub struct Record {
     )]
     pub suppress_leading_zero: Option<String>,
     /// The EAGLE's ZigBee MAC as a `0x…` string.
-    #[serde(rename = "DeviceMacId", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "DeviceMacId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub device_mac_id: Option<String>,
     /// The meter's MAC as a `0x…` string.
-    #[serde(rename = "MeterMacId", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "MeterMacId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub meter_mac_id: Option<String>,
 }
 
@@ -127,7 +147,8 @@ mod tests {
         let t = DateTime::parse_from_rfc3339("2025-01-15T10:36:05.123Z")
             .unwrap()
             .with_timezone(&Utc);
-        let line = Record::new(CloudId::parse("00ce69").unwrap(), t, 150, "relay", &reading).to_line();
+        let line =
+            Record::new(CloudId::parse("00ce69").unwrap(), t, 150, "relay", &reading).to_line();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["polled_at"], "2025-01-15T10:36:05.123Z");
         assert_eq!(v["meter_time"], "2025-01-15T10:36:00Z");

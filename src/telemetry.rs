@@ -48,7 +48,8 @@ pub fn init(
     };
     // Dependencies are chatty at debug; keep them at warn unless RUST_LOG asks.
     let default_filter = format!("warn,rainforest={default_level}");
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
 
     let (file_writer, guard) = match log_dir {
         Some(dir) => {
@@ -74,14 +75,26 @@ pub fn init(
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
             .try_init(),
         (LogFormat::Json, None) => registry
-            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         (LogFormat::Human, Some(w)) => registry
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-            .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(w.with_max_level(tracing::Level::TRACE)))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(w.with_max_level(tracing::Level::TRACE)),
+            )
             .try_init(),
         (LogFormat::Json, Some(w)) => registry
-            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
             .with(tracing_subscriber::fmt::layer().json().with_writer(w))
             .try_init(),
     };

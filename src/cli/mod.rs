@@ -6,6 +6,7 @@
 //! terminal except a subcommand's own output (a record, a config dump).
 
 mod fetch;
+mod pinger;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +56,12 @@ struct GlobalArgs {
     /// Relay URL (key relay_url).
     #[arg(long, global = true, value_name = "URL")]
     relay_url: Option<String>,
+    /// Redis URL of the user registry (key redis_url).
+    #[arg(long, global = true, value_name = "URL")]
+    redis_url: Option<String>,
+    /// JSON-lines users file, the embedded registry (key users_file).
+    #[arg(long, global = true, value_name = "PATH")]
+    users_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,6 +72,8 @@ enum Command {
     Simulate(crate::simulator::SimulateArgs),
     /// Print the effective configuration, secrets redacted.
     Config,
+    /// Poll every active user's meter every poll_interval into the spool.
+    Pinger(pinger::Args),
 }
 
 impl Command {
@@ -73,6 +82,7 @@ impl Command {
             Command::Fetch(_) => "fetch",
             Command::Simulate(_) => "simulate",
             Command::Config => "config",
+            Command::Pinger(_) => "pinger",
         }
     }
 }
@@ -99,7 +109,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -110,18 +123,25 @@ pub fn main() -> ExitCode {
 }
 
 fn load_config(g: &GlobalArgs) -> Result<Config, ConfigError> {
-    Config::load(g.config.as_deref(), std::env::vars(), |mut layers: Layers| {
-        if let Some(d) = &g.data_dir {
-            layers = layers.flag("data_dir", d.display().to_string(), "--data-dir");
-        }
-        if let Some(u) = &g.relay_url {
-            layers = layers.flag("relay_url", u.clone(), "--relay-url");
-        }
-        if g.trace_http {
-            tracing::debug!("HTTP tracing on");
-        }
-        layers.sets(&g.sets)
-    })
+    Config::load(
+        g.config.as_deref(),
+        std::env::vars(),
+        |mut layers: Layers| {
+            if let Some(d) = &g.data_dir {
+                layers = layers.flag("data_dir", d.display().to_string(), "--data-dir");
+            }
+            if let Some(u) = &g.relay_url {
+                layers = layers.flag("relay_url", u.clone(), "--relay-url");
+            }
+            if let Some(u) = &g.redis_url {
+                layers = layers.flag("redis_url", u.clone(), "--redis-url");
+            }
+            if let Some(p) = &g.users_file {
+                layers = layers.flag("users_file", p.display().to_string(), "--users-file");
+            }
+            layers.sets(&g.sets)
+        },
+    )
 }
 
 async fn dispatch(cli: Cli, config: Config) -> ExitCode {
@@ -129,6 +149,9 @@ async fn dispatch(cli: Cli, config: Config) -> ExitCode {
     let result = match cli.command {
         Command::Fetch(args) => fetch::run(args, &config, cli.global.trace_http).await,
         Command::Simulate(args) => crate::simulator::run(args, shutdown)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Pinger(args) => pinger::run(args, &config, cli.global.trace_http, shutdown)
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Config => {

@@ -94,13 +94,21 @@ pub const KEYS: &[Key] = &[
         "",
         "S3 bucket of the archive (empty: no S3 archive)",
     ),
-    key("s3_prefix", "rainforest-logs", "Key prefix inside the bucket"),
+    key(
+        "s3_prefix",
+        "rainforest-logs",
+        "Key prefix inside the bucket",
+    ),
     key(
         "s3_endpoint",
         "",
         "S3-compatible endpoint URL (MinIO, Garage, Ceph); empty means AWS",
     ),
-    key("listen", "0.0.0.0:8000", "Address the HTTP server listens on"),
+    key(
+        "listen",
+        "0.0.0.0:8000",
+        "Address the HTTP server listens on",
+    ),
     Key {
         name: "api_token",
         default: "",

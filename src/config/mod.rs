@@ -62,7 +62,8 @@ impl Layers {
     pub fn defaults() -> Self {
         let mut l = Layers::default();
         for k in keys::KEYS {
-            l.values.insert(k.name, (k.default.to_string(), Origin::Default));
+            l.values
+                .insert(k.name, (k.default.to_string(), Origin::Default));
         }
         l
     }
@@ -72,9 +73,9 @@ impl Layers {
             Some(k) => {
                 self.values.insert(k.name, (value, origin));
             }
-            None => self
-                .problems
-                .push(format!("unknown key `{name}` (from {origin}); `rainforest config` lists the valid keys")),
+            None => self.problems.push(format!(
+                "unknown key `{name}` (from {origin}); `rainforest config` lists the valid keys"
+            )),
         }
     }
 
@@ -133,7 +134,9 @@ impl Layers {
     pub fn sets(mut self, pairs: &[String]) -> Self {
         for pair in pairs {
             match pair.split_once('=') {
-                Some((k, v)) => self.set(k.trim(), v.to_string(), Origin::Flag(format!("--set {k}"))),
+                Some((k, v)) => {
+                    self.set(k.trim(), v.to_string(), Origin::Flag(format!("--set {k}")))
+                }
                 None => self
                     .problems
                     .push(format!("--set {pair:?} must look like key=value")),
@@ -198,7 +201,8 @@ impl Parser<'_> {
     fn fail<T: Default>(&mut self, key: &str, msg: impl fmt::Display) -> T {
         let (_, origin) = self.raw(key);
         let origin = origin.clone();
-        self.problems.push(format!("`{key}` (from {origin}): {msg}"));
+        self.problems
+            .push(format!("`{key}` (from {origin}): {msg}"));
         T::default()
     }
 
@@ -230,7 +234,10 @@ impl Parser<'_> {
         if ok {
             v
         } else {
-            self.fail(key, format!("{v:?} must be letters, digits, '-', '_' or '.'"))
+            self.fail(
+                key,
+                format!("{v:?} must be letters, digits, '-', '_' or '.'"),
+            )
         }
     }
 
@@ -281,7 +288,11 @@ impl Parser<'_> {
             Ok(u) => {
                 self.fail::<()>(
                     key,
-                    format!("scheme {:?} is not one of {}", u.scheme(), schemes.join(", ")),
+                    format!(
+                        "scheme {:?} is not one of {}",
+                        u.scheme(),
+                        schemes.join(", ")
+                    ),
                 );
                 None
             }
@@ -403,24 +414,45 @@ impl Config {
         let d = |d: Duration| humantime::format_duration(d).to_string();
         let opt = |v: Option<String>| v.unwrap_or_default();
         let pairs: Vec<(&str, String)> = vec![
-            ("redis_url", opt(self.redis_url.as_ref().map(|u| redact_url(u.as_str())))),
-            ("users_file", opt(self.users_file.as_ref().map(|p| p.display().to_string()))),
+            (
+                "redis_url",
+                opt(self.redis_url.as_ref().map(|u| redact_url(u.as_str()))),
+            ),
+            (
+                "users_file",
+                opt(self.users_file.as_ref().map(|p| p.display().to_string())),
+            ),
             ("data_dir", self.data_dir.display().to_string()),
-            ("log_dir", opt(self.log_dir.as_ref().map(|p| p.display().to_string()))),
+            (
+                "log_dir",
+                opt(self.log_dir.as_ref().map(|p| p.display().to_string())),
+            ),
             ("relay_url", self.relay_url.to_string()),
             ("relay_insecure_tls", self.relay_insecure_tls.to_string()),
             ("poll_interval", d(self.poll_interval)),
             ("request_timeout", d(self.request_timeout)),
             ("user_reload_interval", d(self.user_reload_interval)),
-            ("max_concurrent_requests", self.max_concurrent_requests.to_string()),
-            ("max_requests_per_second", self.max_requests_per_second.to_string()),
+            (
+                "max_concurrent_requests",
+                self.max_concurrent_requests.to_string(),
+            ),
+            (
+                "max_requests_per_second",
+                self.max_requests_per_second.to_string(),
+            ),
             ("file_prefix", self.file_prefix.clone()),
             ("open_files", self.open_files.to_string()),
             ("s3_bucket", opt(self.s3_bucket.clone())),
             ("s3_prefix", self.s3_prefix.clone()),
-            ("s3_endpoint", opt(self.s3_endpoint.as_ref().map(|u| u.to_string()))),
+            (
+                "s3_endpoint",
+                opt(self.s3_endpoint.as_ref().map(|u| u.to_string())),
+            ),
             ("listen", self.listen.to_string()),
-            ("api_token", opt(self.api_token.as_ref().map(|t| t.to_string()))),
+            (
+                "api_token",
+                opt(self.api_token.as_ref().map(|t| t.to_string())),
+            ),
         ];
         let mut out = String::new();
         for (k, v) in pairs {
@@ -444,15 +476,24 @@ mod tests {
     #[test]
     fn flags_beat_env_beat_file_beat_defaults() {
         let layers = Layers::defaults()
-            .file(Path::new("x.toml"), "poll_interval = \"2s\"\nrequest_timeout = \"1s\"\nfile_prefix = \"f\"")
-            .env(env(&[("RAINFOREST_REQUEST_TIMEOUT", "500ms"), ("RAINFOREST_FILE_PREFIX", "e")]))
+            .file(
+                Path::new("x.toml"),
+                "poll_interval = \"2s\"\nrequest_timeout = \"1s\"\nfile_prefix = \"f\"",
+            )
+            .env(env(&[
+                ("RAINFOREST_REQUEST_TIMEOUT", "500ms"),
+                ("RAINFOREST_FILE_PREFIX", "e"),
+            ]))
             .flag("file_prefix", "flag", "--file-prefix");
         let c = layers.build().unwrap();
         assert_eq!(c.poll_interval, Duration::from_secs(2));
         assert_eq!(c.request_timeout, Duration::from_millis(500));
         assert_eq!(c.file_prefix, "flag");
         assert_eq!(c.user_reload_interval, Duration::from_secs(60));
-        assert_eq!(c.origin("request_timeout"), Origin::Env("RAINFOREST_REQUEST_TIMEOUT".into()));
+        assert_eq!(
+            c.origin("request_timeout"),
+            Origin::Env("RAINFOREST_REQUEST_TIMEOUT".into())
+        );
     }
 
     #[test]
@@ -466,7 +507,10 @@ mod tests {
             .build()
             .unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("`poll_interval` (from environment variable RAINFOREST_POLL_INTERVAL)"), "{text}");
+        assert!(
+            text.contains("`poll_interval` (from environment variable RAINFOREST_POLL_INTERVAL)"),
+            "{text}"
+        );
         assert!(text.contains("`relay_url`"), "{text}");
         assert!(text.contains("unknown key `bogus`"), "{text}");
         assert_eq!(err.problems.len(), 3);
@@ -482,15 +526,25 @@ mod tests {
             .build()
             .unwrap();
         let out = c.render();
-        assert!(!out.contains("tok-123") && !out.contains("hunter2"), "{out}");
+        assert!(
+            !out.contains("tok-123") && !out.contains("hunter2"),
+            "{out}"
+        );
         assert!(out.contains("api_token = \"[redacted]\""), "{out}");
     }
 
     #[test]
     fn shipped_toml_lists_every_key_with_its_default() {
         let shipped = include_str!("../../config/rainforest.toml");
-        assert_eq!(shipped, keys::default_toml(), "regenerate config/rainforest.toml");
-        let c = Layers::defaults().file(Path::new("s"), shipped).build().unwrap();
+        assert_eq!(
+            shipped,
+            keys::default_toml(),
+            "regenerate config/rainforest.toml"
+        );
+        let c = Layers::defaults()
+            .file(Path::new("s"), shipped)
+            .build()
+            .unwrap();
         assert_eq!(c.poll_interval, Duration::from_secs(6));
     }
 }

@@ -189,7 +189,11 @@ impl Eagle {
         source: &Source,
     ) -> Result<Vec<parse::LocalDevice>, ProtocolError> {
         let body = self
-            .local(cloud_id, source, "<Command>\r\n  <Name>device_list</Name>\r\n</Command>\r\n")
+            .local(
+                cloud_id,
+                source,
+                "<Command>\r\n  <Name>device_list</Name>\r\n</Command>\r\n",
+            )
             .await?;
         parse::device_list(&body)
     }
@@ -253,8 +257,7 @@ impl Eagle {
             .await
             .map_err(|e| transport_error(e, after_ms))?;
         let status = response.status();
-        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN
-        {
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
             return Err(ProtocolError::BadCredentials {
                 message: format!("HTTP {}", status.as_u16()),
             });

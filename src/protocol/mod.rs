@@ -144,7 +144,9 @@ impl ErrorKind {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ProtocolError {
     /// The relay or device rejected the credentials.
-    #[error("bad credentials: {message} (check the user's e-mail and password, or the install code)")]
+    #[error(
+        "bad credentials: {message} (check the user's e-mail and password, or the install code)"
+    )]
     BadCredentials {
         /// What the relay said, or the HTTP status.
         message: String,

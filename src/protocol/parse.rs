@@ -23,7 +23,11 @@ pub fn eagle_time(ts: u32) -> DateTime<Utc> {
 /// Interprets the low 24 bits of `raw` as a two's-complement integer.
 pub fn signed_24(raw: u32) -> i32 {
     let v = (raw & 0x00ff_ffff) as i32;
-    if v & 0x0080_0000 != 0 { v - 0x0100_0000 } else { v }
+    if v & 0x0080_0000 != 0 {
+        v - 0x0100_0000
+    } else {
+        v
+    }
 }
 
 /// The protocol's scale rule: a multiplier or divisor of 0 means 1.
@@ -143,9 +147,11 @@ fn parse_hex(s: &str) -> Option<u32> {
 }
 
 fn hex_field(el: &Element, name: &str) -> Result<u32, ProtocolError> {
-    let text = el.child_text(name).ok_or_else(|| ProtocolError::Malformed {
-        reason: format!("<{}> has no <{name}>", el.name),
-    })?;
+    let text = el
+        .child_text(name)
+        .ok_or_else(|| ProtocolError::Malformed {
+            reason: format!("<{}> has no <{name}>", el.name),
+        })?;
     parse_hex(text).ok_or_else(|| ProtocolError::Malformed {
         reason: format!("<{name}> is not a hex number: {:?}", truncate(text)),
     })
@@ -347,12 +353,22 @@ pub fn device_query(body: &[u8]) -> Result<LocalReading, ProtocolError> {
         .flat_map(|c| c.children_named("variables"))
         .flat_map(|v| v.children_named("variable"));
     for var in variables {
-        let name = var.child_text("name").unwrap_or_default().to_ascii_lowercase();
+        let name = var
+            .child_text("name")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         let value = match var.child_text("value") {
             None => None,
-            Some(v) => Some(v.trim().parse::<f64>().map_err(|_| ProtocolError::Malformed {
-                reason: format!("variable {name} has a non-numeric value {:?}", truncate(v)),
-            })?),
+            Some(v) => Some(
+                v.trim()
+                    .parse::<f64>()
+                    .map_err(|_| ProtocolError::Malformed {
+                        reason: format!(
+                            "variable {name} has a non-numeric value {:?}",
+                            truncate(v)
+                        ),
+                    })?,
+            ),
         };
         match name.as_str() {
             "zigbee:instantaneousdemand" => reading.demand_kw = value,

@@ -1,0 +1,200 @@
+//! Pinger benchmark: N simulated meters, a fixed run time, one JSON line.
+//!
+//! Run through `scripts/bench pinger [--meters N] [--seconds S]`. The
+//! simulator runs as a separate `rainforest simulate` process (so its CPU is
+//! not counted); the pinger runs in this process with the embedded users
+//! file registry, and its CPU and peak RSS come from /proc/self.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use rainforest::config::{Config, Layers};
+use rainforest::pinger::{self, Pinger};
+use rainforest::registry::Registry;
+use rainforest::simulator::{meter_cloud_id, meter_email, meter_password};
+use tokio_util::sync::CancellationToken;
+
+struct Args {
+    meters: u32,
+    seconds: u64,
+    latency: String,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        meters: 10_000,
+        seconds: 60,
+        latency: "150ms±50ms".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--meters" => a.meters = it.next().context("--meters N")?.parse()?,
+            "--seconds" => a.seconds = it.next().context("--seconds S")?.parse()?,
+            "--latency" => a.latency = it.next().context("--latency D")?,
+            "--bench" => {}
+            other => {
+                bail!("unknown argument {other}; use --meters N --seconds S [--latency 150ms±50ms]")
+            }
+        }
+    }
+    Ok(a)
+}
+
+struct Sim(Child);
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn proc_field(file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
+fn count_lines(dir: &Path) -> u64 {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                n += bytes.iter().filter(|b| **b == b'\n').count() as u64;
+            }
+        }
+    }
+    n
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = args()?;
+    let bin = PathBuf::from(
+        std::env::var("RAINFOREST_BIN").unwrap_or_else(|_| "target/release/rainforest".into()),
+    );
+    let port = free_port()?;
+    let sim = Sim(Command::new(&bin)
+        .args([
+            "simulate",
+            "--meters",
+            &a.meters.to_string(),
+            "--latency",
+            &a.latency,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| {
+            format!(
+                "cannot start {} simulate (build it with cargo build --release)",
+                bin.display()
+            )
+        })?);
+
+    let dir = tempfile::tempdir()?;
+    let users = dir.path().join("users.jl");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&users)?);
+    for i in 0..a.meters {
+        let id = meter_cloud_id(i);
+        writeln!(
+            f,
+            r#"{{"cloud_id":"{id}","user_email":"{}","user_pw":"{}"}}"#,
+            meter_email(id),
+            meter_password(id)
+        )?;
+    }
+    f.flush()?;
+    drop(f);
+    let data = dir.path().join("logs");
+    let config: Config = Layers::defaults()
+        .flag("users_file", users.display().to_string(), "bench")
+        .flag("data_dir", data.display().to_string(), "bench")
+        .flag(
+            "relay_url",
+            format!("http://127.0.0.1:{port}/cgi-bin/post_manager"),
+            "bench",
+        )
+        .flag("user_reload_interval", "600s", "bench")
+        .build()?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async {
+        // Wait for the simulator to listen.
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let registry = Registry::from_config(&config).await?;
+        let eagle = pinger::eagle_from_config(&config, false)?;
+        let spool = pinger::spool_from_config(&config)?;
+        let cpu0 = cpu_seconds();
+        let stop = CancellationToken::new();
+        let p = Pinger::start(&config, registry, eagle, spool, stop.clone());
+        let counters = p.counters();
+        tokio::time::sleep(Duration::from_secs(a.seconds)).await;
+        stop.cancel();
+        p.join().await;
+        let cpu = cpu_seconds() - cpu0;
+        anyhow::Ok((counters.snapshot(), cpu))
+    });
+    drop(sim);
+    let (s, cpu) = result?;
+    let polls = s.polls_ok + s.failed();
+    let slots = s.slots_polled + s.missed_slots;
+    let lines_on_disk = count_lines(&data);
+    println!(
+        "{}",
+        serde_json::json!({
+            "meters": a.meters,
+            "seconds": a.seconds,
+            "polls_per_s": (polls as f64 / a.seconds as f64 * 10.0).round() / 10.0,
+            "on_time_ratio": if slots == 0 { 0.0 } else { ((s.slots_on_time as f64 / slots as f64) * 10000.0).floor() / 10000.0 },
+            "missed_slots": s.missed_slots,
+            "failed_polls": s.failed(),
+            "cpu_s_per_1000_polls": if polls == 0 { 0.0 } else { (cpu / polls as f64 * 1000.0 * 1000.0).round() / 1000.0 },
+            "cpu_cores_used": (cpu / a.seconds as f64 * 1000.0).round() / 1000.0,
+            "peak_rss_mb": proc_field("/proc/self/status", "VmHWM:").unwrap_or(0) / 1024,
+            "lines_written": lines_on_disk,
+            "lines_match_polls": lines_on_disk == s.polls_ok,
+        })
+    );
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! The pinger service: registry -> scheduler -> poller -> spool, wired up.
+//!
+//! Owns the service's lifecycle: reloading the user list on its interval
+//! (and riding out registry outages on the last known list), the summary
+//! line per interval, and the ordered shutdown (stop scheduling, let
+//! in-flight polls finish, flush statistics, flush and close every file).
+//! The pieces themselves live in their own modules.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::poll::Poller;
+use crate::protocol::{Eagle, EagleOptions};
+use crate::registry::{Registry, StatsWriter};
+use crate::scheduler::{Counters, Scheduler, SchedulerOptions, Snapshot};
+use crate::spool::{Spool, SpoolOptions};
+
+/// How often batched statistics are written to the registry.
+const STATS_FLUSH: Duration = Duration::from_secs(1);
+
+/// Builds the EAGLE client from the configuration.
+pub fn eagle_from_config(config: &Config, trace_http: bool) -> anyhow::Result<Eagle> {
+    Eagle::new(EagleOptions {
+        relay_url: config.relay_url.clone(),
+        request_timeout: config.request_timeout,
+        insecure_tls: config.relay_insecure_tls,
+        trace_http,
+    })
+    .context("cannot set up the HTTP client")
+}
+
+/// Starts the spool writer from the configuration.
+pub fn spool_from_config(config: &Config) -> anyhow::Result<Spool> {
+    Spool::start(SpoolOptions {
+        data_dir: config.data_dir.clone(),
+        prefix: config.file_prefix.clone(),
+        open_files: config.open_files,
+        flush_every: Duration::from_secs(1),
+    })
+    .with_context(|| {
+        format!(
+            "cannot create the spool directory {}",
+            config.data_dir.display()
+        )
+    })
+}
+
+/// A running pinger, for callers that embed it (the CLI, the all-in-one
+/// runner, the benchmark).
+pub struct Pinger {
+    counters: Arc<Counters>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Pinger {
+    /// Starts polling every active user of `registry`; stops when `shutdown`
+    /// is cancelled.
+    pub fn start(
+        config: &Config,
+        registry: Registry,
+        eagle: Eagle,
+        spool: Spool,
+        shutdown: CancellationToken,
+    ) -> Pinger {
+        let (stats, stats_task) =
+            StatsWriter::spawn(registry.clone(), STATS_FLUSH, shutdown.child_token());
+        let poller = Poller::new(eagle, spool.clone());
+        let sched_stop = CancellationToken::new();
+        let scheduler = Scheduler::new(
+            SchedulerOptions {
+                poll_interval: config.poll_interval,
+                max_concurrent: config.max_concurrent_requests,
+                max_per_second: config.max_requests_per_second,
+            },
+            poller,
+            Some(stats),
+            sched_stop.clone(),
+        );
+        let counters = scheduler.counters();
+        let reload_every = config.user_reload_interval;
+        let poll_interval = config.poll_interval;
+        let grace = config.request_timeout + Duration::from_secs(2);
+        let max_concurrent = config.max_concurrent_requests;
+        let summary_counters = counters.clone();
+        let done = tokio::spawn(async move {
+            let summary = tokio::spawn(summaries(
+                summary_counters,
+                poll_interval,
+                max_concurrent,
+                shutdown.clone(),
+            ));
+            let scheduler = reload_loop(registry, scheduler, reload_every, shutdown).await;
+            sched_stop.cancel();
+            if tokio::time::timeout(grace, scheduler.drain())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    grace_s = grace.as_secs(),
+                    "In-flight polls did not finish in time; abandoning them."
+                );
+            }
+            let _ = stats_task.await;
+            spool.close().await;
+            let _ = summary.await;
+            tracing::info!("Pinger stopped; every file flushed and closed.");
+        });
+        Pinger { counters, done }
+    }
+
+    /// The scheduler's counters.
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+
+    /// Waits until the pinger has shut down completely.
+    pub async fn join(self) {
+        let _ = self.done.await;
+    }
+}
+
+async fn reload_loop(
+    registry: Registry,
+    mut scheduler: Scheduler,
+    every: Duration,
+    shutdown: CancellationToken,
+) -> Scheduler {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut outage = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return scheduler,
+            _ = tick.tick() => {}
+        }
+        match registry.load_all().await {
+            Ok(users) => {
+                if outage {
+                    outage = false;
+                    tracing::info!("User registry reachable again.");
+                }
+                let total = users.len();
+                let (started, stopped, changed) = scheduler.apply(users);
+                if started + stopped + changed > 0 {
+                    tracing::info!(
+                        total,
+                        polling = scheduler.len(),
+                        started,
+                        stopped,
+                        changed,
+                        "User list reloaded."
+                    );
+                }
+            }
+            Err(e) => {
+                if !outage {
+                    outage = true;
+                    tracing::error!(error = %e, polling = scheduler.len(), "Cannot load users; polling the last known list until the registry is back.");
+                }
+            }
+        }
+    }
+}
+
+async fn summaries(
+    counters: Arc<Counters>,
+    every: Duration,
+    max_concurrent: usize,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    let mut last = Snapshot::default();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = counters.snapshot();
+        let line = now.since(&last).summary_line(every, max_concurrent);
+        tracing::info!("{line}");
+        last = now;
+    }
+}

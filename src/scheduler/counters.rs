@@ -1,0 +1,215 @@
+//! Lock-free counters the meter tasks bump on every poll, and the summary
+//! line computed from them once per interval.
+//!
+//! Rates and percentiles are computed when the summary is taken, never on
+//! the hot path: a poll only does a few relaxed atomic adds.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::protocol::ErrorKind;
+
+/// Upper bounds (ms) of the scheduling-lag histogram buckets.
+const LAG_BOUNDS_MS: [u64; 14] = [
+    1,
+    2,
+    5,
+    10,
+    20,
+    50,
+    100,
+    200,
+    500,
+    1000,
+    2000,
+    5000,
+    10_000,
+    u64::MAX,
+];
+
+/// Slots whose poll started within this of the slot count as on time.
+pub const ON_TIME: Duration = Duration::from_millis(500);
+
+/// Counters shared by all meter tasks of one scheduler.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Successful polls.
+    pub polls_ok: AtomicU64,
+    /// Failed polls by [`ErrorKind`] (index = position in `ErrorKind::ALL`).
+    pub failures: [AtomicU64; 6],
+    /// Slots whose poll started (on time or late).
+    pub slots_polled: AtomicU64,
+    /// Slots whose poll started within [`ON_TIME`].
+    pub slots_on_time: AtomicU64,
+    /// Slots skipped because the previous poll overran.
+    pub missed_slots: AtomicU64,
+    /// Slots skipped because the meter was backing off.
+    pub backoff_skips: AtomicU64,
+    /// Meters currently in backoff (including auth_failed).
+    pub meters_in_backoff: AtomicI64,
+    /// Meters currently flagged auth_failed.
+    pub meters_auth_failed: AtomicI64,
+    /// Meters scheduled.
+    pub meters: AtomicI64,
+    /// Sum of request latencies (µs), for spare-capacity estimates.
+    pub busy_micros: AtomicU64,
+    lag: [AtomicU64; LAG_BOUNDS_MS.len()],
+}
+
+impl Counters {
+    /// Records a failed poll.
+    pub fn failure(&self, kind: ErrorKind) {
+        let i = ErrorKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        self.failures[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records how late a slot's poll started.
+    pub fn lag(&self, lag: Duration) {
+        let ms = lag.as_millis() as u64;
+        let i = LAG_BOUNDS_MS
+            .iter()
+            .position(|b| ms < *b)
+            .unwrap_or(LAG_BOUNDS_MS.len() - 1);
+        self.lag[i].fetch_add(1, Ordering::Relaxed);
+        self.slots_polled.fetch_add(1, Ordering::Relaxed);
+        if lag <= ON_TIME {
+            self.slots_on_time.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A point-in-time copy of every counter.
+    pub fn snapshot(&self) -> Snapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Snapshot {
+            polls_ok: get(&self.polls_ok),
+            failures: std::array::from_fn(|i| get(&self.failures[i])),
+            slots_polled: get(&self.slots_polled),
+            slots_on_time: get(&self.slots_on_time),
+            missed_slots: get(&self.missed_slots),
+            backoff_skips: get(&self.backoff_skips),
+            meters_in_backoff: self.meters_in_backoff.load(Ordering::Relaxed),
+            meters_auth_failed: self.meters_auth_failed.load(Ordering::Relaxed),
+            meters: self.meters.load(Ordering::Relaxed),
+            busy_micros: get(&self.busy_micros),
+            lag: std::array::from_fn(|i| get(&self.lag[i])),
+        }
+    }
+}
+
+/// Counter values at one moment; differences of two give per-interval figures.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// See [`Counters::polls_ok`].
+    pub polls_ok: u64,
+    /// See [`Counters::failures`].
+    pub failures: [u64; 6],
+    /// See [`Counters::slots_polled`].
+    pub slots_polled: u64,
+    /// See [`Counters::slots_on_time`].
+    pub slots_on_time: u64,
+    /// See [`Counters::missed_slots`].
+    pub missed_slots: u64,
+    /// See [`Counters::backoff_skips`].
+    pub backoff_skips: u64,
+    /// Gauge: meters in backoff.
+    pub meters_in_backoff: i64,
+    /// Gauge: meters flagged auth_failed.
+    pub meters_auth_failed: i64,
+    /// Gauge: meters scheduled.
+    pub meters: i64,
+    /// See [`Counters::busy_micros`].
+    pub busy_micros: u64,
+    lag: [u64; LAG_BOUNDS_MS.len()],
+}
+
+impl Snapshot {
+    /// Counter increases from `earlier` to `self` (gauges keep `self`'s value).
+    pub fn since(&self, earlier: &Snapshot) -> Snapshot {
+        Snapshot {
+            polls_ok: self.polls_ok - earlier.polls_ok.min(self.polls_ok),
+            failures: std::array::from_fn(|i| self.failures[i].saturating_sub(earlier.failures[i])),
+            slots_polled: self.slots_polled.saturating_sub(earlier.slots_polled),
+            slots_on_time: self.slots_on_time.saturating_sub(earlier.slots_on_time),
+            missed_slots: self.missed_slots.saturating_sub(earlier.missed_slots),
+            backoff_skips: self.backoff_skips.saturating_sub(earlier.backoff_skips),
+            busy_micros: self.busy_micros.saturating_sub(earlier.busy_micros),
+            lag: std::array::from_fn(|i| self.lag[i].saturating_sub(earlier.lag[i])),
+            ..self.clone()
+        }
+    }
+
+    /// Total failed polls.
+    pub fn failed(&self) -> u64 {
+        self.failures.iter().sum()
+    }
+
+    /// Upper bound (ms) of the bucket holding quantile `q` of the lag.
+    pub fn lag_quantile_ms(&self, q: f64) -> Option<u64> {
+        let total: u64 = self.lag.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let target = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in self.lag.iter().enumerate() {
+            seen += n;
+            if seen >= target {
+                return Some(LAG_BOUNDS_MS[i]);
+            }
+        }
+        None
+    }
+
+    /// The one-line summary printed per interval, in the spirit of the old
+    /// pinger's `results` / `spare_time` line.
+    pub fn summary_line(&self, window: Duration, max_concurrent: usize) -> String {
+        let failures: Vec<String> = ErrorKind::ALL
+            .iter()
+            .zip(self.failures)
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{}={n}", k.as_str()))
+            .collect();
+        let q = |q| match self.lag_quantile_ms(q) {
+            Some(u64::MAX) => ">10000ms".to_string(),
+            Some(ms) => format!("<{ms}ms"),
+            None => "-".to_string(),
+        };
+        let capacity = window.as_micros() as f64 * max_concurrent.max(1) as f64;
+        let spare = (1.0 - self.busy_micros as f64 / capacity).clamp(0.0, 1.0) * 100.0;
+        format!(
+            "meters={} ok={} failed={} [{}] in_backoff={} auth_failed={} missed_slots={} lag_p50={} lag_p99={} spare={spare:.1}%",
+            self.meters,
+            self.polls_ok,
+            self.failed(),
+            failures.join(" "),
+            self.meters_in_backoff,
+            self.meters_auth_failed,
+            self.missed_slots,
+            q(0.5),
+            q(0.99),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_and_summary() {
+        let c = Counters::default();
+        for _ in 0..98 {
+            c.lag(Duration::from_millis(3));
+        }
+        c.lag(Duration::from_millis(700));
+        c.lag(Duration::from_millis(700));
+        c.failure(ErrorKind::Timeout);
+        c.polls_ok.fetch_add(99, Ordering::Relaxed);
+        let s = c.snapshot().since(&Snapshot::default());
+        assert_eq!(s.lag_quantile_ms(0.5), Some(5));
+        assert_eq!(s.lag_quantile_ms(0.99), Some(1000));
+        assert_eq!(s.slots_on_time, 98);
+        let line = s.summary_line(Duration::from_secs(6), 10);
+        assert!(line.contains("ok=99 failed=1 [timeout=1]"), "{line}");
+    }
+}

@@ -1,0 +1,471 @@
+//! The HTTP side: one axum route that answers both the relay protocol
+//! (`Cloud-ID`/`User`/`Password` headers) and the EAGLE-200 protocol (HTTP
+//! Basic), with latency, relay errors and garbage injected per request.
+//!
+//! The hot path takes no shared lock: meters live in a `Vec` indexed by
+//! cloud id, counters are relaxed atomics, random numbers are hashed from the
+//! request number, and each answer is written into one `String`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+
+use super::SimulateArgs;
+use super::faults::{LatencySpec, RequestRng};
+use super::meters::{self, MeterState};
+use super::render::{self, Macs};
+use crate::cloud_id::CloudId;
+use crate::protocol::parse::EAGLE_EPOCH_OFFSET;
+
+/// The one path both protocols use.
+pub(crate) const PATH: &str = "/cgi-bin/post_manager";
+/// Command bodies are a few hundred bytes; anything far larger is refused.
+const MAX_BODY: usize = 64 * 1024;
+/// Most `CurrentSummation` entries one `get_history_data` answer carries.
+const HISTORY_MAX: u64 = 16;
+/// Default `get_history_data` spacing when the command gives none, seconds.
+const HISTORY_STEP: u64 = 900;
+
+/// State shared by every request: the meters and the fault settings.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// Meter `i` has cloud id `FIRST_ID + i`.
+    pub(crate) meters: Vec<MeterState>,
+    /// Requests that reached [`PATH`], whatever the answer.
+    pub(crate) requests: AtomicU64,
+    seed: u64,
+    latency: LatencySpec,
+    error_rate: f64,
+    garbage_rate: f64,
+}
+
+impl Shared {
+    /// Precomputes every meter for validated `args`.
+    pub(crate) fn new(args: &SimulateArgs) -> Self {
+        Shared {
+            meters: (0..args.meters)
+                .map(|i| MeterState::new(i, args.seed))
+                .collect(),
+            requests: AtomicU64::new(0),
+            seed: args.seed,
+            latency: args.latency,
+            error_rate: args.error_rate,
+            garbage_rate: args.garbage_rate,
+        }
+    }
+
+    /// The state of `id`, when it is a simulated meter.
+    pub(crate) fn meter(&self, id: CloudId) -> Option<&MeterState> {
+        meters::meter_index(id, self.meters.len()).map(|i| &self.meters[i])
+    }
+}
+
+/// The simulator's routes.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route(PATH, post(post_manager))
+        .with_state(shared)
+}
+
+/// Which protocol a request speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Relay,
+    Local,
+}
+
+/// Who a request claims to be, decided from its headers alone.
+#[derive(Debug, Clone, Copy)]
+struct Caller {
+    protocol: Protocol,
+    /// Index of the addressed meter, when it is a simulated one.
+    meter: Option<usize>,
+    /// Whether the credentials unlock that meter.
+    authorized: bool,
+}
+
+impl Caller {
+    fn identify(headers: &HeaderMap, sim: &Shared) -> Caller {
+        let count = sim.meters.len();
+        if let Some(cloud_id) = headers.get("cloud-id") {
+            let meter = header_id(cloud_id).and_then(|id| meters::meter_index(id, count));
+            let authorized = meter.is_some_and(|i| {
+                let m = &sim.meters[i];
+                header_str(headers, "user").is_some_and(|u| meters::is_meter_email(u, m.id))
+                    && header_str(headers, "password").is_some_and(|p| m.password_matches(p))
+            });
+            return Caller {
+                protocol: Protocol::Relay,
+                meter,
+                authorized,
+            };
+        }
+        if let Some(auth) = headers.get(header::AUTHORIZATION) {
+            let mut buf = [0u8; 192];
+            let (meter, authorized) = match basic_credentials(auth.as_bytes(), &mut buf) {
+                Some((user, code)) => {
+                    let meter = CloudId::parse(user)
+                        .ok()
+                        .and_then(|id| meters::meter_index(id, count));
+                    let ok = meter.is_some_and(|i| meters::is_install_code(code, sim.meters[i].id));
+                    (meter, ok)
+                }
+                None => (None, false),
+            };
+            return Caller {
+                protocol: Protocol::Local,
+                meter,
+                authorized,
+            };
+        }
+        // No identity at all: the relay answers a missing Cloud-ID like a wrong one.
+        Caller {
+            protocol: Protocol::Relay,
+            meter: None,
+            authorized: false,
+        }
+    }
+}
+
+/// One answer before garbage injection.
+#[derive(Debug)]
+struct Answer {
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+    /// Add `WWW-Authenticate`, as the EAGLE-200 does with its 401.
+    challenge: bool,
+}
+
+impl Answer {
+    fn xml(body: String) -> Answer {
+        Answer {
+            status: StatusCode::OK,
+            content_type: "text/xml",
+            body,
+            challenge: false,
+        }
+    }
+
+    fn html(status: StatusCode, body: &str) -> Answer {
+        Answer {
+            status,
+            content_type: "text/html",
+            body: body.to_string(),
+            challenge: false,
+        }
+    }
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let mut response = Response::new(Body::from(self.body));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(self.content_type),
+        );
+        if self.challenge {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"EAGLE-200\""),
+            );
+        }
+        response
+    }
+}
+
+/// What the injected faults decided for one request, drawn up front so the
+/// random stream does not depend on the answer.
+#[derive(Debug, Clone, Copy)]
+struct Faults {
+    fail: bool,
+    fail_with_500: bool,
+    garble: bool,
+    garbage_bits: u64,
+}
+
+async fn post_manager(State(sim): State<Arc<Shared>>, request: Request) -> Response {
+    let n = sim.requests.fetch_add(1, Ordering::Relaxed);
+    let mut rng = RequestRng::new(sim.seed, n);
+    let delay = sim.latency.sample(rng.next_unit());
+    let faults = Faults {
+        fail: rng.chance(sim.error_rate),
+        fail_with_500: rng.chance(0.125),
+        garble: rng.chance(sim.garbage_rate),
+        garbage_bits: rng.next_u64(),
+    };
+    let (parts, body) = request.into_parts();
+    let caller = Caller::identify(&parts.headers, &sim);
+    if let Some(i) = caller.meter {
+        sim.meters[i].requests.fetch_add(1, Ordering::Relaxed);
+    }
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "command body too large").into_response();
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let answer = match caller.protocol {
+        Protocol::Relay => relay_answer(&sim, caller, faults, &body),
+        Protocol::Local => local_answer(&sim, caller, faults, &body),
+    };
+    if faults.garble {
+        garbage(answer, faults.garbage_bits)
+    } else {
+        answer.into_response()
+    }
+}
+
+fn relay_answer(sim: &Shared, caller: Caller, faults: Faults, body: &[u8]) -> Answer {
+    let Some(i) = caller.meter.filter(|_| caller.authorized) else {
+        return Answer::xml(render::AUTH_ERROR.to_string());
+    };
+    if faults.fail {
+        return if faults.fail_with_500 {
+            Answer::html(StatusCode::INTERNAL_SERVER_ERROR, render::HTML_500)
+        } else {
+            Answer::xml(render::OFFLINE_ERROR.to_string())
+        };
+    }
+    let meter = &sim.meters[i];
+    let macs = Macs {
+        device: meters::device_mac(meter.id),
+        meter: meters::meter_mac(meter.id),
+    };
+    let now = eagle_now();
+    let name = tag_text(body, b"name").unwrap_or_default();
+    let mut out = String::with_capacity(640);
+    if name.eq_ignore_ascii_case("get_instantaneous_demand") {
+        let watts = meter.profile.demand_w(i as u32, sim.seed, now);
+        render::demand(&mut out, macs, now, watts);
+    } else if name.eq_ignore_ascii_case("get_current_summation") {
+        let (delivered, received) = meter.profile.summation_wh(now);
+        render::summation(&mut out, "", macs, now, delivered, received);
+    } else if name.eq_ignore_ascii_case("get_price") {
+        render::price(&mut out, macs, now);
+    } else if name.eq_ignore_ascii_case("get_history_data") {
+        let now = u64::from(now);
+        let start = hex_tag(body, b"starttime").map_or(now.saturating_sub(3600), u64::from);
+        let end = hex_tag(body, b"endtime").map_or(now, u64::from).min(now);
+        let step = hex_tag(body, b"frequency")
+            .filter(|&f| f > 0)
+            .map_or(HISTORY_STEP, u64::from);
+        let entries = (0..HISTORY_MAX)
+            .map(|k| start + k * step)
+            .take_while(|&t| t <= end)
+            .map(|t| {
+                let t = t as u32; // t <= now, which fits in u32
+                let (delivered, received) = meter.profile.summation_wh(t);
+                (t, delivered, received)
+            });
+        out.reserve(HISTORY_MAX as usize * 560);
+        render::history(&mut out, macs, entries);
+    } else {
+        out.push_str(render::UNKNOWN_COMMAND);
+    }
+    Answer::xml(out)
+}
+
+fn local_answer(sim: &Shared, caller: Caller, faults: Faults, body: &[u8]) -> Answer {
+    let Some(i) = caller.meter.filter(|_| caller.authorized) else {
+        return Answer {
+            status: StatusCode::UNAUTHORIZED,
+            content_type: "text/plain",
+            body: "Unauthorized\n".to_string(),
+            challenge: true,
+        };
+    };
+    if faults.fail {
+        return Answer::html(StatusCode::INTERNAL_SERVER_ERROR, render::HTML_500);
+    }
+    let meter = &sim.meters[i];
+    let meter_mac = meters::meter_mac(meter.id);
+    let now = eagle_now();
+    let unix = (i64::from(now) + EAGLE_EPOCH_OFFSET).clamp(0, i64::from(u32::MAX)) as u32;
+    let name = tag_text(body, b"name").unwrap_or_default();
+    let mut out = String::with_capacity(1400);
+    if name.eq_ignore_ascii_case("device_list") {
+        render::device_list(&mut out, meter_mac, unix);
+    } else if name.eq_ignore_ascii_case("device_query") {
+        let asked = tag_text(body, b"hardwareaddress").map(parse_hex_u64);
+        if asked.is_some_and(|a| a != Some(meter_mac)) {
+            out.push_str("<Error><Text>Device not found</Text></Error>\n");
+        } else {
+            let watts = meter.profile.demand_w(i as u32, sim.seed, now);
+            let (delivered, received) = meter.profile.summation_wh(now);
+            render::device_query(
+                &mut out,
+                meter_mac,
+                unix,
+                f64::from(watts) / 1000.0,
+                f64::from(delivered) / 1000.0,
+                f64::from(received) / 1000.0,
+            );
+        }
+    } else {
+        out.push_str(render::UNKNOWN_COMMAND);
+    }
+    Answer::xml(out)
+}
+
+/// Replaces an answer with one of three kinds of garbage, all with HTTP 200:
+/// the answer cut mid-element, a proxy's HTML error page, or an empty body.
+fn garbage(answer: Answer, bits: u64) -> Response {
+    let (content_type, body) = match bits % 3 {
+        0 => {
+            let mut body = answer.body.into_bytes();
+            let len = body.len();
+            // Somewhere in the middle half: always inside the root element.
+            let cut = len / 4 + ((bits >> 8) as usize) % (len / 2).max(1);
+            body.truncate(cut.max(1));
+            ("text/xml", Body::from(body))
+        }
+        1 => ("text/html", Body::from(render::HTML_502)),
+        _ => ("text/xml", Body::empty()),
+    };
+    let mut response = Response::new(body);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Seconds since 2000-01-01T00:00:00Z, the EAGLE's clock.
+fn eagle_now() -> u32 {
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    (unix as i64 - EAGLE_EPOCH_OFFSET).clamp(0, i64::from(u32::MAX)) as u32
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name)?.to_str().ok().map(str::trim)
+}
+
+fn header_id(value: &HeaderValue) -> Option<CloudId> {
+    CloudId::parse(value.to_str().ok()?.trim()).ok()
+}
+
+/// Text of the first `<tag>` element in `body` (tag matched
+/// case-insensitively, as the device does), trimmed. A byte scan rather
+/// than a parse: commands are tiny and the command name comes first.
+fn tag_text<'a>(body: &'a [u8], tag: &[u8]) -> Option<&'a str> {
+    let mut i = 0;
+    while let Some(offset) = body[i..].iter().position(|&b| b == b'<') {
+        let start = i + offset + 1;
+        let rest = &body[start..];
+        if rest.len() > tag.len()
+            && rest[..tag.len()].eq_ignore_ascii_case(tag)
+            && rest[tag.len()] == b'>'
+        {
+            let text_start = start + tag.len() + 1;
+            let end = body[text_start..]
+                .iter()
+                .position(|&b| b == b'<')
+                .map_or(body.len(), |p| text_start + p);
+            return std::str::from_utf8(&body[text_start..end])
+                .ok()
+                .map(str::trim);
+        }
+        i = start;
+    }
+    None
+}
+
+fn strip_0x(s: &str) -> &str {
+    s.strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s)
+}
+
+/// A `0x…` hex element as `u32` (history times and frequencies).
+fn hex_tag(body: &[u8], tag: &[u8]) -> Option<u32> {
+    u32::from_str_radix(strip_0x(tag_text(body, tag)?), 16).ok()
+}
+
+fn parse_hex_u64(s: &str) -> Option<u64> {
+    u64::from_str_radix(strip_0x(s), 16).ok()
+}
+
+/// Decodes `Authorization: Basic …` into `(user, password)` using `buf` as
+/// scratch, so checking credentials allocates nothing.
+fn basic_credentials<'a>(value: &[u8], buf: &'a mut [u8]) -> Option<(&'a str, &'a str)> {
+    let scheme = value.get(..6)?;
+    if !scheme.eq_ignore_ascii_case(b"basic ") {
+        return None;
+    }
+    let decoded = base64_decode(value[6..].trim_ascii(), buf)?;
+    let text = std::str::from_utf8(decoded).ok()?;
+    text.split_once(':')
+}
+
+/// Standard-alphabet base64 into `out`; `None` on bad input or overflow.
+fn base64_decode<'a>(input: &[u8], out: &'a mut [u8]) -> Option<&'a [u8]> {
+    let input = input
+        .strip_suffix(b"==")
+        .or_else(|| input.strip_suffix(b"="))
+        .unwrap_or(input);
+    let (mut acc, mut bits, mut len) = (0u32, 0u32, 0usize);
+    for &c in input {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            *out.get_mut(len)? = (acc >> bits) as u8;
+            len += 1;
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(&out[..len])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_command_name_case_insensitively() {
+        let body = b"<Command>\r\n  <NAME> get_price </NAME>\r\n</Command>";
+        assert_eq!(tag_text(body, b"name"), Some("get_price"));
+        let body =
+            b"<Command><Name>get_history_data</Name><StartTime>0x2f1a3e00</StartTime></Command>";
+        assert_eq!(hex_tag(body, b"starttime"), Some(0x2f1a_3e00));
+        assert_eq!(hex_tag(body, b"endtime"), None);
+        assert_eq!(tag_text(b"<Names>x</Names>", b"name"), None);
+        assert_eq!(tag_text(b"<Name", b"name"), None);
+        assert_eq!(tag_text(b"", b"name"), None);
+    }
+
+    #[test]
+    fn decodes_basic_credentials() {
+        let mut buf = [0u8; 192];
+        // base64("a00000:ic-a00000")
+        let v = b"Basic YTAwMDAwOmljLWEwMDAwMA==";
+        assert_eq!(
+            basic_credentials(v, &mut buf),
+            Some(("a00000", "ic-a00000"))
+        );
+        assert_eq!(basic_credentials(b"Basic YTo=", &mut buf), Some(("a", "")));
+        assert_eq!(basic_credentials(b"Bearer xyz", &mut buf), None);
+        assert_eq!(basic_credentials(b"Basic !!!", &mut buf), None);
+        let mut tiny = [0u8; 2];
+        assert_eq!(basic_credentials(v, &mut tiny), None);
+    }
+}

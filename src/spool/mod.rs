@@ -1,0 +1,151 @@
+//! The spool: hour-bucketed JSON-lines files on local disk.
+//!
+//! Owns appending record lines to `<data_dir>/YYYY-MM-DD-HH/…​.jl` and
+//! nothing else: it does not read users, schedule polls or upload. All lines
+//! go through one writer thread, so lines from concurrent polls can never
+//! interleave; files stay open in a bounded pool and buffers are flushed to
+//! the OS at least once a second, so a `kill -9` loses at most the last
+//! second. A write that fails half-way is cut back to the last whole line and
+//! retried, so the files only ever hold whole lines (plus, after a power
+//! cut, at most a torn last line, which the rotator drops).
+
+pub mod bucket;
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot};
+
+pub use bucket::{HourBucket, hour_file, parse_file_name};
+
+use crate::cloud_id::CloudId;
+
+/// Settings of the spool.
+#[derive(Debug, Clone)]
+pub struct SpoolOptions {
+    /// Root directory of the hour directories.
+    pub data_dir: PathBuf,
+    /// File name prefix (`iseif-rainforest`).
+    pub prefix: String,
+    /// Most files kept open at once.
+    pub open_files: usize,
+    /// How often buffered lines are written out (at most one second).
+    pub flush_every: Duration,
+}
+
+/// Counters the spool keeps for summaries and metrics.
+#[derive(Debug, Default)]
+pub struct SpoolStats {
+    /// Lines written to disk.
+    pub lines_written: AtomicU64,
+    /// Bytes written to disk.
+    pub bytes_written: AtomicU64,
+    /// Failed write attempts (full disk, permissions); lines are retried.
+    pub write_errors: AtomicU64,
+    /// Lines given up on because the retry buffer was full.
+    pub lines_dropped: AtomicU64,
+    /// Files opened (pool misses).
+    pub files_opened: AtomicU64,
+}
+
+impl SpoolStats {
+    /// A counter's current value.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Why a line could not be handed to the spool.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// The writer thread has stopped (the spool was closed or crashed).
+    #[error("the spool writer has stopped; the line for meter {0} was not written")]
+    Closed(CloudId),
+}
+
+pub(crate) enum Msg {
+    Line {
+        cloud_id: CloudId,
+        hour: HourBucket,
+        line: Vec<u8>,
+    },
+    Flush(oneshot::Sender<()>),
+    Close(oneshot::Sender<()>),
+}
+
+/// Handle to the spool writer; cheap to clone, shared by every poll.
+#[derive(Clone)]
+pub struct Spool {
+    tx: mpsc::Sender<Msg>,
+    stats: Arc<SpoolStats>,
+}
+
+impl Spool {
+    /// Starts the writer thread and its once-a-second flush ticker.
+    pub fn start(opts: SpoolOptions) -> std::io::Result<Spool> {
+        std::fs::create_dir_all(&opts.data_dir)?;
+        // Deep enough to absorb a second of lines from 100,000 meters while a
+        // flush is running, small enough to push back if the disk stalls.
+        let (tx, rx) = mpsc::channel(65_536);
+        let stats = Arc::new(SpoolStats::default());
+        let flush_every = opts.flush_every.min(Duration::from_secs(1));
+        writer::spawn(opts, rx, stats.clone())?;
+        let ticker = tx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(flush_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let (done, _) = oneshot::channel();
+                if ticker.send(Msg::Flush(done)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Spool { tx, stats })
+    }
+
+    /// Appends one line (which must end in `\n`) to the meter's file for the
+    /// hour of `polled_at`.
+    pub async fn append(
+        &self,
+        cloud_id: CloudId,
+        polled_at: DateTime<Utc>,
+        line: String,
+    ) -> Result<(), SpoolError> {
+        let msg = Msg::Line {
+            cloud_id,
+            hour: HourBucket::of(polled_at),
+            line: line.into_bytes(),
+        };
+        self.tx
+            .send(msg)
+            .await
+            .map_err(|_| SpoolError::Closed(cloud_id))
+    }
+
+    /// Writes every buffered line out now (used by on-demand reads and tests).
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// Flushes, fsyncs and closes every file; later appends fail.
+    pub async fn close(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Close(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// The spool's counters.
+    pub fn stats(&self) -> &SpoolStats {
+        &self.stats
+    }
+}

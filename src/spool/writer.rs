@@ -1,0 +1,292 @@
+//! The spool's writer thread: buffers per file, a bounded pool of open
+//! descriptors, whole-line writes only.
+//!
+//! It runs on its own OS thread with blocking file I/O, so a slow disk never
+//! stalls the async runtime that drives the polls.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+
+use super::bucket::{HourBucket, hour_file};
+use super::{Msg, SpoolOptions, SpoolStats};
+use crate::cloud_id::CloudId;
+
+/// Bytes of unwritten lines kept for retry while the disk fails; beyond
+/// this, new lines are dropped (and counted) rather than exhausting memory.
+const MAX_PENDING_BYTES: usize = 256 * 1024 * 1024;
+/// A closed hour's file is fsynced and closed this long after the hour ends,
+/// leaving room for polls that started just before the hour turned.
+const CLOSE_AFTER: Duration = Duration::from_secs(10);
+
+type FileKey = (CloudId, HourBucket);
+
+struct OpenFile {
+    file: File,
+    /// Length of the file up to the last whole line we wrote.
+    len: u64,
+    last_used: u64,
+}
+
+struct Writer {
+    opts: SpoolOptions,
+    stats: Arc<SpoolStats>,
+    pending: HashMap<FileKey, Vec<u8>>,
+    pending_bytes: usize,
+    pool: HashMap<FileKey, OpenFile>,
+    dirs: HashSet<HourBucket>,
+    clock: u64,
+    last_error_log: HashMap<PathBuf, Instant>,
+}
+
+pub(super) fn spawn(
+    opts: SpoolOptions,
+    mut rx: mpsc::Receiver<Msg>,
+    stats: Arc<SpoolStats>,
+) -> io::Result<()> {
+    let mut w = Writer {
+        opts,
+        stats,
+        pending: HashMap::new(),
+        pending_bytes: 0,
+        pool: HashMap::new(),
+        dirs: HashSet::new(),
+        clock: 0,
+        last_error_log: HashMap::new(),
+    };
+    std::thread::Builder::new()
+        .name("spool-writer".into())
+        .spawn(move || {
+            while let Some(msg) = rx.blocking_recv() {
+                match msg {
+                    Msg::Line {
+                        cloud_id,
+                        hour,
+                        line,
+                    } => w.buffer(cloud_id, hour, line),
+                    Msg::Flush(done) => {
+                        w.flush_all();
+                        w.close_finished_hours();
+                        let _ = done.send(());
+                    }
+                    Msg::Close(done) => {
+                        // Take whatever is still queued before closing.
+                        while let Ok(Msg::Line {
+                            cloud_id,
+                            hour,
+                            line,
+                        }) = rx.try_recv()
+                        {
+                            w.buffer(cloud_id, hour, line);
+                        }
+                        w.flush_all();
+                        w.close_all();
+                        rx.close();
+                        let _ = done.send(());
+                        return;
+                    }
+                }
+            }
+            w.flush_all();
+            w.close_all();
+        })?;
+    Ok(())
+}
+
+impl Writer {
+    fn buffer(&mut self, cloud_id: CloudId, hour: HourBucket, line: Vec<u8>) {
+        if self.pending_bytes + line.len() > MAX_PENDING_BYTES {
+            self.stats.lines_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.pending_bytes += line.len();
+        self.pending
+            .entry((cloud_id, hour))
+            .or_default()
+            .extend_from_slice(&line);
+    }
+
+    fn path(&self, key: FileKey) -> PathBuf {
+        hour_file(&self.opts.data_dir, &self.opts.prefix, key.0, key.1)
+    }
+
+    fn flush_all(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        for (key, buf) in pending {
+            if buf.is_empty() {
+                continue;
+            }
+            match self.write(key, &buf) {
+                Ok(()) => {
+                    self.pending_bytes = self.pending_bytes.saturating_sub(buf.len());
+                    let lines = buf.iter().filter(|b| **b == b'\n').count() as u64;
+                    self.stats.lines_written.fetch_add(lines, Ordering::Relaxed);
+                    self.stats
+                        .bytes_written
+                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                    let path = self.path(key);
+                    self.log_error(&path, &e);
+                    // Keep the lines for the next flush; the file was cut back
+                    // to its last whole line, so the retry cannot interleave.
+                    self.pending.entry(key).or_default().splice(0..0, buf);
+                    self.pool.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn log_error(&mut self, path: &Path, e: &io::Error) {
+        let now = Instant::now();
+        let quiet = self
+            .last_error_log
+            .get(path)
+            .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60));
+        if !quiet {
+            tracing::error!(path = %path.display(), error = %e, "Cannot write spool file; keeping the lines in memory and retrying every second. Check free space and permissions.");
+            self.last_error_log.insert(path.to_path_buf(), now);
+        }
+    }
+
+    fn write(&mut self, key: FileKey, buf: &[u8]) -> io::Result<()> {
+        self.clock += 1;
+        if !self.pool.contains_key(&key) {
+            let opened = self.open(key)?;
+            self.make_room();
+            self.pool.insert(key, opened);
+        }
+        let clock = self.clock;
+        let Some(entry) = self.pool.get_mut(&key) else {
+            return Err(io::Error::other("spool pool lost an entry"));
+        };
+        entry.last_used = clock;
+        match entry.file.write_all(buf) {
+            Ok(()) => {
+                entry.len += buf.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // Drop any partial write so the file ends on a whole line.
+                let _ = entry.file.set_len(entry.len);
+                Err(e)
+            }
+        }
+    }
+
+    fn open(&mut self, key: FileKey) -> io::Result<OpenFile> {
+        let path = self.path(key);
+        if !self.dirs.contains(&key.1) {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            self.dirs.insert(key.1);
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)?;
+        self.stats.files_opened.fetch_add(1, Ordering::Relaxed);
+        let len = cut_torn_tail(&mut file, &path)?;
+        Ok(OpenFile {
+            file,
+            len,
+            last_used: self.clock,
+        })
+    }
+
+    /// Closes the least recently used half of the pool when it is full, so
+    /// eviction costs O(log n) per miss instead of a scan each time.
+    fn make_room(&mut self) {
+        let cap = self.opts.open_files.max(2);
+        if self.pool.len() < cap {
+            return;
+        }
+        let mut ages: Vec<(u64, FileKey)> =
+            self.pool.iter().map(|(k, f)| (f.last_used, *k)).collect();
+        ages.sort_unstable();
+        for (_, key) in ages.into_iter().take(cap / 2) {
+            self.pool.remove(&key);
+        }
+    }
+
+    fn close_finished_hours(&mut self) {
+        let now = Utc::now();
+        let finished: Vec<FileKey> = self
+            .pool
+            .keys()
+            .filter(|(_, h)| {
+                h.end() + chrono::Duration::from_std(CLOSE_AFTER).unwrap_or_default() <= now
+            })
+            .copied()
+            .collect();
+        for key in finished {
+            if self.pending.get(&key).is_some_and(|b| !b.is_empty()) {
+                continue;
+            }
+            if let Some(f) = self.pool.remove(&key) {
+                let _ = f.file.sync_all();
+            }
+        }
+        let current = crate::spool::HourBucket::of(now);
+        self.dirs.retain(|h| h.0 >= current.0 - 1);
+        self.last_error_log
+            .retain(|_, t| t.elapsed() < Duration::from_secs(3600));
+    }
+
+    fn close_all(&mut self) {
+        for (_, f) in self.pool.drain() {
+            let _ = f.file.sync_all();
+        }
+        if self.pending_bytes > 0 {
+            tracing::error!(
+                bytes = self.pending_bytes,
+                "Spool closed with unwritten lines (the disk kept failing); they are lost."
+            );
+        }
+    }
+}
+
+/// A crash can leave a torn last line. Appending after it would glue the
+/// next record onto the fragment, so the fragment is cut off when a file is
+/// first opened.
+fn cut_torn_tail(file: &mut File, path: &Path) -> io::Result<u64> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(0);
+    }
+    let mut last = [0u8; 1];
+    file.seek(SeekFrom::Start(len - 1))?;
+    file.read_exact(&mut last)?;
+    if last[0] == b'\n' {
+        return Ok(len);
+    }
+    // Find the last newline, reading backwards in chunks.
+    let mut end = len;
+    let mut chunk = vec![0u8; 4096];
+    let keep = loop {
+        if end == 0 {
+            break 0;
+        }
+        let start = end.saturating_sub(chunk.len() as u64);
+        let n = (end - start) as usize;
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut chunk[..n])?;
+        if let Some(i) = chunk[..n].iter().rposition(|b| *b == b'\n') {
+            break start + i as u64 + 1;
+        }
+        end = start;
+    };
+    tracing::warn!(path = %path.display(), dropped_bytes = len - keep, "Spool file ended in a torn line (earlier crash); cut it before appending.");
+    file.set_len(keep)?;
+    Ok(keep)
+}

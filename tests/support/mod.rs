@@ -1,0 +1,352 @@
+//! Shared harness for the integration tests: a real Redis to test against,
+//! unique key namespaces, free loopback ports, captured log output.
+//!
+//! Use from a test file with `mod support;`. Each test binary uses only part
+//! of it, hence the `dead_code` allowance.
+//!
+//! Redis comes from, in order:
+//! 1. `TEST_REDIS_URL` (e.g. a CI service container): shared by all tests,
+//!    so each test must use its own [`unique_namespace`]; it cannot be
+//!    stopped, see [`RedisServer::can_restart`];
+//! 2. `redis-server` on `PATH`: a private server per test on a free port,
+//!    with its data in a temporary directory, stoppable and restartable;
+//! 3. neither: [`RedisServer::start`] panics when `CI` is set (a silently
+//!    skipped suite is a broken suite), else prints why and returns `None`
+//!    so the test can return early.
+
+#![allow(dead_code)]
+
+use std::io::{self, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a spawned `redis-server` may take to answer PING.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A Redis for one test: an external one from `TEST_REDIS_URL`, or a private
+/// `redis-server` process that is killed when this value drops.
+pub struct RedisServer {
+    url: String,
+    managed: Option<Managed>,
+}
+
+/// A `redis-server` this harness spawned.
+struct Managed {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// A Redis to test against, or `None` (after printing why) when none is
+    /// available outside CI. See the module documentation for the order.
+    pub fn start() -> Option<RedisServer> {
+        if let Ok(url) = std::env::var("TEST_REDIS_URL")
+            && !url.trim().is_empty()
+        {
+            return Some(RedisServer { url, managed: None });
+        }
+        // A free port can be taken by someone else before redis-server binds
+        // it; try a few.
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            let mut managed = Managed {
+                port: free_port(),
+                dir: tempfile::tempdir().unwrap_or_else(|e| panic!("temporary directory: {e}")),
+                child: None,
+            };
+            match managed.spawn() {
+                Ok(()) => {
+                    return Some(RedisServer {
+                        url: format!("redis://127.0.0.1:{}/", managed.port),
+                        managed: Some(managed),
+                    });
+                }
+                Err(SpawnError::NotInstalled) => return unavailable(),
+                Err(SpawnError::Failed(why)) => last_error = why,
+            }
+        }
+        panic!("redis-server did not start: {last_error}");
+    }
+
+    /// The URL to connect to (`redis://127.0.0.1:<port>/` when spawned here).
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// A fresh key namespace for one registry (see [`unique_namespace`]).
+    pub fn namespace(&self) -> String {
+        unique_namespace()
+    }
+
+    /// Whether [`stop`](Self::stop) and [`start_again`](Self::start_again)
+    /// work, i.e. the server was spawned here rather than given by
+    /// `TEST_REDIS_URL`. Outage tests return early when this is false.
+    pub fn can_restart(&self) -> bool {
+        self.managed.is_some()
+    }
+
+    /// Shuts the server down cleanly (`SHUTDOWN SAVE`), keeping its data for
+    /// [`start_again`](Self::start_again); the port stops answering.
+    ///
+    /// Panics for an external server: check [`can_restart`](Self::can_restart).
+    pub fn stop(&mut self) {
+        let url = self.url.clone();
+        let managed = self.managed_mut("stop");
+        let Some(mut child) = managed.child.take() else {
+            return;
+        };
+        if let Ok(client) = redis::Client::open(url.as_str())
+            && let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2))
+        {
+            // The server closes the connection instead of answering.
+            let _ = redis::cmd("SHUTDOWN").arg("SAVE").exec(&mut conn);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Kills the server without saving, like a crash: its data is lost.
+    ///
+    /// Panics for an external server: check [`can_restart`](Self::can_restart).
+    pub fn crash(&mut self) {
+        let managed = self.managed_mut("crash");
+        if let Some(mut child) = managed.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(managed.dir.path().join("dump.rdb"));
+    }
+
+    /// Starts the server again on the same port with the data saved by
+    /// [`stop`](Self::stop), and waits until it answers PING.
+    ///
+    /// Panics for an external server: check [`can_restart`](Self::can_restart).
+    pub fn start_again(&mut self) {
+        let managed = self.managed_mut("start_again");
+        if managed.child.is_some() {
+            return;
+        }
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            // The old socket may linger for a moment after the process exits.
+            match managed.spawn() {
+                Ok(()) => return,
+                Err(SpawnError::Failed(why)) if Instant::now() > deadline => {
+                    panic!(
+                        "redis-server did not restart on port {}: {why}",
+                        managed.port
+                    )
+                }
+                Err(SpawnError::Failed(_)) => std::thread::sleep(Duration::from_millis(100)),
+                Err(SpawnError::NotInstalled) => panic!("redis-server vanished from PATH"),
+            }
+        }
+    }
+
+    /// Deletes every key under `namespace` (for an external Redis, which
+    /// outlives the test; a spawned one is thrown away anyway).
+    pub fn delete_namespace(&self, namespace: &str) {
+        let Ok(client) = redis::Client::open(self.url.as_str()) else {
+            return;
+        };
+        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2)) else {
+            return;
+        };
+        let mut cursor: u64 = 0;
+        loop {
+            let Ok((next, keys)): redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{namespace}:*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query(&mut conn)
+            else {
+                return;
+            };
+            if !keys.is_empty() {
+                let _ = redis::cmd("DEL").arg(&keys).exec(&mut conn);
+            }
+            if next == 0 {
+                return;
+            }
+            cursor = next;
+        }
+    }
+
+    fn managed_mut(&mut self, what: &str) -> &mut Managed {
+        match self.managed.as_mut() {
+            Some(m) => m,
+            None => panic!(
+                "cannot {what} the external Redis from TEST_REDIS_URL; check RedisServer::can_restart() first"
+            ),
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = self.managed.as_mut().and_then(|m| m.child.as_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+enum SpawnError {
+    NotInstalled,
+    Failed(String),
+}
+
+impl Managed {
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    /// Spawns `redis-server` on `self.port` and waits for PING.
+    fn spawn(&mut self) -> Result<(), SpawnError> {
+        let child = Command::new("redis-server")
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.log_path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(SpawnError::NotInstalled),
+            Err(e) => return Err(SpawnError::Failed(format!("cannot run redis-server: {e}"))),
+        };
+        let url = format!("redis://127.0.0.1:{}/", self.port);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+                let tail: String = log.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+                return Err(SpawnError::Failed(format!(
+                    "redis-server exited with {status} on port {}: {tail}",
+                    self.port
+                )));
+            }
+            if ping(&url) {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(SpawnError::Failed(format!(
+                    "no PING answer on port {} within {START_TIMEOUT:?}",
+                    self.port
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn ping(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(500)) else {
+        return false;
+    };
+    redis::cmd("PING").query::<String>(&mut conn).is_ok()
+}
+
+fn unavailable() -> Option<RedisServer> {
+    let msg = "no Redis for integration tests: install redis-server (e.g. `apt-get install redis-server`) \
+               or set TEST_REDIS_URL=redis://host:port/";
+    if std::env::var_os("CI").is_some() {
+        panic!("{msg}");
+    }
+    eprintln!("skipping: {msg}");
+    None
+}
+
+/// A key namespace no other test (or test run) uses: `t-` and 16 random hex
+/// digits.
+pub fn unique_namespace() -> String {
+    format!("t-{:016x}", rand::random::<u64>())
+}
+
+/// A loopback port that was free a moment ago (bind `127.0.0.1:0`, read the
+/// port, release it).
+pub fn free_port() -> u16 {
+    match TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+        Ok(addr) => addr.port(),
+        Err(e) => panic!("cannot find a free loopback port: {e}"),
+    }
+}
+
+/// Log output captured from `tracing` while the guard returned by
+/// [`capture_logs`] lives (on the current thread, so use it from
+/// `#[tokio::test]`'s default single-threaded runtime).
+#[derive(Clone, Default)]
+pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    /// Everything logged so far, as text.
+    pub fn text(&self) -> String {
+        let buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+impl Write for LogCapture {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCapture {
+    type Writer = LogCapture;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Captures `tracing` output (all levels, no colours) on this thread until
+/// the returned guard drops.
+pub fn capture_logs() -> (LogCapture, tracing::subscriber::DefaultGuard) {
+    let capture = LogCapture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(capture.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::TRACE)
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    (capture, guard)
+}
