@@ -66,8 +66,9 @@ impl Pinger {
         spool: Spool,
         shutdown: CancellationToken,
     ) -> Pinger {
-        let (stats, stats_task) =
-            StatsWriter::spawn(registry.clone(), STATS_FLUSH, shutdown.child_token());
+        // Stopped only after the last poll has finished, so its counts land.
+        let stats_stop = CancellationToken::new();
+        let (stats, stats_task) = StatsWriter::spawn(registry.clone(), STATS_FLUSH, stats_stop.clone());
         let poller = Poller::new(eagle, spool.clone());
         let sched_stop = CancellationToken::new();
         let scheduler = Scheduler::new(
@@ -75,6 +76,8 @@ impl Pinger {
                 poll_interval: config.poll_interval,
                 max_concurrent: config.max_concurrent_requests,
                 max_per_second: config.max_requests_per_second,
+                max_backoff: config.max_backoff,
+                auth_backoff: config.auth_backoff,
             },
             poller,
             Some(stats),
@@ -104,6 +107,7 @@ impl Pinger {
                     "In-flight polls did not finish in time; abandoning them."
                 );
             }
+            stats_stop.cancel();
             let _ = stats_task.await;
             spool.close().await;
             let _ = summary.await;

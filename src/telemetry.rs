@@ -5,12 +5,12 @@
 //! print to stderr themselves. Secrets reach no log line because they are
 //! [`crate::secret::Secret`]s, which print as a placeholder.
 
+use std::io::IsTerminal;
 use std::path::Path;
 
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::writer::MakeWriterExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -69,10 +69,16 @@ pub fn init(
         None => (None, None),
     };
 
+    // Colours only for a person at a terminal; pipes and files get plain text.
+    let ansi = std::io::stderr().is_terminal();
     let registry = tracing_subscriber::registry().with(filter);
     let result = match (format, file_writer) {
         (LogFormat::Human, None) => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         (LogFormat::Json, None) => registry
             .with(
@@ -82,11 +88,15 @@ pub fn init(
             )
             .try_init(),
         (LogFormat::Human, Some(w)) => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(std::io::stderr),
+            )
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_ansi(false)
-                    .with_writer(w.with_max_level(tracing::Level::TRACE)),
+                    .with_writer(w),
             )
             .try_init(),
         (LogFormat::Json, Some(w)) => registry

@@ -662,3 +662,40 @@ async fn file_registry_keeps_stats_in_memory_apart_from_the_file() {
     assert!(reg.remove(u.cloud_id).await.unwrap());
     assert_eq!(reg.stats(u.cloud_id).await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn a_refused_stats_key_does_not_hold_up_the_other_meters() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (reg, ns) = redis_registry(&server).await;
+    for i in ["00ce69", "00ce6a"] {
+        reg.put(&user(i, "pw")).await.unwrap();
+    }
+    let mut conn = raw(&server).await;
+    let _: () = conn
+        .set(format!("{ns}:stats:00ce6a"), "not a hash")
+        .await
+        .unwrap();
+
+    let updates: Vec<StatsUpdate> = [id("00ce6a"), id("00ce69")]
+        .into_iter()
+        .map(|i| StatsUpdate {
+            events_logged: 1,
+            ..StatsUpdate::new(i)
+        })
+        .collect();
+    let e = reg.write_stats(&updates).await.unwrap_err();
+
+    assert!(matches!(e, RegistryError::Refused { .. }), "{e}");
+    assert!(e.to_string().contains(&format!("{ns}:stats:00ce6a")), "{e}");
+    assert_eq!(
+        reg.stats(id("00ce69"))
+            .await
+            .unwrap()
+            .unwrap()
+            .total_events_logged,
+        1
+    );
+    server.delete_namespace(&ns);
+}

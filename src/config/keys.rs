@@ -70,6 +70,21 @@ pub const KEYS: &[Key] = &[
         "How often the user list is reloaded from Redis or the users file",
     ),
     key(
+        "max_backoff",
+        "5m",
+        "Longest pause of a failing meter (backoff doubles from poll_interval, +-20% jitter)",
+    ),
+    key(
+        "auth_backoff",
+        "15m",
+        "Pause of a meter whose credentials were rejected (it is flagged auth_failed)",
+    ),
+    key(
+        "redis_namespace",
+        "rainforest",
+        "Prefix of every Redis key, so several deployments can share one Redis",
+    ),
+    key(
         "max_concurrent_requests",
         "4096",
         "Global cap on EAGLE requests in flight",

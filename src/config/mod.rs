@@ -162,6 +162,9 @@ impl Layers {
             poll_interval: p.duration("poll_interval"),
             request_timeout: p.duration("request_timeout"),
             user_reload_interval: p.duration("user_reload_interval"),
+            max_backoff: p.duration("max_backoff"),
+            auth_backoff: p.duration("auth_backoff"),
+            redis_namespace: p.file_prefix("redis_namespace"),
             max_concurrent_requests: p.number("max_concurrent_requests"),
             max_requests_per_second: p.number("max_requests_per_second"),
             file_prefix: p.file_prefix("file_prefix"),
@@ -353,6 +356,12 @@ pub struct Config {
     pub request_timeout: Duration,
     /// How often the user list is reloaded.
     pub user_reload_interval: Duration,
+    /// Longest backoff of a failing meter.
+    pub max_backoff: Duration,
+    /// Pause after rejected credentials.
+    pub auth_backoff: Duration,
+    /// Prefix of every Redis key.
+    pub redis_namespace: String,
     /// Global cap on requests in flight.
     pub max_concurrent_requests: usize,
     /// Global cap on requests started per second.
@@ -432,6 +441,9 @@ impl Config {
             ("poll_interval", d(self.poll_interval)),
             ("request_timeout", d(self.request_timeout)),
             ("user_reload_interval", d(self.user_reload_interval)),
+            ("max_backoff", d(self.max_backoff)),
+            ("auth_backoff", d(self.auth_backoff)),
+            ("redis_namespace", self.redis_namespace.clone()),
             (
                 "max_concurrent_requests",
                 self.max_concurrent_requests.to_string(),

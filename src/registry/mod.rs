@@ -151,7 +151,7 @@ impl Registry {
     pub async fn from_config(config: &Config) -> Result<Registry, RegistryError> {
         match (&config.redis_url, &config.users_file) {
             (Some(url), _) => Ok(Registry::Redis(
-                RedisRegistry::connect(url.as_str(), DEFAULT_NAMESPACE).await?,
+                RedisRegistry::connect(url.as_str(), &config.redis_namespace).await?,
             )),
             (None, Some(path)) => Ok(Registry::File(FileRegistry::new(path.clone()))),
             (None, None) => Err(RegistryError::Config {

@@ -40,16 +40,19 @@
 //!   and fetches each page's hashes with one pipelined batch of `HGETALL`s,
 //!   so 100,000 users load in a few hundred short commands that never block
 //!   Redis for long.
-//! - `put` is one Lua script: it compares the stored hash with the new
-//!   settings (ignoring `updated_at`), and only when something differs
-//!   replaces the hash and adds the id to the index, atomically.
+//! - `put` is one Lua script (one round trip): it compares the stored hash
+//!   with the new settings (ignoring `updated_at`), and only when something
+//!   differs replaces the hash and adds the id to the index, atomically.
+//!   Statistics are not touched.
 //! - `remove` is one `MULTI`/`EXEC`: `DEL` the user hash, `DEL` the stats
 //!   hash, `SREM` the id from the index.
 //! - Statistics for a whole batch of meters go in one pipelined round trip
 //!   of small Lua calls that touch only `rainforest:stats:<id>`, and only
 //!   while the id is still in the index (so the pinger cannot resurrect a
 //!   removed user's statistics). They never write the credentials hash, so a
-//!   password changed while the pinger runs is never undone.
+//!   password changed while the pinger runs is never undone. Delivery is
+//!   at-least-once: a batch retried after a connection broke mid-reply can
+//!   count some events twice.
 //!
 //! The connection is a [`ConnectionManager`]: after an outage it reconnects
 //! by itself, and calls made meanwhile fail fast with
@@ -335,7 +338,10 @@ impl RedisRegistry {
                     if fields.is_empty() {
                         // Removed between SSCAN and HGETALL, or a dangling
                         // index entry; either way there is no user.
-                        tracing::debug!(%key, "Index lists a user whose hash does not exist; skipping.");
+                        tracing::debug!(
+                            %key,
+                            "Index lists a user whose hash does not exist; skipping."
+                        );
                         continue;
                     }
                     match user_from_hash(*id, &key, &fields) {
@@ -426,8 +432,14 @@ impl RedisRegistry {
     /// is loaded in the same pipeline, so a restarted Redis needs no extra
     /// trip). Touches only `…:stats:<id>` hashes.
     ///
-    /// If the connection breaks after Redis applied the batch, a retry adds
-    /// the event counts again; statistics are at-least-once.
+    /// [`RegistryError::Unavailable`] means the batch may not have been
+    /// applied: retry it. If the connection broke after Redis applied it, the
+    /// retry adds the event counts again; statistics are at-least-once.
+    ///
+    /// A meter whose key Redis refuses (say, a stats key of the wrong type)
+    /// does not hold up the others: the rest of the batch is applied and the
+    /// first refusal is returned as [`RegistryError::Refused`], naming the
+    /// key; retrying that batch would count the others twice.
     pub async fn write_stats(&self, updates: &[StatsUpdate]) -> Result<(), RegistryError> {
         if updates.is_empty() {
             return Ok(());
@@ -453,11 +465,24 @@ impl RedisRegistry {
                 .arg(kind)
                 .arg(at)
                 .arg(u.consecutive_failures)
-                .arg(u.state.as_str())
-                .ignore();
+                .arg(u.state.as_str());
         }
+        pipe.ignore_errors();
         let op = format!("statistics write ({} meters)", updates.len());
-        self.send(&op, Request::Pipe(&pipe)).await
+        let replies: Vec<Value> = self.send(&op, Request::Pipe(&pipe)).await?;
+        let mut refused = None;
+        for (u, reply) in updates.iter().zip(replies) {
+            if let Value::ServerError(e) = reply {
+                let key = self.keys.stats(u.cloud_id);
+                match self.error(&format!("statistics write to {key}"), RedisError::from(e)) {
+                    unavailable @ RegistryError::Unavailable { .. } => return Err(unavailable),
+                    other => {
+                        refused.get_or_insert(other);
+                    }
+                }
+            }
+        }
+        refused.map_or(Ok(()), Err)
     }
 
     async fn hgetall(&self, key: &str) -> Result<HashMap<String, String>, RegistryError> {

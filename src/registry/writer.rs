@@ -47,6 +47,7 @@ impl StatsWriter {
             registry,
             pending: writer.pending.clone(),
             outage_since: None,
+            last_refusal: None,
         };
         let span = tracing::info_span!("stats_writer");
         let handle = tokio::spawn(task.run(flush_every, shutdown).instrument(span));
@@ -77,6 +78,9 @@ struct Task {
     pending: Arc<Mutex<Pending>>,
     /// When writes started failing, while they are failing.
     outage_since: Option<Instant>,
+    /// The last refusal logged, so a key Redis keeps refusing is reported
+    /// once, not every tick.
+    last_refusal: Option<String>,
 }
 
 impl Task {
@@ -100,8 +104,8 @@ impl Task {
         }
     }
 
-    /// Writes everything pending; on failure puts it back, merged under any
-    /// updates recorded meanwhile, for the next tick.
+    /// Writes everything pending; when the registry is unavailable puts it
+    /// back, merged under any updates recorded meanwhile, for the next tick.
     async fn flush(&mut self) {
         let batch: Vec<StatsUpdate> = {
             let mut pending = lock(&self.pending);
@@ -118,6 +122,18 @@ impl Task {
                         meters = batch.len(),
                         "Statistics writes work again; pending updates written."
                     );
+                }
+            }
+            Err(e) if !e.is_unavailable() => {
+                // The rest of the batch was applied; retrying would count it
+                // twice, so only the refused meters' updates are lost.
+                let message = e.to_string();
+                if self.last_refusal.as_ref() != Some(&message) {
+                    tracing::warn!(
+                        error = %message,
+                        "Statistics write partly refused; dropping those updates."
+                    );
+                    self.last_refusal = Some(message);
                 }
             }
             Err(e) => {

@@ -38,6 +38,10 @@ pub struct SchedulerOptions {
     pub max_concurrent: usize,
     /// Global cap on requests started per second.
     pub max_per_second: u32,
+    /// Longest backoff after ordinary failures.
+    pub max_backoff: Duration,
+    /// Pause after rejected credentials.
+    pub auth_backoff: Duration,
 }
 
 struct Shared {
@@ -274,10 +278,16 @@ fn outcome(
             counters.failure(kind);
             run.failures = run.failures.saturating_add(1);
             let auth = kind == ErrorKind::Auth;
-            let delay = slots::jitter(
-                slots::backoff_delay(run.failures, shared.opts.poll_interval, auth),
-                rand::random::<f64>(),
-            );
+            let base = if auth {
+                shared.opts.auth_backoff
+            } else {
+                slots::backoff_delay(
+                    run.failures,
+                    shared.opts.poll_interval,
+                    shared.opts.max_backoff,
+                )
+            };
+            let delay = slots::jitter(base, rand::random::<f64>());
             if run.backoff_until.replace(Instant::now() + delay).is_none() {
                 counters.meters_in_backoff.fetch_add(1, Ordering::Relaxed);
             }

@@ -34,22 +34,15 @@ pub fn slot_offset(k: u64, phase: Duration, interval: Duration) -> Duration {
     phase + interval.saturating_mul(k.min(u64::from(u32::MAX)) as u32)
 }
 
-/// Longest wait after repeated ordinary failures.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
-/// Wait after the relay rejects credentials: long, since retrying soon only
-/// hammers the relay (and may lock the account) until someone fixes them.
-pub const AUTH_BACKOFF: Duration = Duration::from_secs(900);
-
-/// How long a meter waits after its `failures`-th consecutive failure,
-/// before jitter: one interval, then doubling, capped.
-pub fn backoff_delay(failures: u32, interval: Duration, auth: bool) -> Duration {
-    if auth {
-        return AUTH_BACKOFF;
-    }
+/// How long a meter waits after its `failures`-th consecutive ordinary
+/// failure, before jitter: one interval, then doubling, capped at `max`.
+///
+/// Credentials the relay rejected wait a fixed, much longer time instead
+/// (`auth_backoff`): retrying soon only hammers the relay, and may lock the
+/// account, until someone fixes them.
+pub fn backoff_delay(failures: u32, interval: Duration, max: Duration) -> Duration {
     let doublings = failures.saturating_sub(1).min(20);
-    interval
-        .saturating_mul(1u32 << doublings)
-        .min(MAX_BACKOFF.max(interval))
+    interval.saturating_mul(1u32 << doublings).min(max.max(interval))
 }
 
 /// Applies ±20% jitter; `unit` is a uniform sample in [0, 1).
@@ -94,7 +87,7 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_caps_and_auth_waits_long() {
+    fn backoff_doubles_then_caps() {
         let d: Vec<u64> = (1..=8)
             .map(|n| backoff_delay(n, SIX, false).as_secs())
             .collect();

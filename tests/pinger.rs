@@ -1,0 +1,287 @@
+//! The pinger end to end: the real `rainforest pinger` binary, a real
+//! `redis-server`, and the in-process simulator as the relay. Intervals are
+//! shortened through `--set`, so each test runs in seconds.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rainforest::cloud_id::CloudId;
+use rainforest::registry::{MeterState, RedisRegistry, Registry, User};
+use rainforest::secret::Secret;
+use rainforest::simulator::{self, SimulateArgs, Simulator};
+use support::RedisServer;
+
+struct Pinger {
+    child: Child,
+}
+
+impl Pinger {
+    fn start(redis_url: &str, namespace: &str, relay: &str, data_dir: &Path, extra: &[&str]) -> Pinger {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rainforest"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("RAINFOREST_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.current_dir(data_dir.parent().unwrap_or(data_dir))
+            .args(["pinger", "--redis-url", redis_url, "--relay-url", relay])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--set", &format!("redis_namespace={namespace}")])
+            .args(["--set", "poll_interval=300ms", "--set", "user_reload_interval=300ms"])
+            .args(["--set", "request_timeout=250ms", "--set", "auth_backoff=1s", "--set", "max_backoff=1s"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        Pinger {
+            child: cmd.spawn().expect("start rainforest pinger"),
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// SIGTERM, then the exit status (which must come within a few seconds).
+    fn terminate(mut self) -> std::process::ExitStatus {
+        self.signal("-TERM");
+        for _ in 0..100 {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        panic!("pinger did not exit within 10 s of SIGTERM");
+    }
+
+    fn kill9(mut self) {
+        self.signal("-KILL");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn user(i: u32) -> User {
+    let id = simulator::meter_cloud_id(i);
+    User {
+        cloud_id: id,
+        user_email: simulator::meter_email(id),
+        user_pw: Secret::new(simulator::meter_password(id)),
+        active: true,
+        local: None,
+    }
+}
+
+async fn setup(meters: u32) -> Option<(RedisServer, String, Registry, Simulator, tempfile::TempDir)> {
+    let redis = RedisServer::start()?;
+    let ns = support::unique_namespace();
+    let registry = Registry::Redis(RedisRegistry::connect(&redis.url(), &ns).await.expect("connect redis"));
+    let sim = Simulator::start(SimulateArgs {
+        listen: ([127, 0, 0, 1], 0).into(),
+        meters,
+        latency: "5ms±3ms".parse().expect("latency"),
+        ..SimulateArgs::default()
+    })
+    .await
+    .expect("simulator");
+    let dir = tempfile::tempdir().expect("tempdir");
+    Some((redis, ns, registry, sim, dir))
+}
+
+/// Every line of every spool file under `dir`, parsed; panics on a line
+/// that is not a complete JSON object.
+fn all_lines(dir: &Path) -> Vec<(PathBuf, serde_json::Value)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "jl") {
+                let text = std::fs::read_to_string(&p).expect("read spool file");
+                for line in text.lines() {
+                    let v: serde_json::Value = serde_json::from_str(line)
+                        .unwrap_or_else(|e| panic!("{}: unparseable line {line:?}: {e}", p.display()));
+                    out.push((p.clone(), v));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn lines_for(dir: &Path, id: CloudId) -> usize {
+    all_lines(dir)
+        .iter()
+        .filter(|(_, v)| v["cloud_id"] == id.as_str())
+        .count()
+}
+
+async fn wait_for(what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    for _ in 0..100 {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_in_redis_are_polled_into_the_right_files_and_removed_users_stop() {
+    let Some((redis, ns, registry, sim, dir)) = setup(4).await else { return };
+    let data = dir.path().join("logs");
+    for i in 0..3 {
+        registry.put(&user(i)).await.expect("put");
+    }
+    let pinger = Pinger::start(&redis.url(), &ns, sim.relay_url().as_str(), &data, &[]);
+    wait_for("three meters with two lines each", async || {
+        (0..3).all(|i| lines_for(&data, simulator::meter_cloud_id(i)) >= 2)
+    })
+    .await;
+    // The fourth meter is not a user: never polled.
+    assert_eq!(sim.requests_for(simulator::meter_cloud_id(3)), 0);
+
+    for (path, v) in all_lines(&data) {
+        let id = v["cloud_id"].as_str().expect("cloud_id");
+        let polled_at = v["polled_at"].as_str().expect("polled_at");
+        // 2026-11-27T09:20:25.929Z -> 2026-11-27-09
+        let hour = format!("{}-{}", &polled_at[..10], &polled_at[11..13]);
+        let expected = data.join(&hour).join(format!("iseif-rainforest-{id}-{hour}.jl"));
+        assert_eq!(path, expected);
+        let raw = v["Demand"].as_i64().expect("Demand");
+        let kw = v["demand_kw"].as_f64().expect("demand_kw");
+        assert!((kw - raw as f64 / 1000.0).abs() < 1e-9, "{v}");
+        assert!(v["MeterMacId"].as_str().is_some_and(|m| m.starts_with("0x")));
+    }
+
+    // Statistics reach Redis, apart from the credentials.
+    let id0 = simulator::meter_cloud_id(0);
+    wait_for("statistics written", async || {
+        registry
+            .stats(id0)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|s| s.total_events_logged >= 2)
+    })
+    .await;
+
+    registry.remove(simulator::meter_cloud_id(2)).await.expect("remove");
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let before = sim.requests_for(simulator::meter_cloud_id(2));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(sim.requests_for(simulator::meter_cloud_id(2)), before, "removed user still polled");
+    assert!(pinger.terminate().success(), "SIGTERM must exit 0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_back_off_flag_auth_failed_and_recover_once_fixed() {
+    let Some((redis, ns, registry, sim, dir)) = setup(2).await else { return };
+    let data = dir.path().join("logs");
+    let mut bad = user(0);
+    bad.user_pw = Secret::new("wrong");
+    registry.put(&bad).await.expect("put");
+    let pinger = Pinger::start(&redis.url(), &ns, sim.relay_url().as_str(), &data, &[]);
+    let id = bad.cloud_id;
+    wait_for("auth_failed state", async || {
+        registry
+            .stats(id)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|s| s.state == MeterState::AuthFailed)
+    })
+    .await;
+    // Backing off: far fewer requests than one per 300 ms slot.
+    let before = sim.requests_for(id);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(sim.requests_for(id) <= before + 1, "no backoff after bad credentials");
+    assert_eq!(lines_for(&data, id), 0);
+
+    registry.put(&user(0)).await.expect("fix password");
+    wait_for("recovered with lines", async || lines_for(&data, id) >= 2).await;
+    wait_for("state ok again", async || {
+        registry
+            .stats(id)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|s| s.state == MeterState::Ok)
+    })
+    .await;
+    // The statistics writer did not undo the credential fix.
+    let stored = registry.get(id).await.expect("get").expect("user");
+    assert_eq!(stored.user_pw.expose(), simulator::meter_password(id));
+    assert!(pinger.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_mid_run_loses_no_polls() {
+    let Some((mut redis, ns, registry, sim, dir)) = setup(2).await else { return };
+    if !redis.can_restart() {
+        eprintln!("skipping: TEST_REDIS_URL points at a Redis this test cannot restart");
+        return;
+    }
+    let data = dir.path().join("logs");
+    registry.put(&user(0)).await.expect("put");
+    let id = user(0).cloud_id;
+    let pinger = Pinger::start(&redis.url(), &ns, sim.relay_url().as_str(), &data, &[]);
+    wait_for("first lines", async || lines_for(&data, id) >= 1).await;
+    redis.stop();
+    let during = lines_for(&data, id);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after_outage = lines_for(&data, id);
+    assert!(after_outage >= during + 3, "polling stalled while Redis was down ({during} -> {after_outage})");
+    redis.start_again();
+    wait_for("statistics caught up", async || {
+        let logged = registry.stats(id).await.ok().flatten().map(|s| s.total_events_logged);
+        logged.is_some_and(|n| n as usize >= after_outage)
+    })
+    .await;
+    assert!(pinger.terminate().success());
+    // Every successful poll is a line: no slot was skipped during the outage.
+    let lines = lines_for(&data, id);
+    let requests = sim.requests_for(id) as usize;
+    assert_eq!(lines, requests, "lines on disk vs requests served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_survives_kill_9_with_every_line_parseable() {
+    let Some((redis, ns, registry, sim, dir)) = setup(20).await else { return };
+    let data = dir.path().join("logs");
+    for i in 0..20 {
+        registry.put(&user(i)).await.expect("put");
+    }
+    let pinger = Pinger::start(&redis.url(), &ns, sim.relay_url().as_str(), &data, &["--set", "poll_interval=100ms"]);
+    wait_for("lines from every meter", async || {
+        (0..20).all(|i| lines_for(&data, simulator::meter_cloud_id(i)) >= 1)
+    })
+    .await;
+    pinger.kill9();
+    let before = all_lines(&data).len();
+    assert!(before >= 20);
+    // A restart appends after whatever the crash left, still whole lines.
+    let again = Pinger::start(&redis.url(), &ns, sim.relay_url().as_str(), &data, &[]);
+    wait_for("more lines after restart", async || all_lines(&data).len() >= before + 20).await;
+    assert!(again.terminate().success());
+    let lines = all_lines(&data);
+    assert!(lines.iter().all(|(_, v)| v.is_object()));
+}
