@@ -69,11 +69,9 @@ fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are 14 and 15.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = field(11) + field(12);
     ticks as f64 / 100.0
 }
 
@@ -99,7 +97,7 @@ fn count_lines(dir: &Path) -> u64 {
 fn main() -> anyhow::Result<()> {
     let a = args()?;
     let bin = PathBuf::from(
-        std::env::var("RAINFOREST_BIN").unwrap_or_else(|_| "target/release/rainforest".into()),
+        std::env::var("BENCH_RAINFOREST_BIN").unwrap_or_else(|_| "target/release/rainforest".into()),
     );
     let port = free_port()?;
     let sim = Sim(Command::new(&bin)
@@ -189,6 +187,12 @@ fn main() -> anyhow::Result<()> {
             "on_time_ratio": if slots == 0 { 0.0 } else { ((s.slots_on_time as f64 / slots as f64) * 10000.0).floor() / 10000.0 },
             "missed_slots": s.missed_slots,
             "failed_polls": s.failed(),
+            "failures_by_kind": rainforest::protocol::ErrorKind::ALL
+                .iter()
+                .zip(s.failures)
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| (k.as_str().to_string(), serde_json::json!(n)))
+                .collect::<serde_json::Map<_, _>>(),
             "cpu_s_per_1000_polls": if polls == 0 { 0.0 } else { (cpu / polls as f64 * 1000.0 * 1000.0).round() / 1000.0 },
             "cpu_cores_used": (cpu / a.seconds as f64 * 1000.0).round() / 1000.0,
             "peak_rss_mb": proc_field("/proc/self/status", "VmHWM:").unwrap_or(0) / 1024,

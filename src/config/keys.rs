@@ -120,6 +120,31 @@ pub const KEYS: &[Key] = &[
         "S3-compatible endpoint URL (MinIO, Garage, Ceph); empty means AWS",
     ),
     key(
+        "s3_region",
+        "us-east-1",
+        "S3 region (empty: from the AWS environment, profile or instance metadata)",
+    ),
+    key(
+        "archive",
+        "",
+        "Where completed hours go: empty (S3 when s3_bucket is set), s3, or dir:/path (a local directory, same key layout)",
+    ),
+    key(
+        "rotate_grace",
+        "2m",
+        "How long after an hour ends its spool files are left for late writes before upload",
+    ),
+    key(
+        "rotate_every",
+        "60s",
+        "How often the rotator looks for completed hours",
+    ),
+    key(
+        "upload_concurrency",
+        "8",
+        "Most hour files the rotator uploads at once",
+    ),
+    key(
         "listen",
         "0.0.0.0:8000",
         "Address the HTTP server listens on",
@@ -130,6 +155,21 @@ pub const KEYS: &[Key] = &[
         help: "Bootstrap admin token for the HTTP API",
         secret: true,
     },
+    key(
+        "api_token_file",
+        "",
+        "File whose first line is the bootstrap admin token (Docker/Kubernetes secrets); instead of api_token",
+    ),
+    key(
+        "request_body_limit",
+        "65536",
+        "Largest HTTP request body the server reads, in bytes (413 beyond)",
+    ),
+    key(
+        "api_timeout",
+        "30s",
+        "Longest time the HTTP server spends on one request (503 beyond)",
+    ),
 ];
 
 /// Looks a key up by name.

@@ -172,8 +172,16 @@ impl Layers {
             s3_bucket: p.opt_string("s3_bucket"),
             s3_prefix: p.string("s3_prefix"),
             s3_endpoint: p.opt_url("s3_endpoint", &["http", "https"]),
+            s3_region: p.opt_string("s3_region"),
+            archive: p.archive("archive"),
+            rotate_grace: p.duration("rotate_grace"),
+            rotate_every: p.duration("rotate_every"),
+            upload_concurrency: p.number("upload_concurrency"),
             listen: p.socket("listen"),
             api_token: p.opt_string("api_token").map(Secret::new),
+            api_token_file: p.opt_path("api_token_file"),
+            request_body_limit: p.number("request_body_limit"),
+            api_timeout: p.duration("api_timeout"),
             origins: self
                 .values
                 .iter()
@@ -306,6 +314,21 @@ impl Parser<'_> {
         }
     }
 
+    fn archive(&mut self, key: &str) -> ArchiveSetting {
+        let v = self.string(key);
+        match v.as_str() {
+            "" => ArchiveSetting::Auto,
+            "s3" => ArchiveSetting::S3,
+            _ => match v.strip_prefix("dir:") {
+                Some(dir) if !dir.trim().is_empty() => ArchiveSetting::Dir(PathBuf::from(dir.trim())),
+                _ => self.fail(
+                    key,
+                    format!("{v:?} must be empty, s3, or dir:/path (a local directory)"),
+                ),
+            },
+        }
+    }
+
     fn socket(&mut self, key: &str) -> SocketAddr {
         let v = self.string(key);
         match v.parse() {
@@ -332,6 +355,31 @@ pub fn redact_url(url: &str) -> String {
             u.to_string()
         }
         _ => url.to_string(),
+    }
+}
+
+/// Where the rotator archives completed hours (key `archive`).
+///
+/// Kept as the operator's choice rather than resolved here, because only the
+/// rotator needs a bucket: the pinger must start without one.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ArchiveSetting {
+    /// Empty: S3 when `s3_bucket` is set, otherwise none configured.
+    #[default]
+    Auto,
+    /// `s3`: S3 (or an S3-compatible store), `s3_bucket` required.
+    S3,
+    /// `dir:/path`: a local directory with the same key layout as the bucket.
+    Dir(PathBuf),
+}
+
+impl fmt::Display for ArchiveSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ArchiveSetting::Auto => Ok(()),
+            ArchiveSetting::S3 => write!(f, "s3"),
+            ArchiveSetting::Dir(p) => write!(f, "dir:{}", p.display()),
+        }
     }
 }
 
@@ -376,10 +424,26 @@ pub struct Config {
     pub s3_prefix: String,
     /// S3-compatible endpoint.
     pub s3_endpoint: Option<Url>,
+    /// S3 region; `None` lets the AWS environment, profile or IMDS decide.
+    pub s3_region: Option<String>,
+    /// Where the rotator archives completed hours.
+    pub archive: ArchiveSetting,
+    /// Wait after an hour ends before its files count as completed.
+    pub rotate_grace: Duration,
+    /// How often the rotator looks for completed hours.
+    pub rotate_every: Duration,
+    /// Most uploads in flight at once.
+    pub upload_concurrency: usize,
     /// Server listen address.
     pub listen: SocketAddr,
     /// Bootstrap admin token.
     pub api_token: Option<Secret>,
+    /// File holding the bootstrap admin token (first line).
+    pub api_token_file: Option<PathBuf>,
+    /// Largest HTTP request body the server reads, in bytes.
+    pub request_body_limit: usize,
+    /// Longest time the HTTP server spends on one request.
+    pub api_timeout: Duration,
     origins: BTreeMap<&'static str, Origin>,
 }
 
@@ -460,11 +524,22 @@ impl Config {
                 "s3_endpoint",
                 opt(self.s3_endpoint.as_ref().map(|u| u.to_string())),
             ),
+            ("s3_region", opt(self.s3_region.clone())),
+            ("archive", self.archive.to_string()),
+            ("rotate_grace", d(self.rotate_grace)),
+            ("rotate_every", d(self.rotate_every)),
+            ("upload_concurrency", self.upload_concurrency.to_string()),
             ("listen", self.listen.to_string()),
             (
                 "api_token",
                 opt(self.api_token.as_ref().map(|t| t.to_string())),
             ),
+            (
+                "api_token_file",
+                opt(self.api_token_file.as_ref().map(|p| p.display().to_string())),
+            ),
+            ("request_body_limit", self.request_body_limit.to_string()),
+            ("api_timeout", d(self.api_timeout)),
         ];
         let mut out = String::new();
         for (k, v) in pairs {
@@ -526,6 +601,25 @@ mod tests {
         assert!(text.contains("`relay_url`"), "{text}");
         assert!(text.contains("unknown key `bogus`"), "{text}");
         assert_eq!(err.problems.len(), 3);
+    }
+
+    #[test]
+    fn archive_accepts_empty_s3_or_a_directory() {
+        let parse = |v: &str| {
+            Layers::defaults()
+                .env(env(&[("RAINFOREST_ARCHIVE", v)]))
+                .build()
+                .map(|c| c.archive)
+        };
+        assert_eq!(parse("").unwrap(), ArchiveSetting::Auto);
+        assert_eq!(parse("s3").unwrap(), ArchiveSetting::S3);
+        assert_eq!(
+            parse("dir:/srv/archive").unwrap(),
+            ArchiveSetting::Dir(PathBuf::from("/srv/archive"))
+        );
+        let err = parse("ftp://x").unwrap_err().to_string();
+        assert!(err.contains("`archive` (from environment variable RAINFOREST_ARCHIVE)"), "{err}");
+        assert!(parse("dir:").is_err());
     }
 
     #[test]

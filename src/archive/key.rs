@@ -1,0 +1,94 @@
+//! The archive's key layout: pure string arithmetic, no I/O.
+//!
+//! One hour file of one meter becomes one object,
+//! `<prefix>/<cloud_id>/YYYY/MM/DD/<file_prefix>-<cloud_id>-YYYY-MM-DD-HH.jl.gz`,
+//! in S3 and in a local-directory archive alike, so a directory archive can
+//! be copied into a bucket as it is and researchers' scripts find the same
+//! names in both.
+
+use std::fmt;
+
+use crate::cloud_id::CloudId;
+use crate::spool::HourBucket;
+
+/// A key inside the archive, built only by [`ObjectKey::for_hour`], so every
+/// key has the documented layout and no `..` or empty segment (which would
+/// escape a directory archive or make S3 keys with `//`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey(String);
+
+impl ObjectKey {
+    /// The key of `cloud_id`'s file for `hour`. `prefix` is the configured
+    /// `s3_prefix`; slashes around it and empty, `.` and `..` segments in it
+    /// are dropped, and an empty prefix puts the meter directory at the top.
+    pub fn for_hour(
+        prefix: &str,
+        file_prefix: &str,
+        cloud_id: CloudId,
+        hour: HourBucket,
+    ) -> ObjectKey {
+        let mut key = String::new();
+        for segment in prefix.split('/') {
+            if segment.is_empty() || segment == "." || segment == ".." {
+                continue;
+            }
+            key.push_str(segment);
+            key.push('/');
+        }
+        let start = hour.start();
+        key.push_str(&format!(
+            "{cloud_id}/{}/{file_prefix}-{cloud_id}-{hour}.jl.gz",
+            start.format("%Y/%m/%d")
+        ));
+        ObjectKey(key)
+    }
+
+    /// The key as S3 sees it (no leading slash).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hour(s: &str) -> HourBucket {
+        HourBucket::parse(s).unwrap()
+    }
+
+    #[test]
+    fn key_layout_matches_the_documented_one() {
+        let id = CloudId::parse("00CE69").unwrap();
+        let k = ObjectKey::for_hour(
+            "rainforest-logs",
+            "iseif-rainforest",
+            id,
+            hour("2025-01-05-07"),
+        );
+        assert_eq!(
+            k.as_str(),
+            "rainforest-logs/00ce69/2025/01/05/iseif-rainforest-00ce69-2025-01-05-07.jl.gz"
+        );
+    }
+
+    #[test]
+    fn prefix_slashes_and_dot_segments_are_dropped() {
+        let id = CloudId::parse("abcdef").unwrap();
+        let h = hour("2024-12-31-23");
+        assert_eq!(
+            ObjectKey::for_hour("/a//b/../", "p", id, h).as_str(),
+            "a/b/abcdef/2024/12/31/p-abcdef-2024-12-31-23.jl.gz"
+        );
+        assert_eq!(
+            ObjectKey::for_hour("", "p", id, h).as_str(),
+            "abcdef/2024/12/31/p-abcdef-2024-12-31-23.jl.gz"
+        );
+    }
+}

@@ -1,0 +1,715 @@
+//! `/api/users`: create, read, list and delete users.
+//!
+//! Owns the API's view of a user ([`UserView`]: settings and statistics,
+//! never a secret), the request body's rules (delegated to
+//! [`User::from_json_map`], the one place user fields are validated) and the
+//! cursor-paginated listing ([`UserIndex`]). Storage is the registry's job.
+
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::{ApiError, Problem};
+use crate::cloud_id::CloudId;
+use crate::registry::user::LEGACY_STAT_FIELDS;
+use crate::registry::{
+    MeterState, PutOutcome, Registry, RegistryError, User, UserStats, ValidationError,
+};
+use crate::tokens::Scope;
+
+/// Page size when `limit` is not given.
+pub const DEFAULT_PAGE: usize = 100;
+/// Largest page a client may ask for.
+pub const MAX_PAGE: usize = 1000;
+/// Users fetched from the registry at once while building a page.
+const FETCH_CONCURRENCY: usize = 16;
+/// Index members asked for per `SSCAN` call while paging.
+const SCAN_COUNT: usize = 1000;
+
+/// The cloud id from the path, validated before it reaches a key or a file
+/// name: anything but six hex digits is a 400.
+#[derive(Debug, Clone, Copy)]
+pub struct CloudIdPath(pub CloudId);
+
+impl<S: Send + Sync> FromRequestParts<S> for CloudIdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| {
+                ApiError::bad_request(
+                    "invalid-cloud-id",
+                    "the cloud id in the path is not valid UTF-8 text; it must be 6 hex digits (e.g. 00ce69)",
+                )
+            })?;
+        Ok(CloudIdPath(CloudId::parse(&raw)?))
+    }
+}
+
+/// Handler for paths with more segments than a cloud id (`/api/users/00/ce69`,
+/// `/api/users/../x`): a 400 like any other malformed id, not a 404.
+pub async fn id_with_slash() -> ApiError {
+    ApiError::bad_request(
+        "invalid-cloud-id",
+        "invalid cloud id in the path: it must be exactly 6 hex digits (e.g. 00ce69), without '/'",
+    )
+}
+
+/// The body of `POST /api/users/{cloud_id}`. Unknown fields are rejected
+/// (422), since a typo like `actve` would otherwise silently not apply.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserBody {
+    /// The EAGLE account's e-mail (the relay's `User` header).
+    #[schema(example = "alice@example.org")]
+    pub user_email: String,
+    /// The EAGLE account's password. Required for relay users; stored, never returned.
+    #[schema(format = Password, write_only)]
+    pub user_pw: Option<String>,
+    /// Whether the pinger polls this meter (default true).
+    pub active: Option<bool>,
+    /// Read an EAGLE-200 on the customer's LAN instead of through the relay.
+    pub local: Option<LocalBody>,
+    /// Optional; must equal the path's id when given.
+    #[schema(example = "00ce69", pattern = "^[0-9a-fA-F]{6}$")]
+    pub cloud_id: Option<String>,
+}
+
+/// A local EAGLE-200 in a request body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LocalBody {
+    /// `host`, `host:port` or an `http(s)://` base URL.
+    #[schema(example = "192.168.1.20")]
+    pub host: String,
+    /// The device's install code; stored, never returned.
+    #[schema(format = Password, write_only)]
+    pub install_code: String,
+}
+
+/// How the scheduler currently treats a meter.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StateView {
+    /// Polled on schedule.
+    Ok,
+    /// Failing repeatedly; polled less often.
+    Backoff,
+    /// Credentials rejected; polled rarely until they change.
+    AuthFailed,
+}
+
+impl From<MeterState> for StateView {
+    fn from(s: MeterState) -> Self {
+        match s {
+            MeterState::Ok => StateView::Ok,
+            MeterState::Backoff => StateView::Backoff,
+            MeterState::AuthFailed => StateView::AuthFailed,
+        }
+    }
+}
+
+/// A user as the API shows it: settings and statistics, no secrets.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UserView {
+    /// Six lower-case hex digits.
+    #[schema(value_type = String, example = "00ce69")]
+    pub cloud_id: CloudId,
+    /// The EAGLE account's e-mail.
+    pub user_email: String,
+    /// Whether the pinger polls this meter.
+    pub active: bool,
+    /// Whether a relay password is stored; the password itself is never returned.
+    pub has_password: bool,
+    /// `relay` or `local`.
+    #[schema(example = "relay")]
+    pub source: &'static str,
+    /// The local EAGLE-200, when `source` is `local`.
+    pub local: Option<LocalView>,
+    /// Polling statistics.
+    pub statistics: StatisticsView,
+    /// How the scheduler treats the meter.
+    pub state: StateView,
+    /// The latest failure, if any.
+    pub last_error: Option<LastErrorView>,
+}
+
+/// A local EAGLE-200 as shown: the host, not the install code.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LocalView {
+    /// Where the device is reached.
+    pub host: String,
+    /// Always true: an install code is required and never returned.
+    pub has_install_code: bool,
+}
+
+/// A meter's polling statistics.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StatisticsView {
+    /// Readings written since the user was added (carried over from the old system).
+    pub total_events_logged: u64,
+    /// Unix seconds of the first reading.
+    pub first_timestamp: Option<f64>,
+    /// Unix seconds of the latest reading.
+    pub last_timestamp: Option<f64>,
+    /// Failures in a row at the last write.
+    pub consecutive_failures: u32,
+}
+
+/// The latest failure of a meter.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LastErrorView {
+    /// `auth`, `timeout`, `connect`, `relay_error`, `http_status` or `malformed`.
+    pub kind: String,
+    /// Unix seconds.
+    pub at: Option<f64>,
+}
+
+impl UserView {
+    /// The view of `user` with `stats` (none yet: zeros, state ok).
+    pub fn new(user: &User, stats: Option<UserStats>) -> UserView {
+        let stats = stats.unwrap_or_default();
+        UserView {
+            cloud_id: user.cloud_id,
+            user_email: user.user_email.clone(),
+            active: user.active,
+            has_password: !user.user_pw.is_empty(),
+            source: if user.local.is_some() {
+                "local"
+            } else {
+                "relay"
+            },
+            local: user.local.as_ref().map(|l| LocalView {
+                host: l.host.clone(),
+                has_install_code: !l.install_code.is_empty(),
+            }),
+            statistics: StatisticsView {
+                total_events_logged: stats.total_events_logged,
+                first_timestamp: stats.first_timestamp,
+                last_timestamp: stats.last_timestamp,
+                consecutive_failures: stats.consecutive_failures,
+            },
+            state: stats.state.into(),
+            last_error: stats.last_error_kind.map(|kind| LastErrorView {
+                kind,
+                at: stats.last_error_at,
+            }),
+        }
+    }
+}
+
+/// The answer to a create or update.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PutResponse {
+    /// `created` (201), `updated` or `unchanged` (200).
+    #[schema(example = "created")]
+    pub outcome: &'static str,
+    /// The user as stored.
+    pub user: UserView,
+}
+
+/// One page of users.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserPage {
+    /// Users sorted by cloud id.
+    pub users: Vec<UserView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    #[schema(example = "00ce69")]
+    pub next_cursor: Option<String>,
+}
+
+/// Query of `GET /api/users`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// `next_cursor` of the previous page (a cloud id); omit for the first page.
+    pub cursor: Option<String>,
+    /// Users per page, 1-1000 (default 100).
+    pub limit: Option<usize>,
+}
+
+/// Create or update a user.
+///
+/// Needs scope `write`. 201 when the user is new, 200 when it existed
+/// (`outcome` tells `updated` from `unchanged`, so imports can be re-run).
+/// Statistics are kept by the server and cannot be set.
+#[utoipa::path(
+    post,
+    path = "/api/users/{cloud_id}",
+    tag = "users",
+    params(("cloud_id" = String, Path, description = "The meter's cloud id: 6 hex digits", pattern = "^[0-9a-fA-F]{6}$")),
+    request_body(content = UserBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created", body = PutResponse),
+        (status = 200, description = "Updated or unchanged", body = PutResponse),
+        (status = 400, description = "Malformed cloud id or JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid, expired or revoked token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token scope below write", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over request_body_limit", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid or unknown field (named in `field`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["write"]))
+)]
+pub async fn put_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    CloudIdPath(id): CloudIdPath,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Write)?;
+    let body = body.map_err(|e| body_error(e, state.body_limit()))?;
+    require_json(&headers)?;
+    let user = user_from_body(id, &body)?;
+    let outcome = state.registry().put(&user).await?;
+    let stats = stats_or_default(state.registry(), id).await?;
+    let status = match outcome {
+        PutOutcome::Created => StatusCode::CREATED,
+        PutOutcome::Updated | PutOutcome::Unchanged => StatusCode::OK,
+    };
+    tracing::info!(%id, outcome = %outcome, token = %caller.0.name, "User stored through the API.");
+    let response = PutResponse {
+        outcome: outcome.as_str(),
+        user: UserView::new(&user, stats),
+    };
+    Ok((status, Json(response)).into_response())
+}
+
+/// One user with its statistics.
+///
+/// Needs scope `read`. Never returns the password: `has_password` says
+/// whether one is stored.
+#[utoipa::path(
+    get,
+    path = "/api/users/{cloud_id}",
+    tag = "users",
+    params(("cloud_id" = String, Path, description = "The meter's cloud id: 6 hex digits", pattern = "^[0-9a-fA-F]{6}$")),
+    responses(
+        (status = 200, description = "The user", body = UserView),
+        (status = 400, description = "Malformed cloud id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid, expired or revoked token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["read"]))
+)]
+pub async fn get_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    CloudIdPath(id): CloudIdPath,
+) -> Result<Json<UserView>, ApiError> {
+    caller.require(Scope::Read)?;
+    let user = state
+        .registry()
+        .get(id)
+        .await?
+        .ok_or_else(|| no_such_user(id))?;
+    let stats = stats_or_default(state.registry(), id).await?;
+    Ok(Json(UserView::new(&user, stats)))
+}
+
+/// Delete a user and its statistics.
+///
+/// Needs scope `write`. The pinger stops polling it at its next reload.
+#[utoipa::path(
+    delete,
+    path = "/api/users/{cloud_id}",
+    tag = "users",
+    params(("cloud_id" = String, Path, description = "The meter's cloud id: 6 hex digits", pattern = "^[0-9a-fA-F]{6}$")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Malformed cloud id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid, expired or revoked token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token scope below write", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["write"]))
+)]
+pub async fn delete_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    CloudIdPath(id): CloudIdPath,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Scope::Write)?;
+    if state.registry().remove(id).await? {
+        tracing::info!(%id, token = %caller.0.name, "User deleted through the API.");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(no_such_user(id))
+    }
+}
+
+/// The users, sorted by cloud id, one page at a time.
+///
+/// Needs scope `read`. Follow `next_cursor` until it is `null`. Pages are
+/// cut by cloud id, so users added or removed meanwhile never shift a page.
+#[utoipa::path(
+    get,
+    path = "/api/users",
+    tag = "users",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of users", body = UserPage),
+        (status = 400, description = "Bad cursor, limit or unknown parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid, expired or revoked token", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["read"]))
+)]
+pub async fn list_users(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<UserPage>, ApiError> {
+    caller.require(Scope::Read)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid-query", e.body_text()))?;
+    let after = match &query.cursor {
+        None => None,
+        Some(c) => Some(CloudId::parse(c).map_err(|_| {
+            ApiError::bad_request(
+                "invalid-cursor",
+                "`cursor` must be the `next_cursor` of a previous page (a cloud id)",
+            )
+        })?),
+    };
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid-limit",
+            format!("`limit` must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    let registry = state.registry().clone();
+    let (ids, more) = state.user_index().page(&registry, after, limit).await?;
+    let views: Vec<Result<Option<UserView>, ApiError>> = futures::stream::iter(ids)
+        .map(|id| {
+            let registry = registry.clone();
+            async move {
+                let user = match registry.get(id).await {
+                    Ok(Some(u)) => u,
+                    // Removed since the index was read.
+                    Ok(None) => return Ok(None),
+                    Err(e @ RegistryError::Invalid { .. }) => {
+                        tracing::warn!(%id, error = %e, "Leaving an invalid stored user out of the list.");
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(ApiError::from(e)),
+                };
+                let stats = stats_or_default(&registry, id).await?;
+                Ok(Some(UserView::new(&user, stats)))
+            }
+        })
+        .buffered(FETCH_CONCURRENCY)
+        .collect()
+        .await;
+    let mut users = Vec::with_capacity(views.len());
+    for v in views {
+        if let Some(view) = v? {
+            users.push(view);
+        }
+    }
+    let next_cursor = if more {
+        users.last().map(|u| u.cloud_id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(UserPage { users, next_cursor }))
+}
+
+/// Statistics of `id`; unreadable stored statistics are logged and shown as
+/// none rather than hiding the user.
+async fn stats_or_default(
+    registry: &Registry,
+    id: CloudId,
+) -> Result<Option<UserStats>, ApiError> {
+    match registry.stats(id).await {
+        Ok(s) => Ok(s),
+        Err(e @ RegistryError::Unavailable { .. }) => Err(e.into()),
+        Err(e) => {
+            tracing::warn!(%id, error = %e, "Cannot read a meter's statistics; showing none.");
+            Ok(None)
+        }
+    }
+}
+
+fn no_such_user(id: CloudId) -> ApiError {
+    ApiError::NotFound {
+        detail: format!("no user with cloud id {id}; create it with POST /api/users/{id}"),
+    }
+}
+
+fn body_error(e: BytesRejection, limit: usize) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge { limit }
+    } else {
+        ApiError::bad_request(
+            "unreadable-body",
+            format!("cannot read the request body: {}", e.body_text()),
+        )
+    }
+}
+
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| {
+            let m = m.trim().to_ascii_lowercase();
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        })
+        .unwrap_or(false);
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType)
+    }
+}
+
+/// Turns a request body into a validated user for the path's `id`: 400 for
+/// malformed JSON, 422 naming the field for anything else. Messages never
+/// quote values, so a password cannot end up in an error or a log.
+pub fn user_from_body(id: CloudId, body: &[u8]) -> Result<User, ApiError> {
+    // Parsing to a `Value` first keeps serde's syntax errors (which quote
+    // nothing) apart from field errors (which could quote a password).
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request("malformed-json", format!("the body is not valid JSON: {e}"))
+    })?;
+    let Value::Object(mut map) = value else {
+        return Err(ApiError::Invalid(ValidationError::new(
+            "(body)",
+            "must be a JSON object like {\"user_email\": ..., \"user_pw\": ...}",
+        )));
+    };
+    if let Some(field) = map
+        .keys()
+        .find(|k| LEGACY_STAT_FIELDS.contains(&k.as_str()))
+    {
+        return Err(ApiError::Invalid(ValidationError::new(
+            field.clone(),
+            "statistics are kept by the server and cannot be set through the API",
+        )));
+    }
+    match map.get("cloud_id") {
+        None => {
+            map.insert("cloud_id".into(), Value::String(id.to_string()));
+        }
+        Some(Value::String(s)) if CloudId::parse(s).ok() == Some(id) => {}
+        Some(_) => {
+            return Err(ApiError::Invalid(ValidationError::new(
+                "cloud_id",
+                format!("must equal the id in the path ({id}), or be left out"),
+            )));
+        }
+    }
+    User::from_json_map(&map).map_err(ApiError::Invalid)
+}
+
+/// Where the ids of a listing page come from.
+///
+/// With Redis, the server walks the registry's index set itself with
+/// `SSCAN` (over its own connection) and keeps only the `limit + 1` smallest
+/// ids after the cursor: each page costs one pass over the ids (cheap: about
+/// 100 short commands for 100,000 users, never `KEYS` or `SMEMBERS`) plus
+/// one fetch per listed user, and memory stays bounded by the page size.
+/// With a users file, the file is small by design and is read whole.
+#[derive(Clone)]
+pub enum UserIndex {
+    /// The registry's Redis index set.
+    Redis {
+        /// The server's own connection (the registry's is private to it).
+        conn: ConnectionManager,
+        /// The index key, from the registry's schema.
+        index: String,
+        /// `Redis at <url>`, for messages.
+        target: Arc<str>,
+    },
+    /// Whatever [`Registry::load_all`] returns.
+    Registry,
+}
+
+impl std::fmt::Debug for UserIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UserIndex::Redis { index, target, .. } => f
+                .debug_struct("UserIndex::Redis")
+                .field("index", index)
+                .field("target", target)
+                .finish(),
+            UserIndex::Registry => f.write_str("UserIndex::Registry"),
+        }
+    }
+}
+
+impl UserIndex {
+    /// The ids of one page: up to `limit` ids after `after`, ascending, and
+    /// whether more follow.
+    pub async fn page(
+        &self,
+        registry: &Registry,
+        after: Option<CloudId>,
+        limit: usize,
+    ) -> Result<(Vec<CloudId>, bool), ApiError> {
+        let mut ids: Vec<CloudId> = match self {
+            UserIndex::Registry => registry
+                .load_all()
+                .await?
+                .into_iter()
+                .map(|u| u.cloud_id)
+                .filter(|id| after.is_none_or(|a| *id > a))
+                .take(limit + 1)
+                .collect(),
+            UserIndex::Redis {
+                conn,
+                index,
+                target,
+            } => scan_page(conn.clone(), index, target, after, limit + 1).await?,
+        };
+        ids.sort();
+        ids.dedup();
+        let more = ids.len() > limit;
+        ids.truncate(limit);
+        Ok((ids, more))
+    }
+}
+
+/// The `keep` smallest ids in the index set that sort after `after`.
+async fn scan_page(
+    mut conn: ConnectionManager,
+    index: &str,
+    target: &str,
+    after: Option<CloudId>,
+    keep: usize,
+) -> Result<Vec<CloudId>, ApiError> {
+    // A max-heap of the smallest ids seen: the top is the one to drop.
+    let mut heap: BinaryHeap<CloudId> = BinaryHeap::with_capacity(keep + 1);
+    let mut cursor: u64 = 0;
+    loop {
+        let mut cmd = redis::cmd("SSCAN");
+        cmd.arg(index).arg(cursor).arg("COUNT").arg(SCAN_COUNT);
+        let (next, members): (u64, Vec<Vec<u8>>) =
+            cmd.query_async(&mut conn).await.map_err(|e| {
+                if crate::tokens::is_transient(&e) {
+                    ApiError::Unavailable {
+                        detail: format!(
+                            "the user registry ({target}) is unavailable; retry shortly (SSCAN {index} failed: {e})"
+                        ),
+                    }
+                } else {
+                    ApiError::Internal(format!("{target} refused SSCAN {index}: {e}"))
+                }
+            })?;
+        for member in members {
+            // Invalid members are the registry's to report; skip them here.
+            let Ok(id) = CloudId::parse(&String::from_utf8_lossy(&member)) else {
+                continue;
+            };
+            if after.is_some_and(|a| id <= a) {
+                continue;
+            }
+            heap.push(id);
+            if heap.len() > keep {
+                heap.pop();
+            }
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    Ok(heap.into_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> CloudId {
+        CloudId::parse("00ce69").unwrap()
+    }
+
+    fn status(r: Result<User, ApiError>) -> u16 {
+        r.unwrap_err().status().as_u16()
+    }
+
+    #[test]
+    fn body_takes_the_id_from_the_path() {
+        let u = user_from_body(id(), br#"{"user_email": "a@b.org", "user_pw": "x"}"#).unwrap();
+        assert_eq!(u.cloud_id, id());
+        assert!(u.active);
+        let u = user_from_body(
+            id(),
+            br#"{"cloud_id": "00CE69", "user_email": "a@b.org", "user_pw": "x", "active": false}"#,
+        )
+        .unwrap();
+        assert!(!u.active);
+    }
+
+    #[test]
+    fn malformed_json_is_400_and_bad_fields_are_422() {
+        assert_eq!(status(user_from_body(id(), b"{\"user_email\": ")), 400);
+        assert_eq!(status(user_from_body(id(), b"")), 400);
+        assert_eq!(status(user_from_body(id(), b"[1]")), 422);
+        for body in [
+            r#"{"user_email": "a@b.org", "user_pw": "x", "actve": false}"#,
+            r#"{"user_email": "a@b.org", "user_pw": "x", "total_events_logged": 5}"#,
+            r#"{"user_email": "a@b.org", "user_pw": "x", "cloud_id": "00ce6a"}"#,
+            r#"{"user_email": "nope", "user_pw": "x"}"#,
+            r#"{"user_email": "a@b.org"}"#,
+        ] {
+            assert_eq!(status(user_from_body(id(), body.as_bytes())), 422, "{body}");
+        }
+    }
+
+    #[test]
+    fn errors_never_quote_the_password() {
+        for body in [
+            r#"{"user_email": "a@b.org", "user_pw": ["hunter2"]}"#,
+            r#"{"user_email": "a@b.org", "user_pw": "hunter2", "local": "hunter2"}"#,
+            r#"{"user_email": "a@b.org", "user_pw": "hunter2"#,
+        ] {
+            let e = user_from_body(id(), body.as_bytes()).unwrap_err();
+            assert!(!e.problem().detail.contains("hunter2"), "{e}");
+        }
+    }
+
+    #[test]
+    fn view_never_carries_secrets() {
+        let u = user_from_body(
+            id(),
+            br#"{"user_email": "a@b.org", "user_pw": "hunter2", "local": {"host": "10.0.0.2", "install_code": "s3cret"}}"#,
+        )
+        .unwrap();
+        let text = serde_json::to_string(&UserView::new(&u, None)).unwrap();
+        assert!(!text.contains("hunter2") && !text.contains("s3cret"), "{text}");
+        assert!(text.contains("\"has_password\":true"), "{text}");
+    }
+
+    #[test]
+    fn documented_body_fields_are_the_accepted_ones() {
+        let schema = serde_json::to_value(<UserBody as utoipa::PartialSchema>::schema()).unwrap();
+        let mut props: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
+        props.sort();
+        assert_eq!(props, ["active", "cloud_id", "local", "user_email", "user_pw"]);
+        assert_eq!(schema["additionalProperties"], false);
+    }
+}
