@@ -21,6 +21,9 @@
 //! - [`poll`]: one reading from the wire to the spool.
 //! - [`pinger`]: the polling service wired together.
 //! - [`spool`]: hour-bucketed JSON-lines files, one writer thread.
+//! - [`server`]: the HTTP API (users, on-demand reads, health, OpenAPI),
+//!   behind bearer tokens from [`tokens`].
+//! - [`tokens`]: API tokens in Redis, hashed, with scopes and expiry.
 //! - [`simulator`]: a fake relay and EAGLE-200 for tests, demos, benchmarks.
 //! - [`cli`]: the `rainforest` subcommands; `main.rs` only calls [`cli::main`].
 
@@ -34,6 +37,8 @@ pub mod record;
 pub mod registry;
 pub mod scheduler;
 pub mod secret;
+pub mod server;
 pub mod simulator;
 pub mod spool;
 pub mod telemetry;
+pub mod tokens;

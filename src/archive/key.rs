@@ -27,14 +27,7 @@ impl ObjectKey {
         cloud_id: CloudId,
         hour: HourBucket,
     ) -> ObjectKey {
-        let mut key = String::new();
-        for segment in prefix.split('/') {
-            if segment.is_empty() || segment == "." || segment == ".." {
-                continue;
-            }
-            key.push_str(segment);
-            key.push('/');
-        }
+        let mut key = clean_prefix(prefix);
         let start = hour.start();
         key.push_str(&format!(
             "{cloud_id}/{}/{file_prefix}-{cloud_id}-{hour}.jl.gz",
@@ -43,10 +36,32 @@ impl ObjectKey {
         ObjectKey(key)
     }
 
+    /// The small object [`crate::archive::Archive::preflight`] writes under
+    /// `prefix` to find out whether the store enforces conditional writes
+    /// (under the prefix, so a policy limited to it still allows it).
+    pub fn probe(prefix: &str) -> ObjectKey {
+        let mut key = clean_prefix(prefix);
+        key.push_str(".rainforest-conditional-write-probe");
+        ObjectKey(key)
+    }
+
     /// The key as S3 sees it (no leading slash).
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// `prefix` as leading key segments, each followed by `/`.
+fn clean_prefix(prefix: &str) -> String {
+    let mut key = String::new();
+    for segment in prefix.split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            continue;
+        }
+        key.push_str(segment);
+        key.push('/');
+    }
+    key
 }
 
 impl fmt::Display for ObjectKey {

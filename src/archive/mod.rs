@@ -227,14 +227,34 @@ impl Archive {
         }
     }
 
-    /// Checks the store is reachable and usable (bucket exists, credentials
-    /// accepted; for a directory, that it can be created), then that it
-    /// enforces conditional writes, warning when it does not.
-    pub async fn preflight(&self) -> Result<(), ArchiveError> {
+    /// Checks the store is usable (bucket exists and credentials are
+    /// accepted; for a directory, that it can be created), then writes the
+    /// small `probe` object to find out whether the store enforces
+    /// conditional writes. Returns that answer; `false` is logged as a
+    /// warning by the caller, because then only one rotator may write to
+    /// this prefix.
+    pub async fn preflight(&self, probe: &ObjectKey) -> Result<bool, ArchiveError> {
         match self {
-            Archive::S3(s) => s.preflight().await,
-            Archive::Dir(d) => d.preflight().await,
+            Archive::S3(s) => s.head_bucket().await?,
+            Archive::Dir(d) => d.prepare().await?,
         }
+        let body = || b"written by the rainforest rotator to check conditional writes\n".to_vec();
+        match self.put(probe, body(), Condition::Absent).await {
+            Ok(()) | Err(ArchiveError::Conflict { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        // The probe exists now, so both of these must be refused.
+        let refused = |r: Result<(), ArchiveError>| match r {
+            Ok(()) => Ok(false),
+            Err(ArchiveError::Conflict { .. }) => Ok(true),
+            Err(e) => Err(e),
+        };
+        let none_match = refused(self.put(probe, body(), Condition::Absent).await)?;
+        let if_match = refused(
+            self.put(probe, body(), Condition::Matches("\"0\"".into()))
+                .await,
+        )?;
+        Ok(none_match && if_match)
     }
 
     /// Reads an object; `None` when the key does not exist.

@@ -1,0 +1,364 @@
+//! The S3 archive: AWS S3 or an S3-compatible store through `aws-sdk-s3`.
+//!
+//! Credentials come from `aws-config`'s default chain (environment, shared
+//! profile, container and EC2 instance roles), so an EC2 host needs no keys
+//! configured; tests and embedders may pass [`StaticCredentials`] instead.
+//! With an endpoint (`s3_endpoint`) requests use path-style addressing, which
+//! MinIO, Garage and Ceph expect.
+
+use std::sync::RwLock;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    Credentials, ProvideCredentials, Region, RequestChecksumCalculation,
+    ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use base64::Engine;
+use md5::{Digest, Md5};
+
+use super::{ArchiveError, Condition, ObjectKey, Stored};
+use crate::secret::Secret;
+
+/// Attempts per request, the first included. The SDK spaces them with
+/// exponential backoff and full jitter between the two bounds below; after
+/// the last one the rotator's own, slower backoff takes over.
+const MAX_ATTEMPTS: u32 = 4;
+const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A store that does not accept a connection in this long is down.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// One attempt at one request; an hour file's object is well under a
+/// megabyte, so this is generous even on a slow uplink.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long start-up waits for the credentials chain (IMDS may be slow).
+const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// An access key pair given directly instead of the default chain.
+#[derive(Debug, Clone)]
+pub struct StaticCredentials {
+    /// `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: String,
+    /// `AWS_SECRET_ACCESS_KEY`.
+    pub secret_access_key: Secret,
+}
+
+/// What the S3 archive needs to know, taken from the configuration.
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    /// The bucket (`s3_bucket`).
+    pub bucket: String,
+    /// An S3-compatible endpoint (`s3_endpoint`); `None` means AWS.
+    pub endpoint: Option<String>,
+    /// Region (`s3_region`); `None` leaves it to the AWS environment.
+    pub region: Option<String>,
+    /// Fixed credentials; `None` uses the default chain.
+    pub credentials: Option<StaticCredentials>,
+}
+
+/// An S3 bucket as an archive.
+pub struct S3Archive {
+    settings: S3Settings,
+    /// Replaced whole by [`S3Archive::refresh_credentials`]; never held
+    /// across an await (requests clone the cheap `Client` handle first).
+    client: RwLock<Client>,
+}
+
+impl S3Archive {
+    /// Loads the AWS configuration and builds the client; no request yet.
+    pub async fn connect(settings: S3Settings) -> Result<S3Archive, ArchiveError> {
+        if settings.bucket.trim().is_empty() {
+            return Err(ArchiveError::NotConfigured);
+        }
+        let client = build_client(&settings).await;
+        Ok(S3Archive {
+            settings,
+            client: RwLock::new(client),
+        })
+    }
+
+    fn client(&self) -> Client {
+        match self.client.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        self.settings
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| "AWS".into())
+    }
+
+    /// `s3://bucket (endpoint …, region …)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "s3://{} (endpoint {}, region {})",
+            self.settings.bucket,
+            self.endpoint(),
+            self.settings.region.as_deref().unwrap_or("from the AWS environment")
+        )
+    }
+
+    fn target(&self) -> String {
+        format!("s3://{} at {}", self.settings.bucket, self.endpoint())
+    }
+
+    /// `s3://bucket/key`.
+    pub fn location(&self, key: &ObjectKey) -> String {
+        format!("s3://{}/{key}", self.settings.bucket)
+    }
+
+    /// The name of the credentials provider that answered, or why none did.
+    pub async fn credentials_source(&self) -> String {
+        let Some(provider) = self.client().config().credentials_provider() else {
+            return "none configured".into();
+        };
+        match tokio::time::timeout(CREDENTIALS_TIMEOUT, provider.provide_credentials()).await {
+            Ok(Ok(creds)) => provider_name(&creds),
+            Ok(Err(e)) => format!(
+                "none found ({}); uploads will fail until credentials are available",
+                DisplayErrorContext(&e)
+            ),
+            Err(_) => format!(
+                "none found within {CREDENTIALS_TIMEOUT:?} (is the instance metadata service reachable?)"
+            ),
+        }
+    }
+
+    /// `HeadBucket` (which needs `s3:ListBucket`), then the conditional-write
+    /// probe.
+    pub(super) async fn head_bucket(&self) -> Result<(), ArchiveError> {
+        let result = self
+            .client()
+            .head_bucket()
+            .bucket(&self.settings.bucket)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Err(ArchiveError::NoSuchBucket {
+                bucket: self.settings.bucket.clone(),
+                endpoint: self.endpoint(),
+            }),
+            Err(e) => Err(self.classify(e, None)),
+        }
+    }
+
+    /// Reads an object; `None` when the key does not exist.
+    pub async fn get(&self, key: &ObjectKey) -> Result<Option<Stored>, ArchiveError> {
+        let result = self
+            .client()
+            .get_object()
+            .bucket(&self.settings.bucket)
+            .key(key.as_str())
+            .send()
+            .await;
+        let out = match result {
+            Ok(out) => out,
+            Err(e) if e.code() == Some("NoSuchKey") => return Ok(None),
+            // A HEAD-like 404 without a body carries no code.
+            Err(e) if status_of(&e) == Some(404) && e.code() != Some("NoSuchBucket") => {
+                return Ok(None);
+            }
+            Err(e) => return Err(self.classify(e, Some(key))),
+        };
+        let etag = out.e_tag().unwrap_or_default().to_string();
+        if etag.is_empty() {
+            return Err(ArchiveError::Rejected {
+                target: self.target(),
+                key: key.clone(),
+                detail: "the store returned no ETag, so the object cannot be replaced safely"
+                    .into(),
+            });
+        }
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| ArchiveError::Unavailable {
+                target: self.target(),
+                detail: format!("reading {key}: {}", DisplayErrorContext(&e)),
+            })?
+            .into_bytes()
+            .to_vec();
+        Ok(Some(Stored { body, etag }))
+    }
+
+    /// A conditional `PutObject` with `Content-MD5`, so S3 rejects a body
+    /// damaged in transit instead of storing it.
+    pub async fn put(
+        &self,
+        key: &ObjectKey,
+        body: Vec<u8>,
+        condition: Condition,
+    ) -> Result<(), ArchiveError> {
+        let md5 = base64::engine::general_purpose::STANDARD.encode(Md5::digest(&body));
+        let mut request = self
+            .client()
+            .put_object()
+            .bucket(&self.settings.bucket)
+            .key(key.as_str())
+            // No Content-Encoding: clients would then unpack on download and
+            // researchers' `gzip -d` would see plain text.
+            .content_type("application/gzip")
+            .content_md5(md5)
+            .body(ByteStream::from(body));
+        request = match condition {
+            Condition::Absent => request.if_none_match("*"),
+            Condition::Matches(etag) => request.if_match(etag),
+        };
+        match request.send().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let status = status_of(&e);
+                // 412: the precondition failed. 409: S3's answer when two
+                // conditional writes to one key overlap. 404: If-Match on a
+                // key that vanished (moto; S3 says 412). All mean "re-read".
+                if status == Some(412)
+                    || (status == Some(409) && e.code() == Some("ConditionalRequestConflict"))
+                    || (status == Some(404) && e.code() != Some("NoSuchBucket"))
+                {
+                    Err(ArchiveError::Conflict { key: key.clone() })
+                } else {
+                    Err(self.classify(e, Some(key)))
+                }
+            }
+        }
+    }
+
+    /// Rebuilds the client, so the next request loads credentials from the
+    /// chain again instead of using the cached, expired ones.
+    pub async fn refresh_credentials(&self) {
+        let fresh = build_client(&self.settings).await;
+        match self.client.write() {
+            Ok(mut c) => *c = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+    }
+
+    /// Turns an SDK error into what the rotator acts on.
+    fn classify<E>(&self, err: SdkError<E>, key: Option<&ObjectKey>) -> ArchiveError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let status = status_of(&err);
+        let code = err.code().unwrap_or("").to_string();
+        let detail = match (&err, err.message()) {
+            (SdkError::ServiceError(_), Some(m)) => {
+                format!("HTTP {} {code}: {m}", status.unwrap_or(0))
+            }
+            (SdkError::ServiceError(_), None) => format!("HTTP {} {code}", status.unwrap_or(0)),
+            _ => DisplayErrorContext(&err).to_string(),
+        };
+        let target = self.target();
+        if !matches!(err, SdkError::ServiceError(_)) {
+            // No answer from the store: connection refused, DNS, timeouts,
+            // a truncated response. Also reached when no credentials could
+            // be loaded, which the message says.
+            if detail.contains("credentials") {
+                return ArchiveError::Denied { target, detail };
+            }
+            return ArchiveError::Unavailable { target, detail };
+        }
+        match (status.unwrap_or(0), code.as_str()) {
+            (_, "ExpiredToken" | "ExpiredTokenException" | "TokenRefreshRequired") => {
+                ArchiveError::ExpiredCredentials { target, detail }
+            }
+            (_, "NoSuchBucket") => ArchiveError::NoSuchBucket {
+                bucket: self.settings.bucket.clone(),
+                endpoint: self.endpoint(),
+            },
+            (301, _) | (_, "PermanentRedirect" | "AuthorizationHeaderMalformed") => {
+                ArchiveError::Misconfigured(format!(
+                    "{target} answered {detail}; the bucket is probably in another region: check s3_region"
+                ))
+            }
+            (401 | 403, _) => ArchiveError::Denied { target, detail },
+            (s, c) if s >= 500 || s == 429 || c == "SlowDown" || c == "RequestTimeout" => {
+                ArchiveError::Unavailable { target, detail }
+            }
+            _ => match key {
+                Some(key) => ArchiveError::Rejected {
+                    target,
+                    key: key.clone(),
+                    detail,
+                },
+                None => ArchiveError::Misconfigured(format!("{target} answered {detail}")),
+            },
+        }
+    }
+}
+
+fn status_of<E>(err: &SdkError<E>) -> Option<u16> {
+    err.raw_response().map(|r| r.status().as_u16())
+}
+
+/// The provider's name from `Credentials`' `Debug` output, the only place
+/// the SDK exposes it (the secret key is redacted there). Start-up logs it
+/// so an operator sees whether the environment, a profile or the instance
+/// role supplied the keys.
+fn provider_name(creds: &Credentials) -> String {
+    let debug = format!("{creds:?}");
+    debug
+        .split_once("provider_name: \"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(name, _)| name.to_string())
+        .unwrap_or_else(|| "unknown provider".into())
+}
+
+async fn build_client(settings: &S3Settings) -> Client {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(MAX_ATTEMPTS)
+                .with_initial_backoff(INITIAL_BACKOFF)
+                .with_max_backoff(MAX_BACKOFF),
+        )
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                .build(),
+        );
+    if let Some(region) = &settings.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    if let Some(c) = &settings.credentials {
+        loader = loader.credentials_provider(Credentials::new(
+            c.access_key_id.clone(),
+            c.secret_access_key.expose().to_string(),
+            None,
+            None,
+            "rainforest-static",
+        ));
+    }
+    let sdk = loader.load().await;
+    let mut s3 = aws_sdk_s3::config::Builder::from(&sdk)
+        // We send Content-MD5 ourselves: every S3-compatible store verifies
+        // it, while the SDK's newer default (a CRC32 header or trailer) is
+        // not understood by all of them.
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenSupported);
+    if let Some(endpoint) = &settings.endpoint {
+        s3 = s3.endpoint_url(endpoint.trim_end_matches('/')).force_path_style(true);
+    }
+    Client::from_conf(s3.build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_name_is_read_from_the_credentials() {
+        let c = Credentials::new("AKIA", "secret", None, None, "Environment");
+        assert_eq!(provider_name(&c), "Environment");
+    }
+}

@@ -1,0 +1,325 @@
+//! The HTTP server: users, on-demand reads, health, and the API description.
+//!
+//! Owns the routes, their authentication and scopes, request limits, and
+//! the error format. It reads and writes users only through the
+//! [`Registry`], and reads meters only through [`Poller::poll`], so an
+//! on-demand reading takes the same path into the spool as a scheduled one.
+//! It does not schedule polls, rotate files or manage tokens (see
+//! [`crate::tokens`] and `rainforest tokens`).
+//!
+//! [`app`] builds the [`Router`] apart from any socket, and [`run`] serves
+//! it on a listener the caller bound, until a [`CancellationToken`] fires:
+//! tests bind `127.0.0.1:0`, and an all-in-one runner can embed the server
+//! next to the pinger, sharing one registry and one spool.
+//!
+//! # Routes and scopes
+//!
+//! | Route | Scope |
+//! |-------|-------|
+//! | `GET /api/users`, `GET /api/users/{cloud_id}`, `GET /api/openapi.json` | read |
+//! | `POST /api/users/{cloud_id}`, `DELETE /api/users/{cloud_id}` | write |
+//! | `GET /api/event/{cloud_id}` (calls out with stored credentials, writes the spool) | write |
+//! | `GET /healthz`, `GET /readyz` | none |
+//!
+//! Scopes include the lower ones; `admin` can do everything and is what the
+//! bootstrap token has.
+//!
+//! Layout: [`error`] is the problem+json format, `auth` the token
+//! middleware, `users`, `event` and `health` the handlers, [`openapi`] the
+//! generated description.
+
+mod auth;
+pub mod error;
+mod event;
+mod health;
+pub mod openapi;
+mod users;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Request, StatusCode};
+use axum::middleware;
+use axum::routing::{any, get};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use self::auth::AuthMode;
+pub use self::error::{ApiError, Problem};
+pub use self::event::EventLimiter;
+pub use self::users::{UserIndex, UserView};
+
+use crate::config::Config;
+use crate::poll::Poller;
+use crate::registry::{Registry, RegistryError};
+use crate::tokens::{self, Authenticator, MIN_BOOTSTRAP_LEN, TokenError, TokenStore};
+
+/// How long [`run`] lets open requests finish after shutdown is requested.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Authentication is on and nobody could ever authenticate.
+    #[error(
+        "no API token is configured, and the server does not start without one (anyone who \
+         can reach it could read and change every user). Either:\n  \
+         - create a token in Redis (shown once): rainforest tokens create --name admin --scope admin\n  \
+         - or set a bootstrap admin token: RAINFOREST_API_TOKEN=$(openssl rand -hex 32), or \
+         api_token_file = \"/run/secrets/rainforest-api-token\" in the configuration\n  \
+         - or, for a local experiment only: rainforest server --no-auth"
+    )]
+    NoToken,
+    /// A bootstrap token short enough to guess.
+    #[error(
+        "the bootstrap token (api_token / api_token_file) has {len} characters; use at least \
+         {MIN_BOOTSTRAP_LEN}, e.g. RAINFOREST_API_TOKEN=$(openssl rand -hex 32)"
+    )]
+    WeakBootstrapToken {
+        /// Its length.
+        len: usize,
+    },
+    /// The token settings or store failed.
+    #[error(transparent)]
+    Tokens(#[from] TokenError),
+    /// The registry is set up inconsistently with the configuration.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// Everything the handlers share; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    registry: Registry,
+    poller: Poller,
+    auth: Option<Authenticator>,
+    index: UserIndex,
+    limiter: EventLimiter,
+    body_limit: usize,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("registry", &self.0.registry.describe())
+            .field("auth", &self.0.auth.is_some())
+            .field("index", &self.0.index)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// The server's state from the configuration, over a registry and a
+    /// poller the caller owns (and may share with a pinger).
+    ///
+    /// With a Redis registry it opens its own connection to `redis_url` for
+    /// tokens and paging. With [`AuthMode::Required`] it refuses
+    /// ([`ServerError::NoToken`]) when no bootstrap token is configured and
+    /// Redis holds no usable token; with [`AuthMode::Disabled`] it warns.
+    pub async fn from_config(
+        config: &Config,
+        registry: Registry,
+        poller: Poller,
+        mode: AuthMode,
+    ) -> Result<AppState, ServerError> {
+        let (store, index) = match (&registry, &config.redis_url) {
+            (Registry::Redis(r), Some(url)) => {
+                let namespace = r.keys().namespace();
+                let store = TokenStore::connect(url.as_str(), namespace).await?;
+                let conn = tokens::redis_connection(url.as_str()).await.map_err(|reason| {
+                    RegistryError::Unavailable {
+                        target: r.target(),
+                        reason,
+                        check: "check that Redis is running and reachable at redis_url",
+                    }
+                })?;
+                let index = UserIndex::Redis {
+                    conn,
+                    index: r.keys().index(),
+                    target: Arc::from(r.target()),
+                };
+                (Some(store), index)
+            }
+            (Registry::Redis(_), None) => {
+                return Err(RegistryError::Config {
+                    reason: "the registry is in Redis but redis_url is not set; set redis_url"
+                        .into(),
+                }
+                .into());
+            }
+            (Registry::File(_), _) => (None, UserIndex::Registry),
+        };
+        let auth = match mode {
+            AuthMode::Disabled => {
+                tracing::warn!(
+                    "Authentication is DISABLED (--no-auth): anyone who can reach this port can \
+                     read and change users. Never use this on a network."
+                );
+                None
+            }
+            AuthMode::Required => {
+                let bootstrap = tokens::bootstrap_token(config)?;
+                if let Some(t) = &bootstrap
+                    && t.expose().chars().count() < MIN_BOOTSTRAP_LEN
+                {
+                    return Err(ServerError::WeakBootstrapToken {
+                        len: t.expose().chars().count(),
+                    });
+                }
+                let usable_in_store = match &store {
+                    Some(s) if bootstrap.is_none() => s.has_usable_token().await?,
+                    _ => false,
+                };
+                if bootstrap.is_none() && !usable_in_store {
+                    return Err(ServerError::NoToken);
+                }
+                Some(Authenticator::new(bootstrap.as_ref(), store))
+            }
+        };
+        Ok(AppState(Arc::new(Inner {
+            registry,
+            poller,
+            auth,
+            index,
+            limiter: EventLimiter::new(),
+            body_limit: config.request_body_limit,
+            timeout: config.api_timeout,
+        })))
+    }
+
+    /// The user registry.
+    pub fn registry(&self) -> &Registry {
+        &self.0.registry
+    }
+
+    /// The poller on-demand reads go through.
+    pub fn poller(&self) -> &Poller {
+        &self.0.poller
+    }
+
+    /// The token checker; `None` under `--no-auth`.
+    pub fn auth(&self) -> Option<&Authenticator> {
+        self.0.auth.as_ref()
+    }
+
+    fn user_index(&self) -> &UserIndex {
+        &self.0.index
+    }
+
+    fn limiter(&self) -> &EventLimiter {
+        &self.0.limiter
+    }
+
+    fn body_limit(&self) -> usize {
+        self.0.body_limit
+    }
+}
+
+/// The whole application as a [`Router`], with its limits and middleware.
+pub fn app(state: AppState) -> Router {
+    let limit = state.body_limit();
+    let timeout = state.0.timeout;
+    let api = Router::new()
+        .route("/users", get(users::list_users))
+        .route(
+            "/users/{cloud_id}",
+            get(users::get_user)
+                .post(users::put_user)
+                .delete(users::delete_user),
+        )
+        // A slash inside the id (`00/ce69`, `../x`) is a bad id, not an
+        // unknown route.
+        .route("/users/{cloud_id}/{*rest}", any(users::id_with_slash))
+        .route("/event/{cloud_id}", get(event::read_meter))
+        .route("/event/{cloud_id}/{*rest}", any(users::id_with_slash))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // After the routes and fallback, so unknown /api/ paths need a
+        // token too and reveal nothing.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .nest("/api", api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(RequestBodyLimitLayer::new(limit))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
+        .layer(middleware::from_fn(auth::reject_credentials_in_query))
+        .layer(middleware::from_fn(error::problem_for_bare_errors))
+        .layer(
+            TraceLayer::new_for_http()
+                // The path only: a query string may hold what a client
+                // should not have sent (`?pw=`), and logs outlive requests.
+                .make_span_with(|req: &Request<_>| {
+                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+                })
+                // Errors are logged where they are understood (ApiError).
+                .on_failure(()),
+        )
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound {
+        detail: "no such route; see GET /api/openapi.json".into(),
+    }
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Serves [`app`] on `listener` until `shutdown` is cancelled, then lets
+/// open requests finish for up to [`DRAIN_GRACE`].
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, auth = state.auth().is_some(), registry = %state.registry().describe(), "Server listening.");
+    let serve = axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let mut task = tokio::spawn(async move { serve.await });
+    tokio::select! {
+        joined = &mut task => return flatten(joined),
+        _ = shutdown.cancelled() => {}
+    }
+    match tokio::time::timeout(DRAIN_GRACE, &mut task).await {
+        Ok(joined) => flatten(joined),
+        Err(_) => {
+            tracing::warn!(
+                grace_s = DRAIN_GRACE.as_secs(),
+                "Requests still open after the grace period; closing them."
+            );
+            task.abort();
+            Ok(())
+        }
+    }?;
+    tracing::info!("Server stopped.");
+    Ok(())
+}
+
+fn flatten(joined: Result<std::io::Result<()>, tokio::task::JoinError>) -> std::io::Result<()> {
+    match joined {
+        Ok(r) => r,
+        Err(e) => Err(std::io::Error::other(format!("server task failed: {e}"))),
+    }
+}

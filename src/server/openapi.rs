@@ -1,0 +1,77 @@
+//! `GET /api/openapi.json`: the OpenAPI 3 description, generated from the
+//! handlers' annotations and the response types, so it cannot drift from
+//! the code the way a hand-written file would.
+
+use axum::Json;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::auth::Caller;
+use super::error::{ApiError, Problem};
+use super::{event, health, users};
+use crate::tokens::Scope;
+
+/// The API description; see each handler for its route.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "rainforest",
+        description = "Users of the EAGLE meter pinger, their statistics, and on-demand reads. \
+            Every /api/ route needs `Authorization: Bearer <token>`; the security requirement of \
+            each operation names the scope it needs (read < write < admin). Errors are \
+            application/problem+json (RFC 9457)."
+    ),
+    paths(
+        users::list_users,
+        users::get_user,
+        users::put_user,
+        users::delete_user,
+        event::read_meter,
+        health::healthz,
+        health::readyz,
+        openapi_json,
+    ),
+    components(schemas(Problem)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "users", description = "Registered meters and their credentials (never returned)"),
+        (name = "meters", description = "On-demand reads"),
+        (name = "health", description = "Liveness and readiness, no token needed"),
+        (name = "meta", description = "This document"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Adds the bearer security scheme the operations refer to.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let mut scheme = Http::new(HttpAuthScheme::Bearer);
+        scheme.description = Some(
+            "A token from `rainforest tokens create --name N --scope read|write|admin`, \
+             or the bootstrap admin token (api_token / api_token_file)."
+                .into(),
+        );
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+/// This document.
+///
+/// Needs scope `read`.
+#[utoipa::path(
+    get,
+    path = "/api/openapi.json",
+    tag = "meta",
+    responses(
+        (status = 200, description = "The OpenAPI 3 document", content_type = "application/json"),
+        (status = 401, description = "Missing, invalid, expired or revoked token", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["read"]))
+)]
+pub async fn openapi_json(caller: Caller) -> Result<Json<utoipa::openapi::OpenApi>, ApiError> {
+    caller.require(Scope::Read)?;
+    Ok(Json(ApiDoc::openapi()))
+}

@@ -1,0 +1,117 @@
+//! The spool on a real file system: whole lines only, a bounded pool of open
+//! files, torn tails cut, and disk errors retried without losing lines.
+
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rainforest::cloud_id::CloudId;
+use rainforest::spool::{HourBucket, Spool, SpoolOptions, hour_file};
+
+fn spool(dir: &Path, open_files: usize) -> Spool {
+    Spool::start(SpoolOptions {
+        data_dir: dir.to_path_buf(),
+        prefix: "iseif-rainforest".into(),
+        open_files,
+        flush_every: Duration::from_millis(100),
+    })
+    .expect("start spool")
+}
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).expect("time").with_timezone(&Utc)
+}
+
+fn line(id: CloudId, n: usize) -> String {
+    // Long lines make interleaving, if it happened, visible.
+    format!("{{\"cloud_id\":\"{id}\",\"n\":{n},\"pad\":\"{}\"}}\n", "x".repeat(3000))
+}
+
+fn read_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:.80}: {e}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_never_interleave_and_a_small_pool_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = spool(dir.path(), 4);
+    let t = at("2025-01-15T10:20:00Z");
+    let mut tasks = Vec::new();
+    for m in 0..20u32 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = CloudId::from_index(m);
+            for n in 0..50 {
+                s.append(id, t, line(id, n)).await.expect("append");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    s.close().await;
+    for m in 0..20u32 {
+        let id = CloudId::from_index(m);
+        let lines = read_lines(&hour_file(dir.path(), "iseif-rainforest", id, HourBucket::of(t)));
+        let ns: Vec<u64> = lines.iter().map(|v| v["n"].as_u64().expect("n")).collect();
+        assert_eq!(ns, (0..50).collect::<Vec<u64>>(), "meter {id}");
+    }
+    assert_eq!(rainforest::spool::SpoolStats::get(&s.stats().lines_written), 1000);
+    assert!(rainforest::spool::SpoolStats::get(&s.stats().files_opened) > 20, "the pool of 4 should have reopened files");
+}
+
+#[tokio::test]
+async fn lines_go_to_the_utc_hour_of_polled_at() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = spool(dir.path(), 8);
+    let id = CloudId::parse("00ce69").expect("id");
+    s.append(id, at("2025-01-15T10:59:59.999Z"), line(id, 1)).await.expect("append");
+    s.append(id, at("2025-01-15T11:00:00.000Z"), line(id, 2)).await.expect("append");
+    s.close().await;
+    let p10 = dir.path().join("2025-01-15-10/iseif-rainforest-00ce69-2025-01-15-10.jl");
+    let p11 = dir.path().join("2025-01-15-11/iseif-rainforest-00ce69-2025-01-15-11.jl");
+    assert_eq!(read_lines(&p10)[0]["n"], 1);
+    assert_eq!(read_lines(&p11)[0]["n"], 2);
+}
+
+#[tokio::test]
+async fn a_torn_tail_from_a_crash_is_cut_before_appending() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = CloudId::parse("00ce69").expect("id");
+    let t = at("2025-01-15T10:20:00Z");
+    let path = hour_file(dir.path(), "iseif-rainforest", id, HourBucket::of(t));
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&path, "{\"n\":0}\n{\"n\":1,\"cut here").expect("write");
+    let s = spool(dir.path(), 8);
+    s.append(id, t, line(id, 2)).await.expect("append");
+    s.close().await;
+    let ns: Vec<u64> = read_lines(&path).iter().map(|v| v["n"].as_u64().expect("n")).collect();
+    assert_eq!(ns, vec![0, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_errors_are_counted_and_retried_until_the_lines_land() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = CloudId::parse("00ce69").expect("id");
+    let t = at("2025-01-15T10:20:00Z");
+    // A plain file where the hour directory must go: every open fails, as
+    // on a broken disk (permissions do not stop root, this does).
+    let blocker = dir.path().join("2025-01-15-10");
+    std::fs::write(&blocker, "not a directory").expect("write blocker");
+    let s = spool(dir.path(), 8);
+    for n in 0..3 {
+        s.append(id, t, line(id, n)).await.expect("append");
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(rainforest::spool::SpoolStats::get(&s.stats().write_errors) >= 2, "errors are counted and retried");
+    assert_eq!(rainforest::spool::SpoolStats::get(&s.stats().lines_written), 0);
+    std::fs::remove_file(&blocker).expect("remove blocker");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.close().await;
+    let lines = read_lines(&hour_file(dir.path(), "iseif-rainforest", id, HourBucket::of(t)));
+    assert_eq!(lines.len(), 3);
+}
