@@ -135,7 +135,9 @@ fn main() -> anyhow::Result<()> {
     f.flush()?;
     drop(f);
     let data = dir.path().join("logs");
+    // RAINFOREST_* variables tune the pinger under test (e.g. RAINFOREST_OPEN_FILES).
     let config: Config = Layers::defaults()
+        .env(std::env::vars())
         .flag("users_file", users.display().to_string(), "bench")
         .flag("data_dir", data.display().to_string(), "bench")
         .flag(

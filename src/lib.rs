@@ -21,20 +21,28 @@
 //! - [`poll`]: one reading from the wire to the spool.
 //! - [`pinger`]: the polling service wired together.
 //! - [`spool`]: hour-bucketed JSON-lines files, one writer thread.
+//! - [`rotator`]: ships completed hours to the archive exactly once
+//!   (gzip, merge, retries, quarantine).
+//! - [`archive`]: where completed hours live: S3 (or S3-compatible) or a
+//!   local directory, with conditional writes.
 //! - [`server`]: the HTTP API (users, on-demand reads, health, OpenAPI),
 //!   behind bearer tokens from [`tokens`].
+//! - [`importer`]: bulk loading of users (JSON lines, the old Redis layout).
 //! - [`tokens`]: API tokens in Redis, hashed, with scopes and expiry.
 //! - [`simulator`]: a fake relay and EAGLE-200 for tests, demos, benchmarks.
 //! - [`cli`]: the `rainforest` subcommands; `main.rs` only calls [`cli::main`].
 
+pub mod archive;
 pub mod cli;
 pub mod cloud_id;
 pub mod config;
+pub mod importer;
 pub mod pinger;
 pub mod poll;
 pub mod protocol;
 pub mod record;
 pub mod registry;
+pub mod rotator;
 pub mod scheduler;
 pub mod secret;
 pub mod server;

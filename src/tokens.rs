@@ -82,9 +82,7 @@ return 1
 ";
 
 /// What a token may do. Each scope includes the ones before it.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Read users, statistics and the API description.
@@ -416,8 +414,7 @@ impl TokenStore {
     }
 
     async fn query<T: FromRedisValue>(&self, op: &str, cmd: &redis::Cmd) -> Result<T, TokenError> {
-        let mut conn = self.conn.clone();
-        cmd.query_async(&mut conn)
+        query_cmd(&self.conn, cmd)
             .await
             .map_err(|e| self.error(op, e))
     }
@@ -428,9 +425,15 @@ impl TokenStore {
         pipe: &redis::Pipeline,
     ) -> Result<T, TokenError> {
         let mut conn = self.conn.clone();
-        pipe.query_async(&mut conn)
-            .await
-            .map_err(|e| self.error(op, e))
+        let mut retried = false;
+        loop {
+            match pipe.query_async(&mut conn).await {
+                Ok(v) => return Ok(v),
+                // As in `query_cmd`.
+                Err(e) if !retried && e.is_connection_refusal() => retried = true,
+                Err(e) => return Err(self.error(op, e)),
+            }
+        }
     }
 
     fn error(&self, op: &str, e: RedisError) -> TokenError {
@@ -465,6 +468,25 @@ pub(crate) async fn redis_connection(url: &str) -> Result<ConnectionManager, Str
     ConnectionManager::new_with_config(client, config)
         .await
         .map_err(|e| format!("cannot connect: {e}"))
+}
+
+/// Sends a command. A refused connection is retried once: nothing was
+/// sent, and the first call after Redis comes back can meet the connection
+/// manager's last failed attempt; the retry waits for the fresh connection
+/// instead of reporting an outage that is already over.
+pub(crate) async fn query_cmd<T: FromRedisValue>(
+    conn: &ConnectionManager,
+    cmd: &redis::Cmd,
+) -> Result<T, RedisError> {
+    let mut conn = conn.clone();
+    let mut retried = false;
+    loop {
+        match cmd.query_async(&mut conn).await {
+            Ok(v) => return Ok(v),
+            Err(e) if !retried && e.is_connection_refusal() => retried = true,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Whether a Redis failure is an outage (retry later) rather than a refusal.
@@ -579,7 +601,9 @@ pub enum AuthError {
     #[error("the bearer token is not valid (unknown or revoked)")]
     Invalid,
     /// Known but past its expiry.
-    #[error("the bearer token {name:?} has expired; create a new one with `rainforest tokens create`")]
+    #[error(
+        "the bearer token {name:?} has expired; create a new one with `rainforest tokens create`"
+    )]
     Expired {
         /// The token's name.
         name: String,
@@ -726,7 +750,10 @@ mod tests {
             auth.verify("bootstrap-token-12345", 0.0).await,
             Err(AuthError::Invalid)
         ));
-        assert!(matches!(auth.verify("", 0.0).await, Err(AuthError::Invalid)));
+        assert!(matches!(
+            auth.verify("", 0.0).await,
+            Err(AuthError::Invalid)
+        ));
     }
 
     #[test]

@@ -15,9 +15,9 @@ use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     Credentials, ProvideCredentials, Region, RequestChecksumCalculation,
-    ResponseChecksumValidation,
+    ResponseChecksumValidation, SharedCredentialsProvider,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use base64::Engine;
 use md5::{Digest, Md5};
@@ -65,8 +65,15 @@ pub struct S3Settings {
 pub struct S3Archive {
     settings: S3Settings,
     /// Replaced whole by [`S3Archive::refresh_credentials`]; never held
-    /// across an await (requests clone the cheap `Client` handle first).
-    client: RwLock<Client>,
+    /// across an await (requests clone the cheap handles first).
+    conn: RwLock<Conn>,
+}
+
+/// A client and the credentials chain it signs with.
+#[derive(Clone)]
+struct Conn {
+    client: Client,
+    credentials: Option<SharedCredentialsProvider>,
 }
 
 impl S3Archive {
@@ -75,18 +82,22 @@ impl S3Archive {
         if settings.bucket.trim().is_empty() {
             return Err(ArchiveError::NotConfigured);
         }
-        let client = build_client(&settings).await;
+        let conn = connect(&settings).await;
         Ok(S3Archive {
             settings,
-            client: RwLock::new(client),
+            conn: RwLock::new(conn),
         })
     }
 
-    fn client(&self) -> Client {
-        match self.client.read() {
+    fn conn(&self) -> Conn {
+        match self.conn.read() {
             Ok(c) => c.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    fn client(&self) -> Client {
+        self.conn().client
     }
 
     fn endpoint(&self) -> String {
@@ -102,7 +113,10 @@ impl S3Archive {
             "s3://{} (endpoint {}, region {})",
             self.settings.bucket,
             self.endpoint(),
-            self.settings.region.as_deref().unwrap_or("from the AWS environment")
+            self.settings
+                .region
+                .as_deref()
+                .unwrap_or("from the AWS environment")
         )
     }
 
@@ -117,14 +131,14 @@ impl S3Archive {
 
     /// The name of the credentials provider that answered, or why none did.
     pub async fn credentials_source(&self) -> String {
-        let Some(provider) = self.client().config().credentials_provider() else {
+        let Some(provider) = self.conn().credentials else {
             return "none configured".into();
         };
         match tokio::time::timeout(CREDENTIALS_TIMEOUT, provider.provide_credentials()).await {
             Ok(Ok(creds)) => provider_name(&creds),
             Ok(Err(e)) => format!(
                 "none found ({}); uploads will fail until credentials are available",
-                DisplayErrorContext(&e)
+                error_chain(&e)
             ),
             Err(_) => format!(
                 "none found within {CREDENTIALS_TIMEOUT:?} (is the instance metadata service reachable?)"
@@ -184,7 +198,7 @@ impl S3Archive {
             .await
             .map_err(|e| ArchiveError::Unavailable {
                 target: self.target(),
-                detail: format!("reading {key}: {}", DisplayErrorContext(&e)),
+                detail: format!("reading {key}: {}", error_chain(&e)),
             })?
             .into_bytes()
             .to_vec();
@@ -236,8 +250,8 @@ impl S3Archive {
     /// Rebuilds the client, so the next request loads credentials from the
     /// chain again instead of using the cached, expired ones.
     pub async fn refresh_credentials(&self) {
-        let fresh = build_client(&self.settings).await;
-        match self.client.write() {
+        let fresh = connect(&self.settings).await;
+        match self.conn.write() {
             Ok(mut c) => *c = fresh,
             Err(poisoned) => *poisoned.into_inner() = fresh,
         }
@@ -255,7 +269,7 @@ impl S3Archive {
                 format!("HTTP {} {code}: {m}", status.unwrap_or(0))
             }
             (SdkError::ServiceError(_), None) => format!("HTTP {} {code}", status.unwrap_or(0)),
-            _ => DisplayErrorContext(&err).to_string(),
+            _ => error_chain(&err),
         };
         let target = self.target();
         if !matches!(err, SdkError::ServiceError(_)) {
@@ -296,6 +310,23 @@ impl S3Archive {
     }
 }
 
+/// An error and its sources as one line of messages, without the `Debug`
+/// dump `DisplayErrorContext` appends (a screenful for one refused
+/// connection).
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        // Wrappers often repeat their source's message; keep it once.
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
 fn status_of<E>(err: &SdkError<E>) -> Option<u16> {
     err.raw_response().map(|r| r.status().as_u16())
 }
@@ -313,7 +344,7 @@ fn provider_name(creds: &Credentials) -> String {
         .unwrap_or_else(|| "unknown provider".into())
 }
 
-async fn build_client(settings: &S3Settings) -> Client {
+async fn connect(settings: &S3Settings) -> Conn {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(
             RetryConfig::standard()
@@ -347,9 +378,14 @@ async fn build_client(settings: &S3Settings) -> Client {
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenSupported);
     if let Some(endpoint) = &settings.endpoint {
-        s3 = s3.endpoint_url(endpoint.trim_end_matches('/')).force_path_style(true);
+        s3 = s3
+            .endpoint_url(endpoint.trim_end_matches('/'))
+            .force_path_style(true);
     }
-    Client::from_conf(s3.build())
+    Conn {
+        client: Client::from_conf(s3.build()),
+        credentials: sdk.credentials_provider(),
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,10 @@
 
 mod fetch;
 mod pinger;
+mod rotator;
+mod server;
+mod tokens;
+mod users;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -74,6 +78,14 @@ enum Command {
     Config,
     /// Poll every active user's meter every poll_interval into the spool.
     Pinger(pinger::Args),
+    /// Serve the HTTP API (users, on-demand reads, health) on `listen`.
+    Server(server::Args),
+    /// Import, list, add and remove users.
+    Users(users::Args),
+    /// Create, list and revoke API tokens.
+    Tokens(tokens::Args),
+    /// Upload completed spool hours to the archive (S3 or a directory), exactly once.
+    Rotator(rotator::Args),
 }
 
 impl Command {
@@ -83,6 +95,10 @@ impl Command {
             Command::Simulate(_) => "simulate",
             Command::Config => "config",
             Command::Pinger(_) => "pinger",
+            Command::Rotator(_) => "rotator",
+            Command::Server(_) => "server",
+            Command::Users(_) => "users",
+            Command::Tokens(_) => "tokens",
         }
     }
 }
@@ -154,6 +170,10 @@ async fn dispatch(cli: Cli, config: Config) -> ExitCode {
         Command::Pinger(args) => pinger::run(args, &config, cli.global.trace_http, shutdown)
             .await
             .map(|()| ExitCode::SUCCESS),
+        Command::Server(args) => server::run(args, &config, cli.global.trace_http, shutdown).await,
+        Command::Users(args) => users::run(args, &config).await,
+        Command::Tokens(args) => tokens::run(args, &config).await,
+        Command::Rotator(args) => rotator::run(args, &config, shutdown).await,
         Command::Config => {
             print!("{}", config.render());
             Ok(ExitCode::SUCCESS)

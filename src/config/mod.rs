@@ -320,7 +320,9 @@ impl Parser<'_> {
             "" => ArchiveSetting::Auto,
             "s3" => ArchiveSetting::S3,
             _ => match v.strip_prefix("dir:") {
-                Some(dir) if !dir.trim().is_empty() => ArchiveSetting::Dir(PathBuf::from(dir.trim())),
+                Some(dir) if !dir.trim().is_empty() => {
+                    ArchiveSetting::Dir(PathBuf::from(dir.trim()))
+                }
                 _ => self.fail(
                     key,
                     format!("{v:?} must be empty, s3, or dir:/path (a local directory)"),
@@ -536,7 +538,10 @@ impl Config {
             ),
             (
                 "api_token_file",
-                opt(self.api_token_file.as_ref().map(|p| p.display().to_string())),
+                opt(self
+                    .api_token_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())),
             ),
             ("request_body_limit", self.request_body_limit.to_string()),
             ("api_timeout", d(self.api_timeout)),
@@ -618,7 +623,10 @@ mod tests {
             ArchiveSetting::Dir(PathBuf::from("/srv/archive"))
         );
         let err = parse("ftp://x").unwrap_err().to_string();
-        assert!(err.contains("`archive` (from environment variable RAINFOREST_ARCHIVE)"), "{err}");
+        assert!(
+            err.contains("`archive` (from environment variable RAINFOREST_ARCHIVE)"),
+            "{err}"
+        );
         assert!(parse("dir:").is_err());
     }
 

@@ -98,8 +98,10 @@ pub async fn require_token(
 
 /// The bearer token of a request, or why there is none.
 fn bearer(request: &Request) -> Result<String, ApiError> {
-    let missing = || ApiError::Unauthorized {
+    let missing = || {
+        ApiError::Unauthorized {
         detail: "send `Authorization: Bearer <token>`; create a token with `rainforest tokens create --name NAME --scope read|write|admin`".into(),
+    }
     };
     let value = request
         .headers()
@@ -165,7 +167,10 @@ mod tests {
         assert_eq!(credential_param("pw=plaintext123"), Some("pw".into()));
         assert_eq!(credential_param("a=1&PW=x"), Some("pw".into()));
         assert_eq!(credential_param("%70%77=x"), Some("pw".into()));
-        assert_eq!(credential_param("access_token=x"), Some("access_token".into()));
+        assert_eq!(
+            credential_param("access_token=x"),
+            Some("access_token".into())
+        );
         assert_eq!(credential_param("cursor=00ce69&limit=5"), None);
         assert_eq!(credential_param("pwx=1"), None);
     }

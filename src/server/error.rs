@@ -94,9 +94,7 @@ pub enum ApiError {
     #[error("method not allowed on this path; see GET /api/openapi.json")]
     MethodNotAllowed,
     /// The body exceeds the limit.
-    #[error(
-        "the request body is larger than {limit} bytes; a user record is a few hundred bytes"
-    )]
+    #[error("the request body is larger than {limit} bytes; a user record is a few hundred bytes")]
     PayloadTooLarge {
         /// The limit in bytes.
         limit: usize,
@@ -196,9 +194,7 @@ impl ApiError {
     pub fn problem(&self) -> Problem {
         let status = self.status();
         let detail = match self {
-            ApiError::Internal(_) => {
-                "internal error; the server log has the details".to_string()
-            }
+            ApiError::Internal(_) => "internal error; the server log has the details".to_string(),
             other => other.to_string(),
         };
         Problem {
@@ -279,8 +275,7 @@ impl From<AuthError> for ApiError {
 
 /// Serialises a problem with its status and media type.
 pub fn problem_response(problem: &Problem) -> Response {
-    let status =
-        StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json::to_vec(problem).unwrap_or_else(|_| b"{}".to_vec());
     (
         status,

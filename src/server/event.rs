@@ -186,7 +186,10 @@ mod tests {
         let b = CloudId::parse("00ce6a").unwrap();
         assert!(l.check(a).is_ok());
         let wait = l.check(a).unwrap_err();
-        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
         assert!(l.check(b).is_ok());
     }
 }

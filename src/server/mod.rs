@@ -52,7 +52,9 @@ use tower_http::trace::TraceLayer;
 pub use self::auth::AuthMode;
 pub use self::error::{ApiError, Problem};
 pub use self::event::EventLimiter;
-pub use self::users::{UserIndex, UserView};
+pub use self::users::{
+    LocalBody, PutResponse, UserBody, UserIndex, UserPage, UserView, user_from_body,
+};
 
 use crate::config::Config;
 use crate::poll::Poller;
@@ -134,13 +136,13 @@ impl AppState {
             (Registry::Redis(r), Some(url)) => {
                 let namespace = r.keys().namespace();
                 let store = TokenStore::connect(url.as_str(), namespace).await?;
-                let conn = tokens::redis_connection(url.as_str()).await.map_err(|reason| {
-                    RegistryError::Unavailable {
+                let conn = tokens::redis_connection(url.as_str())
+                    .await
+                    .map_err(|reason| RegistryError::Unavailable {
                         target: r.target(),
                         reason,
                         check: "check that Redis is running and reachable at redis_url",
-                    }
-                })?;
+                    })?;
                 let index = UserIndex::Redis {
                     conn,
                     index: r.keys().index(),
@@ -237,8 +239,10 @@ pub fn app(state: AppState) -> Router {
         )
         // A slash inside the id (`00/ce69`, `../x`) is a bad id, not an
         // unknown route.
+        .route("/users/{cloud_id}/", any(users::id_with_slash))
         .route("/users/{cloud_id}/{*rest}", any(users::id_with_slash))
         .route("/event/{cloud_id}", get(event::read_meter))
+        .route("/event/{cloud_id}/", any(users::id_with_slash))
         .route("/event/{cloud_id}/{*rest}", any(users::id_with_slash))
         .route("/openapi.json", get(openapi::openapi_json))
         .fallback(not_found)

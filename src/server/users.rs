@@ -72,7 +72,11 @@ pub async fn id_with_slash() -> ApiError {
 
 /// The body of `POST /api/users/{cloud_id}`. Unknown fields are rejected
 /// (422), since a typo like `actve` would otherwise silently not apply.
-#[derive(Debug, Deserialize, ToSchema)]
+///
+/// The server parses bodies with [`user_from_body`] (whose messages never
+/// quote a value); this type is the documented shape and what the importer
+/// sends. No `Debug`: it holds a password in clear.
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserBody {
     /// The EAGLE account's e-mail (the relay's `User` header).
@@ -80,18 +84,22 @@ pub struct UserBody {
     pub user_email: String,
     /// The EAGLE account's password. Required for relay users; stored, never returned.
     #[schema(format = Password, write_only)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user_pw: Option<String>,
     /// Whether the pinger polls this meter (default true).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub active: Option<bool>,
     /// Read an EAGLE-200 on the customer's LAN instead of through the relay.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub local: Option<LocalBody>,
     /// Optional; must equal the path's id when given.
     #[schema(example = "00ce69", pattern = "^[0-9a-fA-F]{6}$")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cloud_id: Option<String>,
 }
 
-/// A local EAGLE-200 in a request body.
-#[derive(Debug, Deserialize, ToSchema)]
+/// A local EAGLE-200 in a request body (no `Debug`: it holds a secret).
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LocalBody {
     /// `host`, `host:port` or an `http(s)://` base URL.
@@ -100,6 +108,23 @@ pub struct LocalBody {
     /// The device's install code; stored, never returned.
     #[schema(format = Password, write_only)]
     pub install_code: String,
+}
+
+impl UserBody {
+    /// The body that stores `user` as it is; exposes its secrets, since it
+    /// is about to be sent to the server.
+    pub fn from_user(user: &User) -> UserBody {
+        UserBody {
+            user_email: user.user_email.clone(),
+            user_pw: (!user.user_pw.is_empty()).then(|| user.user_pw.expose().to_string()),
+            active: Some(user.active),
+            local: user.local.as_ref().map(|l| LocalBody {
+                host: l.host.clone(),
+                install_code: l.install_code.expose().to_string(),
+            }),
+            cloud_id: None,
+        }
+    }
 }
 
 /// How the scheduler currently treats a meter.
@@ -400,6 +425,13 @@ pub async fn list_users(
     }
     let registry = state.registry().clone();
     let (ids, more) = state.user_index().page(&registry, after, limit).await?;
+    // The cursor is the page's last id, not its last listed user: a page
+    // whose users were all removed meanwhile must not end the listing.
+    let next_cursor = if more {
+        ids.last().map(|id| id.to_string())
+    } else {
+        None
+    };
     let views: Vec<Result<Option<UserView>, ApiError>> = futures::stream::iter(ids)
         .map(|id| {
             let registry = registry.clone();
@@ -427,20 +459,12 @@ pub async fn list_users(
             users.push(view);
         }
     }
-    let next_cursor = if more {
-        users.last().map(|u| u.cloud_id.to_string())
-    } else {
-        None
-    };
     Ok(Json(UserPage { users, next_cursor }))
 }
 
 /// Statistics of `id`; unreadable stored statistics are logged and shown as
 /// none rather than hiding the user.
-async fn stats_or_default(
-    registry: &Registry,
-    id: CloudId,
-) -> Result<Option<UserStats>, ApiError> {
+async fn stats_or_default(registry: &Registry, id: CloudId) -> Result<Option<UserStats>, ApiError> {
     match registry.stats(id).await {
         Ok(s) => Ok(s),
         Err(e @ RegistryError::Unavailable { .. }) => Err(e.into()),
@@ -594,7 +618,7 @@ impl UserIndex {
 
 /// The `keep` smallest ids in the index set that sort after `after`.
 async fn scan_page(
-    mut conn: ConnectionManager,
+    conn: ConnectionManager,
     index: &str,
     target: &str,
     after: Option<CloudId>,
@@ -607,7 +631,7 @@ async fn scan_page(
         let mut cmd = redis::cmd("SSCAN");
         cmd.arg(index).arg(cursor).arg("COUNT").arg(SCAN_COUNT);
         let (next, members): (u64, Vec<Vec<u8>>) =
-            cmd.query_async(&mut conn).await.map_err(|e| {
+            crate::tokens::query_cmd(&conn, &cmd).await.map_err(|e| {
                 if crate::tokens::is_transient(&e) {
                     ApiError::Unavailable {
                         detail: format!(
@@ -700,7 +724,10 @@ mod tests {
         )
         .unwrap();
         let text = serde_json::to_string(&UserView::new(&u, None)).unwrap();
-        assert!(!text.contains("hunter2") && !text.contains("s3cret"), "{text}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("s3cret"),
+            "{text}"
+        );
         assert!(text.contains("\"has_password\":true"), "{text}");
     }
 
@@ -709,7 +736,10 @@ mod tests {
         let schema = serde_json::to_value(<UserBody as utoipa::PartialSchema>::schema()).unwrap();
         let mut props: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
         props.sort();
-        assert_eq!(props, ["active", "cloud_id", "local", "user_email", "user_pw"]);
+        assert_eq!(
+            props,
+            ["active", "cloud_id", "local", "user_email", "user_pw"]
+        );
         assert_eq!(schema["additionalProperties"], false);
     }
 }

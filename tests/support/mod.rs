@@ -1,5 +1,6 @@
 //! Shared harness for the integration tests: a real Redis to test against,
-//! unique key namespaces, free loopback ports, captured log output.
+//! a real S3-compatible server ([`s3`]), unique key namespaces, free
+//! loopback ports, captured log output.
 //!
 //! Use from a test file with `mod support;`. Each test binary uses only part
 //! of it, hence the `dead_code` allowance.
@@ -15,6 +16,8 @@
 //!    so the test can return early.
 
 #![allow(dead_code)]
+
+pub mod s3;
 
 use std::io::{self, Write};
 use std::net::TcpListener;

@@ -1,0 +1,255 @@
+//! `rainforest users`: bulk import and quick edits of the user registry.
+//!
+//! `import` goes through a running server (`--server URL`) or straight into
+//! the registry (`--direct`); `list`, `add` and `remove` always work on the
+//! configured registry (`redis_url` or `users_file`). Passwords come from
+//! files or environment variables, never from flags, so they stay out of
+//! shell history and `ps`.
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use futures::StreamExt;
+use url::Url;
+
+use crate::cloud_id::CloudId;
+use crate::config::Config;
+use crate::importer::{self, Report, Reporter, ServerClient, Target};
+use crate::registry::{LocalSource, Registry, User};
+use crate::secret::Secret;
+use crate::tokens;
+
+/// Arguments of `rainforest users`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: UsersCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum UsersCommand {
+    /// Load users from JSON lines in the old format, or from the old
+    /// system's Redis; re-running changes nothing.
+    Import(ImportArgs),
+    /// List users with their state and statistics (never passwords).
+    List,
+    /// Add or update one user.
+    Add(AddArgs),
+    /// Remove one user and its statistics.
+    Remove {
+        /// The meter's cloud id (6 hex digits).
+        #[arg(value_parser = parse_cloud_id)]
+        cloud_id: CloudId,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(
+    clap::ArgGroup::new("target")
+        .args(["server", "direct", "from_legacy_redis"])
+        .multiple(true)
+        .required(true)
+))]
+struct ImportArgs {
+    /// JSON-lines file (`cloud_id`, `user_email`, `user_pw`, optional
+    /// `active`), or - for standard input.
+    #[arg(value_name = "FILE|-", required_unless_present = "from_legacy_redis")]
+    file: Option<PathBuf>,
+    /// Send each user to the server at URL (e.g. http://127.0.0.1:8000),
+    /// with the token in RAINFOREST_API_TOKEN (or api_token_file).
+    #[arg(long, value_name = "URL", conflicts_with = "direct")]
+    server: Option<Url>,
+    /// Write straight into the configured registry (redis_url or users_file).
+    #[arg(long)]
+    direct: bool,
+    /// Read the old system's Redis (bare cloud-id keys holding JSON) instead
+    /// of a file, carrying statistics over; writes directly into the registry.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with_all = ["file", "server"]
+    )]
+    from_legacy_redis: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct AddArgs {
+    /// The meter's cloud id (6 hex digits).
+    #[arg(value_parser = parse_cloud_id)]
+    cloud_id: CloudId,
+    /// The EAGLE account's e-mail.
+    #[arg(long)]
+    email: String,
+    /// Name of the environment variable holding the relay password.
+    #[arg(long, value_name = "VAR", required_unless_present = "local")]
+    password_env: Option<String>,
+    /// Read a local EAGLE-200 at HOST instead of the relay.
+    #[arg(long, value_name = "HOST", requires = "install_code_env")]
+    local: Option<String>,
+    /// Name of the environment variable holding the EAGLE-200 install code.
+    #[arg(long, value_name = "VAR")]
+    install_code_env: Option<String>,
+    /// Store the user without polling it.
+    #[arg(long)]
+    inactive: bool,
+}
+
+fn parse_cloud_id(s: &str) -> Result<CloudId, String> {
+    CloudId::parse(s).map_err(|e| e.to_string())
+}
+
+/// Runs a `users` subcommand; exits 1 if any line failed.
+pub async fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
+    match args.command {
+        UsersCommand::Import(a) => import(a, config).await,
+        UsersCommand::List => list(config).await,
+        UsersCommand::Add(a) => add(a, config).await,
+        UsersCommand::Remove { cloud_id } => {
+            let registry = open_registry(config).await?;
+            if registry.remove(cloud_id).await? {
+                eprintln!("Removed {cloud_id}.");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("error: no user {cloud_id} in {}", registry.describe());
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    }
+}
+
+async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
+    Registry::from_config(config)
+        .await
+        .context("cannot open the user registry")
+}
+
+async fn import(args: ImportArgs, config: &Config) -> anyhow::Result<ExitCode> {
+    let interactive = std::io::stderr().is_terminal();
+    let report = if let Some(legacy) = &args.from_legacy_redis {
+        let registry = open_registry(config).await?;
+        if matches!(registry, Registry::File(_)) {
+            tracing::warn!(
+                "The registry is a users file: legacy statistics cannot be kept there and are dropped."
+            );
+        }
+        let reporter = Reporter::new(None, interactive);
+        let report = importer::import_legacy(legacy, &registry, &reporter).await;
+        reporter.finish();
+        report
+    } else {
+        let target = match (&args.server, args.direct) {
+            (Some(url), _) => {
+                let token = tokens::bootstrap_token(config)?.context(
+                    "--server needs a token: set RAINFOREST_API_TOKEN (or api_token_file) to a token with scope write",
+                )?;
+                Target::Server(ServerClient::new(url.clone(), token)?)
+            }
+            (None, true) => Target::Direct(open_registry(config).await?),
+            (None, false) => anyhow::bail!(
+                "choose where the users go: --server URL (a running server) or --direct (the configured registry)"
+            ),
+        };
+        let text = read_input(args.file.as_deref())?;
+        let reporter = Reporter::new(Some(importer::count_lines(&text)), interactive);
+        let report = importer::import_lines(&text, &target, &reporter).await;
+        reporter.finish();
+        report
+    };
+    finish(report)
+}
+
+fn read_input(file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    match file {
+        None => anyhow::bail!("give a FILE or - for standard input"),
+        Some(p) if p.as_os_str() == "-" => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("cannot read standard input")?;
+            Ok(text)
+        }
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+        }
+    }
+}
+
+fn finish(report: Report) -> anyhow::Result<ExitCode> {
+    println!("{}", report.summary);
+    if let Some(e) = report.aborted {
+        return Err(anyhow::Error::new(e).context("import stopped early"));
+    }
+    Ok(if report.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn list(config: &Config) -> anyhow::Result<ExitCode> {
+    let registry = open_registry(config).await?;
+    let users = registry.load_all().await?;
+    let rows: Vec<_> = futures::stream::iter(users)
+        .map(|u| {
+            let registry = registry.clone();
+            async move {
+                let stats = registry.stats(u.cloud_id).await;
+                (u, stats)
+            }
+        })
+        .buffered(16)
+        .collect()
+        .await;
+    println!(
+        "{:<8} {:<6} {:<6} {:<12} {:>10}  EMAIL",
+        "CLOUD_ID", "ACTIVE", "SOURCE", "STATE", "EVENTS"
+    );
+    for (u, stats) in rows {
+        let stats = stats?.unwrap_or_default();
+        println!(
+            "{:<8} {:<6} {:<6} {:<12} {:>10}  {}",
+            u.cloud_id.as_str(),
+            if u.active { "yes" } else { "no" },
+            if u.local.is_some() { "local" } else { "relay" },
+            stats.state.as_str(),
+            stats.total_events_logged,
+            u.user_email
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn add(args: AddArgs, config: &Config) -> anyhow::Result<ExitCode> {
+    let secret = |var: &str, what: &str| -> anyhow::Result<Secret> {
+        match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Ok(Secret::new(v)),
+            _ => anyhow::bail!("environment variable {var} (the {what}) is not set or empty"),
+        }
+    };
+    let user_pw = match &args.password_env {
+        Some(var) => secret(var, "relay password")?,
+        None => Secret::new(""),
+    };
+    let local = match (&args.local, &args.install_code_env) {
+        (Some(host), Some(var)) => Some(LocalSource {
+            host: host.clone(),
+            install_code: secret(var, "install code")?,
+        }),
+        _ => None,
+    };
+    let user = User {
+        cloud_id: args.cloud_id,
+        user_email: args.email,
+        user_pw,
+        active: !args.inactive,
+        local,
+    };
+    user.validate()
+        .with_context(|| format!("user {} is not valid", user.cloud_id))?;
+    let registry = open_registry(config).await?;
+    let outcome = registry.put(&user).await?;
+    eprintln!("{} {}.", outcome, user.cloud_id);
+    Ok(ExitCode::SUCCESS)
+}

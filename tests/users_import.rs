@@ -1,0 +1,461 @@
+//! Bulk loading end to end: the real `rainforest` binary as server,
+//! importer and pinger, `scripts/add_users`, a real `redis-server`, and a
+//! Redis filled in the old system's layout.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use rainforest::cloud_id::CloudId;
+use rainforest::registry::{RedisRegistry, Registry};
+use rainforest::simulator::{self, SimulateArgs, Simulator};
+use support::RedisServer;
+
+const TOKEN: &str = "import-test-bootstrap-token-0123456789";
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/support/fixtures")
+        .join(name)
+}
+
+fn id(s: &str) -> CloudId {
+    CloudId::parse(s).unwrap()
+}
+
+/// A command with no `RAINFOREST_*` variables from the test's environment.
+fn clean(mut cmd: Command) -> Command {
+    for (k, _) in std::env::vars() {
+        if k.starts_with("RAINFOREST_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+fn binary() -> Command {
+    clean(Command::new(env!("CARGO_BIN_EXE_rainforest")))
+}
+
+/// A `rainforest server` process, killed on drop.
+struct ServerProcess {
+    child: Child,
+    base: String,
+}
+
+impl ServerProcess {
+    fn start(redis_url: &str, ns: &str, dir: &Path, relay: &str) -> ServerProcess {
+        let port = support::free_port();
+        let child = binary()
+            .current_dir(dir)
+            .env("RAINFOREST_API_TOKEN", TOKEN)
+            .args(["server", "--redis-url", redis_url, "--relay-url", relay])
+            .args(["--set", &format!("redis_namespace={ns}")])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(dir.join("logs"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start rainforest server");
+        let base = format!("http://127.0.0.1:{port}");
+        let health = format!("{base}/healthz");
+        for _ in 0..100 {
+            if probe::answers_200(&health) {
+                return ServerProcess { child, base };
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut server = ServerProcess { child, base };
+        let _ = server.child.kill();
+        let _ = server.child.wait();
+        panic!("rainforest server did not answer {health} within 10 s");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `GET url` answered at all (std only: these tests are synchronous).
+mod probe {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    pub fn answers_200(url: &str) -> bool {
+        let Some(rest) = url.strip_prefix("http://") else {
+            return false;
+        };
+        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let Ok(mut s) = TcpStream::connect(host) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let req = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        if s.write_all(req.as_bytes()).is_err() {
+            return false;
+        }
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.starts_with("HTTP/1.1 200")
+    }
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn registry(redis: &RedisServer, ns: &str) -> Registry {
+    Registry::Redis(
+        RedisRegistry::connect(&redis.url(), ns)
+            .await
+            .expect("registry"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_through_the_server_reports_bad_lines_and_a_second_run_changes_nothing() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let ns = support::unique_namespace();
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&redis.url(), &ns, dir.path(), "http://127.0.0.1:9/");
+    let import = || {
+        binary()
+            .env("RAINFOREST_API_TOKEN", TOKEN)
+            .args(["users", "import", "--server", &server.base])
+            .arg(fixture("users_with_bad_lines.jsonl"))
+            .output()
+            .unwrap()
+    };
+
+    let first = import();
+    let (out, err) = text(&first);
+    assert_eq!(first.status.code(), Some(1), "{out}{err}");
+    assert_eq!(
+        out.trim(),
+        "created 2, updated 0, unchanged 0, failed 4",
+        "{err}"
+    );
+    for (line, why) in [
+        ("line 4:", "cloud_id"),
+        ("line 5:", "actve"),
+        ("line 6:", "user_pw"),
+        ("line 7:", "not valid JSON"),
+    ] {
+        assert!(
+            err.lines().any(|l| l.starts_with(line) && l.contains(why)),
+            "no `{line} ... {why}` in:\n{err}"
+        );
+    }
+    for pw in ["alice-pw", "short-pw", "typo-pw", "erin-pw"] {
+        assert!(!err.contains(pw) && !out.contains(pw), "{err}");
+    }
+    // Plain progress lines, not a bar, when stderr is not a terminal.
+    assert!(err.contains("progress: "), "{err}");
+
+    let reg = registry(&redis, &ns).await;
+    let users = reg.load_all().await.unwrap();
+    let ids: Vec<&str> = users.iter().map(|u| u.cloud_id.as_str()).collect();
+    assert_eq!(ids, ["00ce69", "00ce6e"]);
+
+    let second = import();
+    let (out, err) = text(&second);
+    assert_eq!(second.status.code(), Some(1));
+    assert_eq!(
+        out.trim(),
+        "created 0, updated 0, unchanged 2, failed 4",
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_with_a_bad_or_missing_token_stops_and_says_why() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let ns = support::unique_namespace();
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&redis.url(), &ns, dir.path(), "http://127.0.0.1:9/");
+    let out = binary()
+        .env("RAINFOREST_API_TOKEN", "not-the-token-at-all-0000")
+        .args(["users", "import", "--server", &server.base])
+        .arg(fixture("users_old_format.jsonl"))
+        .output()
+        .unwrap();
+    let (_, err) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("refused the token (401)") && err.contains("tokens create"),
+        "{err}"
+    );
+
+    let out = binary()
+        .args(["users", "import", "--server", &server.base])
+        .arg(fixture("users_old_format.jsonl"))
+        .output()
+        .unwrap();
+    let (_, err) = text(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("RAINFOREST_API_TOKEN"), "{err}");
+    assert!(
+        registry(&redis, &ns)
+            .await
+            .load_all()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_import_from_stdin_is_idempotent() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let ns = support::unique_namespace();
+    let run = || {
+        let mut child = binary()
+            .args([
+                "--redis-url",
+                &redis.url(),
+                "--set",
+                &format!("redis_namespace={ns}"),
+            ])
+            .args(["users", "import", "--direct", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let input = std::fs::read(fixture("users_old_format.jsonl")).unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), &input).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let first = run();
+    let (out, err) = text(&first);
+    assert!(first.status.success(), "{out}{err}");
+    assert_eq!(out.trim(), "created 4, updated 0, unchanged 0, failed 0");
+    let second = run();
+    assert_eq!(
+        text(&second).0.trim(),
+        "created 0, updated 0, unchanged 4, failed 0"
+    );
+
+    let reg = registry(&redis, &ns).await;
+    let bob = reg.get(id("00ce6a")).await.unwrap().unwrap();
+    assert!(!bob.active);
+    let dave = reg.get(id("ffff01")).await.unwrap().unwrap();
+    assert_eq!(dave.local.unwrap().host, "192.168.1.20");
+    // Statistics in a file line are not imported (only the legacy Redis
+    // import carries them over).
+    assert!(reg.stats(id("0a1b2c")).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_redis_import_carries_statistics_over_once() {
+    let Some(legacy) = RedisServer::start() else {
+        return;
+    };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let ns = support::unique_namespace();
+    {
+        let client = redis::Client::open(legacy.url()).unwrap();
+        let mut conn = client.get_connection().unwrap();
+        let set = |conn: &mut redis::Connection, k: &str, v: &str| {
+            redis::cmd("SET").arg(k).arg(v).exec(conn).unwrap();
+        };
+        set(
+            &mut conn,
+            "0a1b2c",
+            r#"{"user_email": "carol@example.org", "user_pw": "carol-pw", "total_events_logged": 48213, "first_timestamp": 1497312000.52, "last_timestamp": 1528848000.25}"#,
+        );
+        set(
+            &mut conn,
+            "00CE6A",
+            r#"{"user_email": "bob@example.org", "user_pw": "bob-pw", "total_events_logged": "17", "first_timestamp": "1500000000.5", "last_timestamp": null}"#,
+        );
+        set(
+            &mut conn,
+            "00ce6b",
+            r#"{"user_email": "nopw@example.org", "user_pw": ""}"#,
+        );
+        set(&mut conn, "00ce6c", "{not json");
+        redis::cmd("HSET")
+            .arg("00ce6d")
+            .arg("user_email")
+            .arg("x@example.org")
+            .exec(&mut conn)
+            .unwrap();
+        // Not users: other keys of the old app are left alone.
+        set(&mut conn, "foobar", "{}");
+        set(&mut conn, "session:42", "{}");
+    }
+    let run = || {
+        binary()
+            .args([
+                "--redis-url",
+                &redis.url(),
+                "--set",
+                &format!("redis_namespace={ns}"),
+            ])
+            .args(["users", "import", "--from-legacy-redis", &legacy.url()])
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    let (out, err) = text(&first);
+    assert_eq!(first.status.code(), Some(1), "{out}{err}");
+    assert_eq!(
+        out.trim(),
+        "created 2, updated 0, unchanged 0, failed 3 (statistics carried over for 2)",
+        "{err}"
+    );
+    for key in ["key 00ce6b:", "key 00ce6c:", "key 00ce6d:"] {
+        assert!(err.contains(key), "no {key} in {err}");
+    }
+    assert!(!err.contains("foobar") && !err.contains("session"), "{err}");
+
+    let reg = registry(&redis, &ns).await;
+    let carol = reg.get(id("0a1b2c")).await.unwrap().unwrap();
+    assert_eq!(carol.user_email, "carol@example.org");
+    assert_eq!(carol.user_pw.expose(), "carol-pw");
+    let stats = reg.stats(id("0a1b2c")).await.unwrap().unwrap();
+    assert_eq!(stats.total_events_logged, 48213);
+    assert_eq!(stats.first_timestamp, Some(1497312000.52));
+    assert_eq!(stats.last_timestamp, Some(1528848000.25));
+    let bob = reg.stats(id("00ce6a")).await.unwrap().unwrap();
+    assert_eq!(
+        (bob.total_events_logged, bob.first_timestamp),
+        (17, Some(1500000000.5))
+    );
+
+    // Again: nothing changes, and events are not counted twice.
+    let second = run();
+    assert_eq!(
+        text(&second).0.trim(),
+        "created 0, updated 0, unchanged 2, failed 3"
+    );
+    let stats = reg.stats(id("0a1b2c")).await.unwrap().unwrap();
+    assert_eq!(stats.total_events_logged, 48213);
+    if !legacy.can_restart() {
+        // A shared TEST_REDIS_URL outlives the test.
+        let client = redis::Client::open(legacy.url()).unwrap();
+        let mut conn = client.get_connection().unwrap();
+        let keys = [
+            "0a1b2c",
+            "00CE6A",
+            "00ce6b",
+            "00ce6c",
+            "00ce6d",
+            "foobar",
+            "session:42",
+        ];
+        redis::cmd("DEL").arg(&keys[..]).exec(&mut conn).unwrap();
+        redis.delete_namespace(&ns);
+    }
+}
+
+/// The issue's "done": `scripts/add_users config/users.example.jl` against
+/// a running server loads the users, and a running pinger polls them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_users_script_loads_the_example_file_and_the_pinger_polls_them() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let ns = support::unique_namespace();
+    let sim = Simulator::start(SimulateArgs {
+        listen: ([127, 0, 0, 1], 0).into(),
+        meters: 3,
+        ..SimulateArgs::default()
+    })
+    .await
+    .unwrap();
+    let relay = sim.relay_url().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&redis.url(), &ns, dir.path(), &relay);
+    let mut pinger = binary()
+        .current_dir(dir.path())
+        .args(["pinger", "--redis-url", &redis.url(), "--relay-url", &relay])
+        .args(["--set", &format!("redis_namespace={ns}")])
+        .args([
+            "--set",
+            "poll_interval=500ms",
+            "--set",
+            "user_reload_interval=1s",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("logs"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = clean(Command::new(root.join("scripts/add_users")))
+        .current_dir(root)
+        .env("RAINFOREST_API_TOKEN", TOKEN)
+        .args(["--server", &server.base, "config/users.example.jl"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        "created 3, updated 0, unchanged 0, failed 0",
+        "{stderr}"
+    );
+
+    let reg = registry(&redis, &ns).await;
+    let ids: Vec<String> = reg
+        .load_all()
+        .await
+        .unwrap()
+        .iter()
+        .map(|u| u.cloud_id.to_string())
+        .collect();
+    assert_eq!(ids, ["a00000", "a00001", "a00002"]);
+
+    // Within a minute (here: a few seconds, with short intervals) every
+    // loaded meter has been polled into the spool.
+    let mut polled = false;
+    for _ in 0..200 {
+        if (0..3).all(|i| sim.requests_for(simulator::meter_cloud_id(i)) > 0)
+            && (0..3).all(|i| {
+                reg_stats_sync(&redis, &ns, simulator::meter_cloud_id(i)).is_some_and(|n| n > 0)
+            })
+        {
+            polled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = pinger.kill();
+    let _ = pinger.wait();
+    assert!(polled, "the pinger did not poll every imported meter");
+}
+
+/// `total_events_logged` of a meter, read with a plain connection.
+fn reg_stats_sync(redis: &RedisServer, ns: &str, id: CloudId) -> Option<u64> {
+    let client = redis::Client::open(redis.url()).ok()?;
+    let mut conn = client.get_connection().ok()?;
+    redis::cmd("HGET")
+        .arg(format!("{ns}:stats:{id}"))
+        .arg("total_events_logged")
+        .query::<Option<u64>>(&mut conn)
+        .ok()
+        .flatten()
+}
