@@ -29,7 +29,9 @@
 //!   behind bearer tokens from [`tokens`].
 //! - [`importer`]: bulk loading of users (JSON lines, the old Redis layout).
 //! - [`tokens`]: API tokens in Redis, hashed, with scopes and expiry.
+//! - [`stats`]: live counters of the services as JSON and Prometheus text.
 //! - [`simulator`]: a fake relay and EAGLE-200 for tests, demos, benchmarks.
+//! - [`runner`]: pinger, rotator and server in one process (`rainforest run`).
 //! - [`cli`]: the `rainforest` subcommands; `main.rs` only calls [`cli::main`].
 
 pub mod archive;
@@ -44,9 +46,11 @@ pub mod record;
 pub mod registry;
 pub mod rotator;
 pub mod scheduler;
+pub mod runner;
 pub mod secret;
 pub mod server;
 pub mod simulator;
 pub mod spool;
+pub mod stats;
 pub mod telemetry;
 pub mod tokens;

@@ -151,11 +151,22 @@ async fn users_in_redis_are_polled_into_the_right_files_and_removed_users_stop()
     for i in 0..3 {
         registry.put(&user(i)).await.expect("put");
     }
-    let pinger = Pinger::start(&redis.url(), &ns, sim.relay_url().as_str(), &data, &[]);
+    let metrics_port = support::free_port();
+    let metrics_listen = format!("metrics_listen=127.0.0.1:{metrics_port}");
+    let pinger = Pinger::start(&redis.url(), &ns, sim.relay_url().as_str(), &data, &["--set", &metrics_listen]);
     wait_for("three meters with two lines each", async || {
         (0..3).all(|i| lines_for(&data, simulator::meter_cloud_id(i)) >= 2)
     })
     .await;
+    // A standalone pinger exposes its own metrics.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    assert!(metrics.contains("rainforest_polls_total{outcome=\"ok\"}"), "{metrics}");
+    assert!(metrics.contains("rainforest_spool_lines_written_total"), "{metrics}");
     // The fourth meter is not a user: never polled.
     assert_eq!(sim.requests_for(simulator::meter_cloud_id(3)), 0);
 

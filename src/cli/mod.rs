@@ -7,6 +7,7 @@
 
 mod fetch;
 mod pinger;
+mod run;
 mod rotator;
 mod server;
 mod tokens;
@@ -86,6 +87,8 @@ enum Command {
     Tokens(tokens::Args),
     /// Upload completed spool hours to the archive (S3 or a directory), exactly once.
     Rotator(rotator::Args),
+    /// Pinger, rotator and server in one process; `--demo` needs nothing else.
+    Run(run::Args),
 }
 
 impl Command {
@@ -99,6 +102,7 @@ impl Command {
             Command::Server(_) => "server",
             Command::Users(_) => "users",
             Command::Tokens(_) => "tokens",
+            Command::Run(_) => "run",
         }
     }
 }
@@ -165,6 +169,9 @@ async fn dispatch(cli: Cli, config: Config) -> ExitCode {
     let result = match cli.command {
         Command::Fetch(args) => fetch::run(args, &config, cli.global.trace_http).await,
         Command::Simulate(args) => crate::simulator::run(args, shutdown)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Run(args) => run::run(args, &config, cli.global.trace_http, shutdown)
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Pinger(args) => pinger::run(args, &config, cli.global.trace_http, shutdown)

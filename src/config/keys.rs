@@ -149,6 +149,11 @@ pub const KEYS: &[Key] = &[
         "0.0.0.0:8000",
         "Address the HTTP server listens on",
     ),
+    key(
+        "metrics_listen",
+        "",
+        "Where a standalone pinger or rotator serves /metrics and /healthz, e.g. 0.0.0.0:9100 (empty: off)",
+    ),
     Key {
         name: "api_token",
         default: "",

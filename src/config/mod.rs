@@ -178,6 +178,7 @@ impl Layers {
             rotate_every: p.duration("rotate_every"),
             upload_concurrency: p.number("upload_concurrency"),
             listen: p.socket("listen"),
+            metrics_listen: p.opt_socket("metrics_listen"),
             api_token: p.opt_string("api_token").map(Secret::new),
             api_token_file: p.opt_path("api_token_file"),
             request_body_limit: p.number("request_body_limit"),
@@ -331,6 +332,14 @@ impl Parser<'_> {
         }
     }
 
+    fn opt_socket(&mut self, key: &str) -> Option<SocketAddr> {
+        if self.string(key).is_empty() {
+            None
+        } else {
+            Some(self.socket(key))
+        }
+    }
+
     fn socket(&mut self, key: &str) -> SocketAddr {
         let v = self.string(key);
         match v.parse() {
@@ -438,6 +447,8 @@ pub struct Config {
     pub upload_concurrency: usize,
     /// Server listen address.
     pub listen: SocketAddr,
+    /// Metrics address of a standalone pinger or rotator.
+    pub metrics_listen: Option<SocketAddr>,
     /// Bootstrap admin token.
     pub api_token: Option<Secret>,
     /// File holding the bootstrap admin token (first line).
@@ -532,6 +543,10 @@ impl Config {
             ("rotate_every", d(self.rotate_every)),
             ("upload_concurrency", self.upload_concurrency.to_string()),
             ("listen", self.listen.to_string()),
+            (
+                "metrics_listen",
+                opt(self.metrics_listen.map(|a| a.to_string())),
+            ),
             (
                 "api_token",
                 opt(self.api_token.as_ref().map(|t| t.to_string())),

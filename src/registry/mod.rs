@@ -208,6 +208,20 @@ impl Registry {
         }
     }
 
+    /// The statistics of many meters, in the order of `ids`, for overviews
+    /// (the status page, `/metrics`) that would otherwise cost one round
+    /// trip per meter. The outer error means the store is unreachable; an
+    /// entry's error is that one meter's stored statistics being invalid.
+    pub async fn stats_many(
+        &self,
+        ids: &[CloudId],
+    ) -> Result<Vec<Result<Option<UserStats>, RegistryError>>, RegistryError> {
+        match self {
+            Registry::Redis(r) => r.stats_many(ids).await,
+            Registry::File(f) => Ok(ids.iter().map(|id| Ok(f.stats(*id))).collect()),
+        }
+    }
+
     /// Applies a batch of statistics updates in one round trip, touching
     /// only statistics. Updates for users that no longer exist are dropped
     /// (Redis) so a removed user's statistics do not come back.

@@ -134,7 +134,7 @@ return 2
 /// Applies one statistics update, only if the user is still indexed.
 /// KEYS: index, stats hash. ARGV: id, events delta, first_timestamp,
 /// last_timestamp, last_error_kind, last_error_at, consecutive_failures,
-/// state; an empty string means "not in this update".
+/// state, last_demand_kw, spark; an empty string means "not in this update".
 const STATS_LUA: &str = r"
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then
   return 0
@@ -152,6 +152,12 @@ if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[2], 'last_error_kind', ARGV[5], 'last_error_at', ARGV[6])
 end
 redis.call('HSET', KEYS[2], 'consecutive_failures', ARGV[7], 'state', ARGV[8])
+if ARGV[9] ~= '' then
+  redis.call('HSET', KEYS[2], 'last_demand_kw', ARGV[9])
+end
+if ARGV[10] ~= '' then
+  redis.call('HSET', KEYS[2], 'spark', ARGV[10])
+end
 return 1
 ";
 
@@ -428,6 +434,40 @@ impl RedisRegistry {
         stats_from_hash(&key, &fields).map(Some)
     }
 
+    /// The statistics of many meters, in the order of `ids`: pipelined
+    /// `HGETALL`s, [`FETCH_BATCH`] per round trip, so an overview of 10,000
+    /// meters costs ten round trips instead of 10,000.
+    ///
+    /// The outer error is Redis being unreachable or refusing; an entry's
+    /// own error is that one hash being invalid, so one bad record does not
+    /// hide every other meter.
+    pub async fn stats_many(
+        &self,
+        ids: &[CloudId],
+    ) -> Result<Vec<Result<Option<UserStats>, RegistryError>>, RegistryError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(FETCH_BATCH) {
+            let mut pipe = ::redis::pipe();
+            for id in chunk {
+                pipe.cmd("HGETALL").arg(self.keys.stats(*id));
+            }
+            let hashes: Vec<Value> = self
+                .send("HGETALL (batch of statistics hashes)", Request::Pipe(&pipe))
+                .await?;
+            for (id, value) in chunk.iter().zip(hashes) {
+                let key = self.keys.stats(*id);
+                out.push(hash_fields(&key, value).and_then(|fields| {
+                    if fields.is_empty() {
+                        Ok(None)
+                    } else {
+                        stats_from_hash(&key, &fields).map(Some)
+                    }
+                }));
+            }
+        }
+        Ok(out)
+    }
+
     /// Writes a batch of statistics in one pipelined round trip (the script
     /// is loaded in the same pipeline, so a restarted Redis needs no extra
     /// trip). Touches only `…:stats:<id>` hashes.
@@ -465,7 +505,9 @@ impl RedisRegistry {
                 .arg(kind)
                 .arg(at)
                 .arg(u.consecutive_failures)
-                .arg(u.state.as_str());
+                .arg(u.state.as_str())
+                .arg(u.last_demand_kw.map(format_ts).unwrap_or_default())
+                .arg(u.spark.as_deref().unwrap_or_default());
         }
         pipe.ignore_errors();
         let op = format!("statistics write ({} meters)", updates.len());
@@ -689,6 +731,8 @@ pub fn stats_from_hash(
         last_error_at: ts("last_error_at")?,
         consecutive_failures,
         state,
+        last_demand_kw: ts("last_demand_kw")?,
+        spark: fields.get("spark").cloned(),
     })
 }
 

@@ -83,6 +83,12 @@ pub struct StatsUpdate {
     pub consecutive_failures: u32,
     /// How the scheduler now treats the meter.
     pub state: MeterState,
+    /// The latest reading's demand (kW), for the status page.
+    pub last_demand_kw: Option<f64>,
+    /// The last hour of demand, one value per minute oldest first, as
+    /// comma-separated kW with empty entries for minutes without a reading.
+    /// Sent once a minute, not per poll, to keep the batch small.
+    pub spark: Option<String>,
 }
 
 impl StatsUpdate {
@@ -97,6 +103,8 @@ impl StatsUpdate {
             last_error: None,
             consecutive_failures: 0,
             state: MeterState::Ok,
+            last_demand_kw: None,
+            spark: None,
         }
     }
 
@@ -116,6 +124,12 @@ impl StatsUpdate {
         }
         self.consecutive_failures = later.consecutive_failures;
         self.state = later.state;
+        if later.last_demand_kw.is_some() {
+            self.last_demand_kw = later.last_demand_kw;
+        }
+        if later.spark.is_some() {
+            self.spark = later.spark;
+        }
     }
 }
 
@@ -136,6 +150,10 @@ pub struct UserStats {
     pub consecutive_failures: u32,
     /// How the scheduler treated the meter at the last write.
     pub state: MeterState,
+    /// The latest reading's demand (kW).
+    pub last_demand_kw: Option<f64>,
+    /// The last hour of demand per minute (see [`StatsUpdate::spark`]).
+    pub spark: Option<String>,
 }
 
 impl UserStats {
@@ -157,6 +175,12 @@ impl UserStats {
         }
         self.consecutive_failures = update.consecutive_failures;
         self.state = update.state;
+        if update.last_demand_kw.is_some() {
+            self.last_demand_kw = update.last_demand_kw;
+        }
+        if update.spark.is_some() {
+            self.spark = update.spark.clone();
+        }
     }
 }
 

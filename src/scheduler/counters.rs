@@ -54,9 +54,41 @@ pub struct Counters {
     /// Sum of request latencies (µs), for spare-capacity estimates.
     pub busy_micros: AtomicU64,
     lag: [AtomicU64; LAG_BOUNDS_MS.len()],
+    latency: [AtomicU64; LATENCY_BOUNDS_S.len()],
 }
 
+/// Upper bounds (seconds) of the poll-latency histogram buckets.
+pub const LATENCY_BOUNDS_S: [f64; 12] = [0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, f64::INFINITY];
+
 impl Counters {
+    /// Records one poll's round trip (success or failure).
+    pub fn latency(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = LATENCY_BOUNDS_S
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(LATENCY_BOUNDS_S.len() - 1);
+        self.latency[i].fetch_add(1, Ordering::Relaxed);
+        self.busy_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Cumulative poll-latency buckets `(upper bound s, count)`, the sum (s)
+    /// and the count, as a Prometheus histogram wants them.
+    pub fn latency_histogram(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        let mut cumulative = 0;
+        let buckets = LATENCY_BOUNDS_S
+            .iter()
+            .zip(&self.latency)
+            .map(|(b, n)| {
+                cumulative += n.load(Ordering::Relaxed);
+                (*b, cumulative)
+            })
+            .collect();
+        let sum = self.busy_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        (buckets, sum, cumulative)
+    }
+
     /// Records a failed poll.
     pub fn failure(&self, kind: ErrorKind) {
         let i = ErrorKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);

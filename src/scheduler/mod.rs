@@ -9,6 +9,7 @@
 
 pub mod counters;
 pub mod slots;
+pub mod spark;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -174,6 +175,7 @@ impl Scheduler {
 /// Per-meter state the task keeps between slots.
 #[derive(Debug, Default)]
 struct MeterRun {
+    spark: spark::Spark,
     failures: u32,
     backoff_until: Option<Instant>,
     auth_failed: bool,
@@ -211,9 +213,7 @@ async fn meter_task(
         let current = user.borrow().clone();
         let result = shared.poller.poll(&current).await;
         drop(permit);
-        counters
-            .busy_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        counters.latency(started.elapsed());
         let shutting_down = matches!(result, Err(PollError::Spool(_)));
         outcome(&shared, id, &mut run, result);
         if shutting_down {
@@ -247,8 +247,9 @@ fn outcome(
     let counters = &shared.counters;
     let now = unix_now();
     match result {
-        Ok(_) => {
+        Ok(record) => {
             counters.polls_ok.fetch_add(1, Ordering::Relaxed);
+            let spark = run.spark.add(now, record.demand_kw);
             if run.backoff_until.take().is_some() {
                 counters.meters_in_backoff.fetch_sub(1, Ordering::Relaxed);
                 tracing::info!(cloud_id = %id, failures = run.failures, "Meter is answering again.");
@@ -267,6 +268,8 @@ fn outcome(
                     last_error: None,
                     consecutive_failures: 0,
                     state: MeterState::Ok,
+                    last_demand_kw: Some(record.demand_kw),
+                    spark,
                 });
             }
         }
@@ -311,6 +314,8 @@ fn outcome(
                     } else {
                         MeterState::Backoff
                     },
+                    last_demand_kw: None,
+                    spark: None,
                 });
             }
         }

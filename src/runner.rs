@@ -1,0 +1,182 @@
+//! The all-in-one runner: pinger, rotator and server as tasks of one
+//! process, sharing one registry, one spool and one statistics hub.
+//!
+//! Owns the embedded defaults (a users file, a local-directory archive, an
+//! optional in-process simulator for `--demo`) and the ordered shutdown:
+//! stop polling and close the spool, then let the rotator finish or abandon
+//! its uploads safely, then stop the server. The services themselves live
+//! in their own modules and know nothing of each other.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ArchiveSetting, Config};
+use crate::pinger::{self, Pinger};
+use crate::poll::Poller;
+use crate::registry::Registry;
+use crate::rotator::Rotator;
+use crate::server::{self, AppState, AuthMode};
+use crate::simulator::{self, SimulateArgs, Simulator};
+use crate::stats::Hub;
+
+/// The directory embedded defaults live in: the parent of `data_dir`
+/// (`./data` for the default `./data/logs`).
+pub fn base_dir(config: &Config) -> PathBuf {
+    match config.data_dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Starts an in-process simulator with `n` meters, writes their users to
+/// `<base>/demo-users.jl` and points the configuration at both.
+pub async fn start_demo(n: u32, config: &mut Config) -> anyhow::Result<Simulator> {
+    let sim = Simulator::start(SimulateArgs {
+        listen: ([127, 0, 0, 1], 0).into(),
+        meters: n,
+        latency: "80ms±40ms".parse().context("demo latency")?,
+        ..SimulateArgs::default()
+    })
+    .await?;
+    let base = base_dir(config);
+    std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
+    let path = base.join("demo-users.jl");
+    let mut out = String::new();
+    for i in 0..n {
+        let id = simulator::meter_cloud_id(i);
+        out.push_str(&format!(
+            "{{\"cloud_id\":\"{id}\",\"user_email\":\"{}\",\"user_pw\":\"{}\"}}\n",
+            simulator::meter_email(id),
+            simulator::meter_password(id)
+        ));
+    }
+    std::fs::File::create(&path)
+        .and_then(|mut f| f.write_all(out.as_bytes()))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    config.redis_url = None;
+    config.users_file = Some(path.clone());
+    config.relay_url = sim.relay_url();
+    tracing::info!(meters = n, relay = %config.relay_url, users_file = %path.display(), "Demo: simulated meters ready.");
+    Ok(sim)
+}
+
+/// Fills in what a newcomer did not configure: a users file when there is
+/// no Redis, a local-directory archive when there is no bucket.
+fn embedded_defaults(config: &mut Config) -> anyhow::Result<()> {
+    let base = base_dir(config);
+    if config.redis_url.is_none() && config.users_file.is_none() {
+        let path = base.join("users.jl");
+        if !path.exists() {
+            std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
+            std::fs::write(&path, "# One user per line: {\"cloud_id\": \"00ce69\", \"user_email\": \"…\", \"user_pw\": \"…\"}\n")
+                .with_context(|| format!("cannot create {}", path.display()))?;
+        }
+        tracing::info!(users_file = %path.display(), "No redis_url: using the embedded users file.");
+        config.users_file = Some(path);
+    }
+    if matches!(config.archive, ArchiveSetting::Auto) && config.s3_bucket.is_none() {
+        let dir = base.join("archive");
+        tracing::info!(archive = %dir.display(), "No s3_bucket: archiving to a local directory.");
+        config.archive = ArchiveSetting::Dir(dir);
+    }
+    Ok(())
+}
+
+/// Options of the runner beyond the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Start an in-process simulator with this many meters.
+    pub demo: Option<u32>,
+    /// Log every EAGLE request as a curl command.
+    pub trace_http: bool,
+    /// Serve the API without authentication.
+    pub no_auth: bool,
+}
+
+/// Runs everything until `shutdown`, then stops the parts in order.
+pub async fn run(config: &Config, opts: RunOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut config = config.clone();
+    let sim = match opts.demo {
+        Some(n) => Some(start_demo(n, &mut config).await?),
+        None => None,
+    };
+    embedded_defaults(&mut config)?;
+    let mut generated_token = None;
+    if opts.demo.is_some() && config.api_token.is_none() && !opts.no_auth {
+        let token = crate::tokens::generate();
+        generated_token = Some(token.expose().to_string());
+        config.api_token = Some(token);
+    }
+
+    let registry = Registry::from_config(&config).await.context("cannot open the user registry")?;
+    let eagle = pinger::eagle_from_config(&config, opts.trace_http)?;
+    let spool = pinger::spool_from_config(&config)?;
+    let hub = Hub::new();
+    let rotator = Rotator::from_config(&config).await.context("cannot open the archive")?;
+    hub.attach_rotator(rotator.stats());
+
+    let mode = if opts.no_auth { AuthMode::Disabled } else { AuthMode::Required };
+    let poller = Poller::new(eagle.clone(), spool.clone());
+    let state = AppState::from_config(&config, registry.clone(), poller, mode)
+        .await
+        .context("cannot start the server")?;
+    // HUB-WIRING: state.with_hub(hub.clone()) once the server takes a hub.
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (in use? set `listen`, e.g. --set listen=127.0.0.1:8001)", config.listen))?;
+    let addr = listener.local_addr()?;
+
+    let pinger_stop = CancellationToken::new();
+    let rotator_stop = CancellationToken::new();
+    let server_stop = CancellationToken::new();
+    let pinger = Pinger::start(&config, registry, eagle, spool.clone(), pinger_stop.clone());
+    hub.attach_pinger(pinger.counters(), spool);
+    let rotator_task = {
+        let stop = rotator_stop.clone();
+        tokio::spawn(async move { rotator.run(stop).await })
+    };
+    let server_task = tokio::spawn(server::run(listener, state, server_stop.clone()));
+
+    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+    let url = format!("http://{host}:{}/status", addr.port());
+    println!("Data:        spool {} → archive {}", config.data_dir.display(), describe_archive(&config));
+    println!("Users:       {}", config.users_file.as_deref().map(Path::display).map(|p| p.to_string()).unwrap_or_else(|| "Redis".into()));
+    match &generated_token {
+        Some(t) => println!("Status page: {url}#token={t}"),
+        None => println!("Status page: {url}  (sign in with a read token)"),
+    }
+    println!("Stop with Ctrl-C.");
+    let _ = std::io::stdout().flush();
+
+    shutdown.cancelled().await;
+    tracing::info!("Stopping: polling first, then uploads, then the server.");
+    pinger_stop.cancel();
+    pinger.join().await;
+    rotator_stop.cancel();
+    if tokio::time::timeout(Duration::from_secs(25), rotator_task).await.is_err() {
+        tracing::warn!("The rotator did not stop in time; its files stay in the spool for the next run.");
+    }
+    server_stop.cancel();
+    match server_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "The server stopped with an error."),
+        Err(e) => tracing::warn!(error = %e, "The server task failed."),
+    }
+    if let Some(sim) = sim {
+        sim.stop().await;
+    }
+    tracing::info!("All services stopped.");
+    Ok(())
+}
+
+fn describe_archive(config: &Config) -> String {
+    match (&config.archive, &config.s3_bucket) {
+        (ArchiveSetting::Dir(d), _) => d.display().to_string(),
+        (_, Some(b)) => format!("s3://{b}/{}", config.s3_prefix),
+        _ => "none".into(),
+    }
+}

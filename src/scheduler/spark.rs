@@ -1,0 +1,87 @@
+//! A meter's last hour of demand, one average per minute, for the status
+//! page's sparklines.
+//!
+//! Kept in the meter task (a few hundred bytes per meter) and rendered only
+//! when a minute completes, so the statistics batch carries it once a
+//! minute per meter rather than on every poll.
+
+use std::collections::VecDeque;
+
+/// Minutes kept.
+pub const MINUTES: usize = 60;
+
+/// Per-minute demand averages of the last hour.
+#[derive(Debug, Default)]
+pub struct Spark {
+    minute: i64,
+    sum: f64,
+    n: u32,
+    done: VecDeque<Option<f32>>,
+}
+
+impl Spark {
+    /// Adds a reading taken at `unix_secs`; returns the rendered hour when
+    /// this reading starts a new minute (the previous one is complete).
+    pub fn add(&mut self, unix_secs: f64, kw: f64) -> Option<String> {
+        let minute = (unix_secs / 60.0).floor() as i64;
+        let mut rendered = None;
+        if self.n > 0 && minute != self.minute {
+            self.close(minute);
+            rendered = Some(self.render());
+        }
+        if self.n == 0 {
+            self.minute = minute;
+        }
+        self.sum += kw;
+        self.n += 1;
+        rendered
+    }
+
+    /// Moves the current minute's average into the history, with gaps for
+    /// minutes that had no reading.
+    fn close(&mut self, next_minute: i64) {
+        self.done.push_back(Some((self.sum / f64::from(self.n)) as f32));
+        let gap = (next_minute - self.minute - 1).clamp(0, MINUTES as i64);
+        for _ in 0..gap {
+            self.done.push_back(None);
+        }
+        while self.done.len() > MINUTES {
+            self.done.pop_front();
+        }
+        self.sum = 0.0;
+        self.n = 0;
+    }
+
+    /// Comma-separated kW, oldest first, empty entries for missing minutes.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(self.done.len() * 7);
+        for (i, v) in self.done.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            if let Some(v) = v {
+                out.push_str(&format!("{v:.3}"));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn averages_per_minute_with_gaps_and_keeps_an_hour() {
+        let mut s = Spark::default();
+        assert_eq!(s.add(0.0, 1.0), None);
+        assert_eq!(s.add(30.0, 3.0), None);
+        assert_eq!(s.add(61.0, 5.0).as_deref(), Some("2.000"));
+        // Minute 2 has no reading.
+        assert_eq!(s.add(185.0, 1.0).as_deref(), Some("2.000,5.000,"));
+        for m in 4..200 {
+            s.add(f64::from(m) * 60.0, 1.0);
+        }
+        assert_eq!(s.render().split(',').count(), MINUTES);
+    }
+}
