@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use crate::archive::ArchiveError;
 use crate::config::Config;
 use crate::rotator::Rotator;
+use crate::stats::{self, Hub};
 
 /// Arguments of `rainforest rotator` (the archive and timings come from the
 /// configuration: `archive`, `s3_bucket`, `s3_prefix`, `s3_endpoint`,
@@ -63,6 +64,13 @@ pub async fn run(
         } else {
             ExitCode::FAILURE
         });
+    }
+    if let Some(addr) = config.metrics_listen {
+        let hub = Hub::new();
+        hub.attach_rotator(rotator.stats());
+        stats::serve_metrics(addr, hub, shutdown.clone())
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr} (metrics_listen)"))?;
     }
     rotator.run(shutdown).await;
     Ok(ExitCode::SUCCESS)

@@ -17,15 +17,19 @@
 //! | Route | Scope |
 //! |-------|-------|
 //! | `GET /api/users`, `GET /api/users/{cloud_id}`, `GET /api/openapi.json` | read |
+//! | `GET /api/status`, `GET /api/stats` (what the status page shows) | read |
 //! | `POST /api/users/{cloud_id}`, `DELETE /api/users/{cloud_id}` | write |
 //! | `GET /api/event/{cloud_id}` (calls out with stored credentials, writes the spool) | write |
 //! | `GET /healthz`, `GET /readyz` | none |
+//! | `GET /status` (a page without data; its script needs a read token) | none |
+//! | `GET /metrics` (Prometheus; counts only, no cloud id or secret) | none |
 //!
 //! Scopes include the lower ones; `admin` can do everything and is what the
 //! bootstrap token has.
 //!
 //! Layout: [`error`] is the problem+json format, `auth` the token
-//! middleware, `users`, `event` and `health` the handlers, [`openapi`] the
+//! middleware, `users`, `event` and `health` the handlers, [`status`] the
+//! status page, `/api/status`, `/api/stats` and `/metrics`, [`openapi`] the
 //! generated description.
 
 mod auth;
@@ -33,6 +37,7 @@ pub mod error;
 mod event;
 mod health;
 pub mod openapi;
+pub mod status;
 mod users;
 
 use std::sync::Arc;
@@ -59,6 +64,7 @@ pub use self::users::{
 use crate::config::Config;
 use crate::poll::Poller;
 use crate::registry::{Registry, RegistryError};
+use crate::stats::Hub;
 use crate::tokens::{self, Authenticator, MIN_BOOTSTRAP_LEN, TokenError, TokenStore};
 
 /// How long [`run`] lets open requests finish after shutdown is requested.
@@ -96,7 +102,12 @@ pub enum ServerError {
 
 /// Everything the handlers share; cheap to clone.
 #[derive(Clone)]
-pub struct AppState(Arc<Inner>);
+pub struct AppState {
+    inner: Arc<Inner>,
+    /// Apart from `inner` so [`AppState::with_hub`] can swap it after
+    /// construction; a `Hub` is itself a cheap shared handle.
+    hub: Hub,
+}
 
 struct Inner {
     registry: Registry,
@@ -106,14 +117,15 @@ struct Inner {
     limiter: EventLimiter,
     body_limit: usize,
     timeout: Duration,
+    overview: status::OverviewCache,
 }
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
-            .field("registry", &self.0.registry.describe())
-            .field("auth", &self.0.auth.is_some())
-            .field("index", &self.0.index)
+            .field("registry", &self.inner.registry.describe())
+            .field("auth", &self.inner.auth.is_some())
+            .field("index", &self.inner.index)
             .finish_non_exhaustive()
     }
 }
@@ -186,49 +198,71 @@ impl AppState {
                 Some(Authenticator::new(bootstrap.as_ref(), store))
             }
         };
-        Ok(AppState(Arc::new(Inner {
-            registry,
-            poller,
-            auth,
-            index,
-            limiter: EventLimiter::new(),
-            body_limit: config.request_body_limit,
-            timeout: config.api_timeout,
-        })))
+        Ok(AppState {
+            inner: Arc::new(Inner {
+                registry,
+                poller,
+                auth,
+                index,
+                limiter: EventLimiter::new(),
+                body_limit: config.request_body_limit,
+                timeout: config.api_timeout,
+                overview: status::OverviewCache::default(),
+            }),
+            hub: Hub::default(),
+        })
+    }
+
+    /// This state reporting the live counters of `hub`: the one the pinger
+    /// and rotator of this process update, so `/api/status`, `/api/stats`
+    /// and `/metrics` show them. Without it those show an empty hub (the
+    /// server alone, e.g. when the services run in other containers).
+    pub fn with_hub(mut self, hub: Hub) -> AppState {
+        self.hub = hub;
+        self
+    }
+
+    /// The live counters this server reports.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
     }
 
     /// The user registry.
     pub fn registry(&self) -> &Registry {
-        &self.0.registry
+        &self.inner.registry
     }
 
     /// The poller on-demand reads go through.
     pub fn poller(&self) -> &Poller {
-        &self.0.poller
+        &self.inner.poller
     }
 
     /// The token checker; `None` under `--no-auth`.
     pub fn auth(&self) -> Option<&Authenticator> {
-        self.0.auth.as_ref()
+        self.inner.auth.as_ref()
     }
 
     fn user_index(&self) -> &UserIndex {
-        &self.0.index
+        &self.inner.index
     }
 
     fn limiter(&self) -> &EventLimiter {
-        &self.0.limiter
+        &self.inner.limiter
     }
 
     fn body_limit(&self) -> usize {
-        self.0.body_limit
+        self.inner.body_limit
+    }
+
+    fn overview(&self) -> &status::OverviewCache {
+        &self.inner.overview
     }
 }
 
 /// The whole application as a [`Router`], with its limits and middleware.
 pub fn app(state: AppState) -> Router {
     let limit = state.body_limit();
-    let timeout = state.0.timeout;
+    let timeout = state.inner.timeout;
     let api = Router::new()
         .route("/users", get(users::list_users))
         .route(
@@ -245,6 +279,8 @@ pub fn app(state: AppState) -> Router {
         .route("/event/{cloud_id}/", any(users::id_with_slash))
         .route("/event/{cloud_id}/{*rest}", any(users::id_with_slash))
         .route("/openapi.json", get(openapi::openapi_json))
+        .route("/status", get(status::api_status))
+        .route("/stats", get(status::api_stats))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // After the routes and fallback, so unknown /api/ paths need a
@@ -256,6 +292,8 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/status", get(status::status_page))
+        .route("/metrics", get(status::metrics))
         .nest("/api", api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -8,7 +8,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::auth::Caller;
 use super::error::{ApiError, Problem};
-use super::{event, health, users};
+use super::{event, health, status, users};
 use crate::tokens::Scope;
 
 /// The API description; see each handler for its route.
@@ -29,6 +29,10 @@ use crate::tokens::Scope;
         event::read_meter,
         health::healthz,
         health::readyz,
+        status::api_status,
+        status::api_stats,
+        status::metrics,
+        status::status_page,
         openapi_json,
     ),
     components(schemas(Problem)),
@@ -37,6 +41,7 @@ use crate::tokens::Scope;
         (name = "users", description = "Registered meters and their credentials (never returned)"),
         (name = "meters", description = "On-demand reads"),
         (name = "health", description = "Liveness and readiness, no token needed"),
+        (name = "status", description = "What an operator watches: the status page and its data, statistics, Prometheus metrics"),
         (name = "meta", description = "This document"),
     )
 )]

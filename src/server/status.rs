@@ -474,31 +474,46 @@ pub struct StatsQuery {
     pub limit: Option<usize>,
 }
 
+/// Which meters a request wants, in which order.
+#[derive(Debug, Clone)]
+struct View {
+    key: SortKey,
+    dir: Direction,
+    state: Option<MeterState>,
+    /// Lower-case hex digits the cloud id must contain.
+    q: Option<String>,
+}
+
+impl View {
+    /// Every meter, failing first.
+    const DEFAULT: View = View {
+        key: SortKey::State,
+        dir: Direction::Asc,
+        state: None,
+        q: None,
+    };
+}
+
 /// A filtered, sorted page over the overview.
 struct Selection {
     rows: Vec<MeterRow>,
     matching: usize,
 }
 
-fn select(
-    overview: &Overview,
-    key: SortKey,
-    dir: Direction,
-    state: Option<MeterState>,
-    q: Option<&str>,
-    skip: usize,
-    take: usize,
-    now: f64,
-) -> Selection {
+fn select(overview: &Overview, view: &View, skip: usize, take: usize, now: f64) -> Selection {
     let mut chosen: Vec<&Meter> = overview
         .meters
         .iter()
-        .filter(|m| state.is_none_or(|s| m.stats.state == s))
-        .filter(|m| q.is_none_or(|q| m.cloud_id.as_str().contains(q)))
+        .filter(|m| view.state.is_none_or(|s| m.stats.state == s))
+        .filter(|m| {
+            view.q
+                .as_deref()
+                .is_none_or(|q| m.cloud_id.as_str().contains(q))
+        })
         .collect();
     // The overview is kept in the default order; any other needs a sort.
-    if (key, dir) != (SortKey::State, Direction::Asc) {
-        chosen.sort_by(|a, b| compare(a, b, key, dir));
+    if (view.key, view.dir) != (SortKey::State, Direction::Asc) {
+        chosen.sort_by(|a, b| compare(a, b, view.key, view.dir));
     }
     Selection {
         matching: chosen.len(),
@@ -578,16 +593,13 @@ pub async fn api_status(
     let now = now_unix();
     let hub = state.hub().snapshot();
     let skip = (page - 1).saturating_mul(per_page);
-    let sel = select(
-        &overview,
+    let view = View {
         key,
         dir,
-        filter_state,
-        q.as_deref(),
-        skip,
-        per_page,
-        now,
-    );
+        state: filter_state,
+        q,
+    };
+    let sel = select(&overview, &view, skip, per_page, now);
     Ok(Json(StatusPage {
         generated_at: now,
         totals: Totals::new(&overview, &hub, now),
@@ -661,17 +673,7 @@ pub async fn api_stats(
         registry[format!("stale_{minutes}m")] = json!(overview.stale(minutes, now));
     }
     snapshot.insert("registry".into(), registry);
-    let rows = select(
-        &overview,
-        SortKey::State,
-        Direction::Asc,
-        None,
-        None,
-        0,
-        limit,
-        now,
-    )
-    .rows;
+    let rows = select(&overview, &View::DEFAULT, 0, limit, now).rows;
     snapshot.insert(
         "meters".into(),
         serde_json::to_value(rows).map_err(|e| ApiError::Internal(e.to_string()))?,
@@ -707,7 +709,6 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     };
     let mut text = strip_eof(state.hub().prometheus());
     registry_metrics(&mut text, overview.as_deref(), now_unix());
-    text.push_str("# EOF\n");
     (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_TEXT)),
@@ -718,8 +719,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Drops a trailing OpenMetrics `# EOF` so more families can follow; it is
-/// put back at the very end.
+/// Drops a trailing OpenMetrics `# EOF` so more families can follow (the
+/// 0.0.4 text format served here has no end marker).
 fn strip_eof(mut text: String) -> String {
     while text.ends_with('\n') {
         text.pop();
@@ -876,6 +877,14 @@ mod tests {
         }
     }
 
+    fn view(key: SortKey, dir: Direction) -> View {
+        View {
+            key,
+            dir,
+            ..View::DEFAULT
+        }
+    }
+
     fn ids(sel: &Selection) -> Vec<&str> {
         sel.rows.iter().map(|r| r.cloud_id.as_str()).collect()
     }
@@ -893,19 +902,19 @@ mod tests {
     #[test]
     fn failing_meters_come_first_longest_streak_then_oldest_reading() {
         let o = sample();
-        let sel = select(&o, SortKey::State, Direction::Asc, None, None, 0, 10, 0.0);
+        let sel = select(&o, &View::DEFAULT, 0, 10, 0.0);
         assert_eq!(
             ids(&sel),
             ["000003", "000004", "000002", "000005", "000001"]
         );
-        let sel = select(&o, SortKey::State, Direction::Desc, None, None, 0, 10, 0.0);
+        let sel = select(&o, &view(SortKey::State, Direction::Desc), 0, 10, 0.0);
         assert_eq!(ids(&sel)[0], "000001");
     }
 
     #[test]
     fn other_columns_sort_with_missing_values_last_and_ties_by_id() {
         let o = sample();
-        let by = |key, dir| ids(&select(&o, key, dir, None, None, 0, 10, 0.0)).join(" ");
+        let by = |key, dir| ids(&select(&o, &view(key, dir), 0, 10, 0.0)).join(" ");
         assert_eq!(
             by(SortKey::Demand, Direction::Desc),
             "000001 000004 000002 000003 000005"
@@ -932,22 +941,26 @@ mod tests {
     #[test]
     fn pages_filters_and_counts_are_over_the_whole_overview() {
         let o = sample();
-        let sel = select(&o, SortKey::CloudId, Direction::Asc, None, None, 2, 2, 0.0);
+        let sel = select(&o, &view(SortKey::CloudId, Direction::Asc), 2, 2, 0.0);
         assert_eq!((ids(&sel), sel.matching), (vec!["000003", "000004"], 5));
+        let backoff = View {
+            state: Some(MeterState::Backoff),
+            ..View::DEFAULT
+        };
+        let sel = select(&o, &backoff, 0, 10, 0.0);
+        assert_eq!(ids(&sel), ["000004", "000002"]);
         let sel = select(
             &o,
-            SortKey::State,
-            Direction::Asc,
-            Some(MeterState::Backoff),
-            None,
+            &View {
+                q: Some("05".into()),
+                ..View::DEFAULT
+            },
             0,
             10,
             0.0,
         );
-        assert_eq!(ids(&sel), ["000004", "000002"]);
-        let sel = select(&o, SortKey::State, Direction::Asc, None, Some("05"), 0, 10, 0.0);
         assert_eq!(ids(&sel), ["000005"]);
-        let sel = select(&o, SortKey::State, Direction::Asc, None, None, 10, 10, 0.0);
+        let sel = select(&o, &View::DEFAULT, 10, 10, 0.0);
         assert!(sel.rows.is_empty());
         let c = o.counts();
         assert_eq!((c.ok, c.backoff, c.auth_failed, c.without_reading), (2, 2, 1, 2));
@@ -975,7 +988,7 @@ mod tests {
     }
 
     #[test]
-    fn metrics_text_appends_registry_gauges_before_a_single_eof() {
+    fn metrics_text_appends_registry_gauges_after_the_hubs_without_eof() {
         let mut text = strip_eof("# TYPE a counter\na_total 1\n# EOF\n".into());
         registry_metrics(&mut text, Some(&sample()), 1601.0);
         assert!(text.starts_with("# TYPE a counter\na_total 1\n# HELP rainforest_registry_up"));
