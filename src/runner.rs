@@ -123,8 +123,8 @@ pub async fn run(config: &Config, opts: RunOptions, shutdown: CancellationToken)
     let poller = Poller::new(eagle.clone(), spool.clone());
     let state = AppState::from_config(&config, registry.clone(), poller, mode)
         .await
-        .context("cannot start the server")?;
-    // HUB-WIRING: state.with_hub(hub.clone()) once the server takes a hub.
+        .context("cannot start the server")?
+        .with_hub(hub.clone());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (in use? set `listen`, e.g. --set listen=127.0.0.1:8001)", config.listen))?;
@@ -157,7 +157,10 @@ pub async fn run(config: &Config, opts: RunOptions, shutdown: CancellationToken)
     pinger_stop.cancel();
     pinger.join().await;
     rotator_stop.cancel();
-    if tokio::time::timeout(Duration::from_secs(25), rotator_task).await.is_err() {
+    // An upload still running after this is abandoned: its spool file is
+    // only deleted after an acknowledgement, so the next run merges it.
+    let grace = config.request_timeout + Duration::from_secs(3);
+    if tokio::time::timeout(grace, rotator_task).await.is_err() {
         tracing::warn!("The rotator did not stop in time; its files stay in the spool for the next run.");
     }
     server_stop.cancel();
