@@ -167,6 +167,22 @@ async fn users_in_redis_are_polled_into_the_right_files_and_removed_users_stop()
         .expect("metrics body");
     assert!(metrics.contains("rainforest_polls_total{outcome=\"ok\"}"), "{metrics}");
     assert!(metrics.contains("rainforest_spool_lines_written_total"), "{metrics}");
+    // It also publishes its snapshot in Redis for a split deployment's server.
+    let client = redis::Client::open(redis.url()).expect("redis client");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
+    wait_for("service snapshot published", async || {
+        let keys: Vec<String> = redis::cmd("ZRANGE")
+            .arg(format!("{ns}:services"))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        let Some(key) = keys.first() else { return false };
+        let body: Option<String> = redis::cmd("GET").arg(key).query_async(&mut conn).await.unwrap_or(None);
+        body.is_some_and(|b| b.contains("polls_per_s"))
+    })
+    .await;
     // The fourth meter is not a user: never polled.
     assert_eq!(sim.requests_for(simulator::meter_cloud_id(3)), 0);
 

@@ -44,16 +44,37 @@ pub async fn run(
         "Pinger starting."
     );
     let pinger = Pinger::start(&config, registry, eagle, spool.clone(), shutdown.clone());
-    if let Some(addr) = config.metrics_listen {
-        let hub = Hub::new();
-        hub.attach_pinger(pinger.counters(), spool);
-        stats::serve_metrics(addr, hub, shutdown)
-            .await
-            .with_context(|| format!("cannot serve metrics on {addr} (metrics_listen)"))?;
-    }
+    let hub = Hub::new();
+    hub.attach_pinger(pinger.counters(), spool);
+    publish(&hub, &config, "pinger", &shutdown).await?;
     pinger.join().await;
     if let Some(sim) = sim {
         sim.stop().await;
+    }
+    Ok(())
+}
+
+/// Exposes a standalone service's hub: `/metrics` on `metrics_listen`, and
+/// its snapshot in Redis for the server's status page.
+pub(super) async fn publish(
+    hub: &Hub,
+    config: &Config,
+    service: &'static str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    if let Some(addr) = config.metrics_listen {
+        stats::serve_metrics(addr, hub.clone(), shutdown.clone())
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr} (metrics_listen)"))?;
+    }
+    if let Some(url) = &config.redis_url {
+        stats::remote::spawn_publisher(
+            hub.clone(),
+            url.to_string(),
+            config.redis_namespace.clone(),
+            service,
+            shutdown.clone(),
+        );
     }
     Ok(())
 }

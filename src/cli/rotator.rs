@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use crate::archive::ArchiveError;
 use crate::config::Config;
 use crate::rotator::Rotator;
-use crate::stats::{self, Hub};
+use crate::stats::Hub;
 
 /// Arguments of `rainforest rotator` (the archive and timings come from the
 /// configuration: `archive`, `s3_bucket`, `s3_prefix`, `s3_endpoint`,
@@ -65,13 +65,9 @@ pub async fn run(
             ExitCode::FAILURE
         });
     }
-    if let Some(addr) = config.metrics_listen {
-        let hub = Hub::new();
-        hub.attach_rotator(rotator.stats());
-        stats::serve_metrics(addr, hub, shutdown.clone())
-            .await
-            .with_context(|| format!("cannot serve metrics on {addr} (metrics_listen)"))?;
-    }
+    let hub = Hub::new();
+    hub.attach_rotator(rotator.stats());
+    super::pinger::publish(&hub, config, "rotator", &shutdown).await?;
     rotator.run(shutdown).await;
     Ok(ExitCode::SUCCESS)
 }

@@ -12,6 +12,7 @@ use crate::pinger;
 use crate::poll::Poller;
 use crate::registry::Registry;
 use crate::server::{self, AppState, AuthMode, ServerError};
+use crate::stats::{self, Hub};
 
 /// Arguments of `rainforest server`.
 #[derive(Debug, clap::Args)]
@@ -56,6 +57,18 @@ pub async fn run(
         }
         Err(e) => return Err(e).context("cannot start the server"),
     };
+    // A split deployment's pinger and rotator publish their snapshots in
+    // Redis; the status page and /api/stats show them through this hub.
+    let hub = Hub::new();
+    if let Some(url) = &config.redis_url {
+        stats::remote::spawn_reader(
+            hub.clone(),
+            url.to_string(),
+            config.redis_namespace.clone(),
+            shutdown.clone(),
+        );
+    }
+    let state = state.with_hub(hub);
     let addr = args.listen.unwrap_or(config.listen);
     let listener = tokio::net::TcpListener::bind(addr)
         .await

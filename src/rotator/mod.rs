@@ -21,8 +21,15 @@
 //!
 //! Nothing is ever given up on while the file exists, and every pass takes
 //! the oldest hour first.
+//!
+//! Every write is conditional (see `archive`). When the start-up probe finds
+//! a store that ignores conditional writes (Garage), and `redis_url` is
+//! set, each key's read-merge-write is also serialised with a Redis lock
+//! ([`ArchiveLock`], see `lock`), so a second rotator cannot clobber lines;
+//! without Redis such a store only gets a loud warning at start-up.
 
 mod lines;
+mod lock;
 mod scan;
 mod ship;
 mod stats;
@@ -30,6 +37,7 @@ mod stats;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -37,6 +45,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use lines::{Line, archived_lines, check_spool, gunzip, gzip, merge};
+pub use lock::{ArchiveLock, LockError, LockGuard};
 pub use scan::{SpoolFile, completed_files, is_completed};
 pub use stats::{RotatorStats, StatsSnapshot};
 
@@ -70,6 +79,10 @@ pub enum RotatorError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The Redis lock that serialises merges on a store ignoring
+    /// conditional writes could not be taken, or was lost.
+    #[error(transparent)]
+    Lock(#[from] LockError),
     /// Other writers kept winning the conditional write to the key.
     #[error("{key}: {attempts} conditional writes in a row lost to other writers; retrying later")]
     Contended {
@@ -247,7 +260,16 @@ pub struct Rotator {
     opts: RotatorOptions,
     archive: Archive,
     stats: Arc<RotatorStats>,
+    /// Serialises merges when the store ignores conditional writes.
+    lock: Option<ArchiveLock>,
+    /// What the start-up probe found: [`PROBE_UNKNOWN`], [`PROBE_ENFORCED`]
+    /// or [`PROBE_IGNORED`].
+    conditional_writes: AtomicU8,
 }
+
+const PROBE_UNKNOWN: u8 = 0;
+const PROBE_ENFORCED: u8 = 1;
+const PROBE_IGNORED: u8 = 2;
 
 impl Rotator {
     /// A rotator for `archive`; nothing happens until a pass runs.
@@ -256,13 +278,54 @@ impl Rotator {
             opts,
             archive,
             stats: Arc::new(RotatorStats::default()),
+            lock: None,
+            conditional_writes: AtomicU8::new(PROBE_UNKNOWN),
         }
     }
 
-    /// A rotator for the archive and options the configuration gives.
+    /// Serialises each key's read-merge-write with `lock` whenever the
+    /// store is not known to enforce conditional writes (see
+    /// [`preflight`](Self::preflight)).
+    pub fn with_lock(mut self, lock: ArchiveLock) -> Rotator {
+        self.lock = Some(lock);
+        self
+    }
+
+    /// A rotator for the archive and options the configuration gives, with
+    /// the Redis merge lock when `redis_url` is set (under
+    /// `redis_namespace`; Redis is contacted only if the store turns out to
+    /// need the lock).
     pub async fn from_config(config: &Config) -> Result<Rotator, ArchiveError> {
         let archive = Archive::from_config(config).await?;
-        Ok(Rotator::new(RotatorOptions::from_config(config), archive))
+        let mut rotator = Rotator::new(RotatorOptions::from_config(config), archive);
+        if let Some(url) = &config.redis_url {
+            let lock = ArchiveLock::new(url.as_str(), &config.redis_namespace)
+                .map_err(|e| ArchiveError::Misconfigured(e.to_string()))?;
+            rotator = rotator.with_lock(lock);
+        }
+        Ok(rotator)
+    }
+
+    /// What [`preflight`](Self::preflight) found: `Some(true)` when the
+    /// store enforces conditional writes, `Some(false)` when it ignores
+    /// them, `None` before a successful probe.
+    pub fn conditional_writes_enforced(&self) -> Option<bool> {
+        match self.conditional_writes.load(Ordering::Relaxed) {
+            PROBE_ENFORCED => Some(true),
+            PROBE_IGNORED => Some(false),
+            _ => None,
+        }
+    }
+
+    /// The lock the merges of this rotator must hold, if any. Until the
+    /// probe has answered, a configured lock is used: taking a lock that
+    /// turns out unnecessary costs a round trip, skipping one that was
+    /// needed can cost lines.
+    pub(super) fn merge_lock(&self) -> Option<&ArchiveLock> {
+        match self.conditional_writes_enforced() {
+            Some(true) => None,
+            Some(false) | None => self.lock.as_ref(),
+        }
     }
 
     /// The counters and gauges, for metrics.
@@ -282,7 +345,9 @@ impl Rotator {
 
     /// Logs the start-up line (archive, where the credentials came from,
     /// settings) and checks the store: bucket and credentials, then whether
-    /// it enforces conditional writes (a warning if not).
+    /// it enforces conditional writes. If not, merges take the Redis lock
+    /// from then on, or, without `redis_url`, a warning says that a second
+    /// rotator could clobber lines.
     pub async fn preflight(&self) -> Result<(), ArchiveError> {
         let credentials = self.archive.credentials_source().await;
         tracing::info!(
@@ -295,13 +360,26 @@ impl Rotator {
             "Rotator starting."
         );
         let probe = ObjectKey::probe(&self.opts.key_prefix);
-        if !self.archive.preflight(&probe).await? {
-            tracing::warn!(
+        let enforced = self.archive.preflight(&probe).await?;
+        self.conditional_writes.store(
+            if enforced { PROBE_ENFORCED } else { PROBE_IGNORED },
+            Ordering::Relaxed,
+        );
+        match (enforced, &self.lock) {
+            (true, _) => {}
+            (false, Some(lock)) => tracing::info!(
+                archive = %self.archive.describe(),
+                lock = %lock.describe(),
+                "The store ignores If-None-Match/If-Match on writes (Garage does), so each \
+                 object's read-merge-write holds a Redis lock."
+            ),
+            (false, None) => tracing::warn!(
                 archive = %self.archive.describe(),
                 "The store ignores If-None-Match/If-Match on writes (Garage does), so two \
-                 rotators writing the same keys could overwrite each other's lines. Run a \
-                 single rotator per bucket and prefix."
-            );
+                 rotators writing the same keys could overwrite each other's lines. Configure \
+                 redis_url (RAINFOREST_REDIS_URL) so merges hold a Redis lock, or run a single \
+                 rotator per bucket and prefix."
+            ),
         }
         Ok(())
     }

@@ -1,11 +1,13 @@
 //! Shipping one hour file: read and check it, gzip, read-merge-write the
-//! object, and only then delete the file (or quarantine it if it cannot be
-//! read at all).
+//! object (holding the Redis lock on its key when the store ignores
+//! conditional writes), and only then delete the file (or quarantine it if
+//! it cannot be read at all).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::lines::{archived_lines, check_spool, gunzip, gzip, merge};
+use super::lock::{LockError, LockGuard};
 use super::scan::SpoolFile;
 use super::stats::RotatorStats;
 use super::{Rotator, RotatorError};
@@ -87,7 +89,7 @@ impl Rotator {
             Prepared::Unusable(reason) => return self.quarantine(file, &reason),
         };
         let key = self.key_of(file);
-        let merged = match self.write_merged(&key, &ready).await {
+        let merged = match self.write_merged_locked(&key, &ready).await {
             Ok(m) => m,
             Err(e) => return Outcome::Failed(e),
         };
@@ -114,12 +116,50 @@ impl Rotator {
         Outcome::Archived { merged }
     }
 
+    /// [`write_merged`](Self::write_merged), holding the key's Redis lock
+    /// from the read to the acknowledged write when [`Rotator::merge_lock`]
+    /// asks for one. Without the lock nothing is uploaded.
+    async fn write_merged_locked(
+        &self,
+        key: &ObjectKey,
+        ready: &Ready,
+    ) -> Result<bool, RotatorError> {
+        let Some(lock) = self.merge_lock() else {
+            return self.write_merged(key, ready, None).await;
+        };
+        let guard = lock.acquire(key).await.map_err(|e| match e {
+            // Every merge needs Redis now: stop the pass like a store outage
+            // instead of failing each file in turn.
+            LockError::Unavailable { target, detail } => {
+                RotatorError::Archive(ArchiveError::Unavailable {
+                    target: format!("{target} (the archive lock)"),
+                    detail,
+                })
+            }
+            e => RotatorError::Lock(e),
+        })?;
+        let result = self.write_merged(key, ready, Some(&guard)).await;
+        if let Err(e) = guard.release().await {
+            // The lock expires by itself; only the next merge of this key waits.
+            tracing::warn!(key = %key, "Could not release the archive lock: {e}");
+        }
+        result
+    }
+
     /// Read-merge-write with conditional writes; `Ok(merged)` once the
-    /// object holds every line of `ready`.
-    async fn write_merged(&self, key: &ObjectKey, ready: &Ready) -> Result<bool, RotatorError> {
+    /// object holds every line of `ready`. With `guard`, each write is sent
+    /// only while the lock is certainly held.
+    async fn write_merged(
+        &self,
+        key: &ObjectKey,
+        ready: &Ready,
+        guard: Option<&LockGuard>,
+    ) -> Result<bool, RotatorError> {
+        let still_locked = || guard.map_or(Ok(()), LockGuard::ensure_held);
         for _ in 0..MAX_CONFLICTS {
             let lost = match self.archive.get(key).await? {
                 None => {
+                    still_locked()?;
                     let r = self
                         .archive
                         .put(key, ready.gz.clone(), Condition::Absent)
@@ -158,6 +198,7 @@ impl Rotator {
                         return Ok(true);
                     };
                     let len = gz.len() as u64;
+                    still_locked()?;
                     match self
                         .archive
                         .put(key, gz, Condition::Matches(stored.etag))

@@ -12,7 +12,7 @@
   // A reading older than this is shown as late (the pinger polls every few seconds).
   const LATE_S = 120;
   // Sparkline geometry: 60 minutes plus the latest reading.
-  const SPARK_W = 120, SPARK_H = 26, SPARK_SLOTS = 61;
+  const SPARK_W = 160, SPARK_H = 26, SPARK_SLOTS = 61;
   const SVG_NS = 'http://www.w3.org/2000/svg';
 
   const $ = (id) => document.getElementById(id);
@@ -68,11 +68,13 @@
     if (text != null) e.textContent = text;
     return e;
   }
-  function setCard(id, value, sub, alert) {
+  // `alert` marks the value as trouble, `subAlert` only the line below it.
+  function setCard(id, value, sub, alert, subAlert) {
     const card = $(id);
     card.querySelector('.value').textContent = value;
     card.querySelector('.sub').textContent = sub || '';
     card.classList.toggle('alert', !!alert);
+    card.classList.toggle('sub-alert', !!subAlert);
   }
 
   // --- sparkline -----------------------------------------------------------
@@ -147,17 +149,19 @@
     setCard('c-meters', count(t.meters),
       (t.inactive ? count(t.inactive) + ' inactive' : '') +
       (t.stale_10m ? (t.inactive ? ' · ' : '') + count(t.stale_10m) + ' silent > 10 min' : ''),
-      t.stale_10m > 0);
+      false, t.stale_10m > 0);
     setCard('c-ok', count(t.ok), t.without_reading ? count(t.without_reading) + ' without a reading yet' : '');
     setCard('c-backoff', count(t.backoff), '', false);
     setCard('c-auth', count(t.auth_failed), '', t.auth_failed > 0);
     setCard('c-polls', t.polls_per_s == null ? '–' : nf1.format(t.polls_per_s),
       t.polls_per_s == null ? 'pinger runs elsewhere'
         : (t.lines_per_s == null ? '' : nf1.format(t.lines_per_s) + ' lines/s'));
-    setCard('c-backlog', t.upload_backlog == null ? '–' : count(t.upload_backlog) + ' files',
-      t.upload_backlog == null ? 'rotator runs elsewhere'
-        : (t.oldest_pending_age_s != null ? 'oldest ' + duration(t.oldest_pending_age_s) : 'nothing waiting'),
-      t.oldest_pending_age_s != null && t.oldest_pending_age_s > 7200);
+    const backlog = t.upload_backlog;
+    setCard('c-backlog', backlog == null ? '–' : count(backlog) + (backlog === 1 ? ' file' : ' files'),
+      backlog == null ? 'rotator runs elsewhere'
+        : (backlog > 0 && t.oldest_pending_age_s != null ? 'oldest ' + duration(t.oldest_pending_age_s) : 'nothing waiting'),
+      // Hour files wait for their hour to end; two hours means uploads stall.
+      backlog > 0 && t.oldest_pending_age_s != null && t.oldest_pending_age_s > 7200);
     let uploadValue = '–', uploadSub = t.upload_backlog == null ? 'rotator runs elsewhere' : 'none yet';
     if (t.last_upload_at) {
       const at = Date.parse(t.last_upload_at);
@@ -188,12 +192,14 @@
       tr.appendChild(el('td', 'id', m.cloud_id));
       const st = el('td');
       st.appendChild(el('span', 'pill ' + m.state, STATE_LABEL[m.state] || m.state));
-      if (m.state !== 'ok' && m.last_error_kind) st.appendChild(el('span', 'why', m.last_error_kind));
+      // The error kind, when it says more than the state does.
+      if (m.state === 'backoff' && m.last_error_kind) st.appendChild(el('span', 'why', m.last_error_kind));
       tr.appendChild(st);
       tr.appendChild(el('td', 'num', m.last_demand_kw == null ? '–' : nf3.format(m.last_demand_kw)));
       const sp = el('td', 'sparkcell');
       const svg = sparkline(m.spark || []);
-      if (svg) sp.appendChild(svg); else sp.appendChild(el('span', 'nodata', 'no data yet'));
+      if (svg) sp.appendChild(svg);
+      else sp.appendChild(el('span', 'nodata', m.spark && m.spark.length ? 'no reading this hour' : 'no data yet'));
       tr.appendChild(sp);
       const age = el('td', 'num age');
       age.dataset.at = m.last_reading_at == null ? '' : String(m.last_reading_at);

@@ -302,11 +302,17 @@ fn compare(a: &Meter, b: &Meter, key: SortKey, dir: Direction) -> Ordering {
     })
 }
 
-/// The last hour of demand for a sparkline: the stored per-minute averages
-/// (oldest first, `None` for minutes without a reading), then the latest
-/// reading, so a meter shows a line from its first reading on instead of
-/// after its first complete minute.
-fn spark_points(stats: &UserStats) -> Vec<Option<f64>> {
+/// Points of a sparkline: the last hour by minute plus the current one.
+pub const SPARK_POINTS: usize = 61;
+
+/// The last hour of demand for a sparkline, one point per minute ending
+/// with the current minute at `now`: the stored per-minute averages (oldest
+/// first, `None` for minutes without a reading), then the latest reading in
+/// its own minute, so a meter shows a line from its first reading on
+/// instead of after its first complete minute. The stored minutes end where
+/// the meter last answered, so a meter silent since then gets empty minutes
+/// up to now rather than an old hour drawn as if it were this one.
+fn spark_points(stats: &UserStats, now: f64) -> Vec<Option<f64>> {
     let mut points: Vec<Option<f64>> = match stats.spark.as_deref() {
         None | Some("") => Vec::new(),
         Some(text) => text
@@ -316,6 +322,15 @@ fn spark_points(stats: &UserStats) -> Vec<Option<f64>> {
     };
     if let Some(kw) = stats.last_demand_kw.filter(|v| v.is_finite()) {
         points.push(Some(kw));
+    }
+    if let Some(last) = stats.last_timestamp {
+        let silent = ((now / 60.0).floor() - (last / 60.0).floor()).max(0.0);
+        // Capped: an hour of empty minutes already hides everything.
+        let silent = (silent as usize).min(SPARK_POINTS);
+        points.extend(std::iter::repeat_n(None, silent));
+    }
+    if points.len() > SPARK_POINTS {
+        points.drain(..points.len() - SPARK_POINTS);
     }
     points
 }
@@ -342,8 +357,9 @@ pub struct MeterRow {
     pub last_error_kind: Option<String>,
     /// Unix seconds of the latest failure.
     pub last_error_at: Option<f64>,
-    /// The last hour of demand in kW, one average per minute oldest first
-    /// (`null` for a minute without a reading), then the latest reading.
+    /// The last hour of demand in kW, one point per minute oldest first,
+    /// up to 61 (`null` for a minute without a reading); the minute of the
+    /// latest reading holds that reading, and minutes since are `null`.
     pub spark: Vec<Option<f64>>,
 }
 
@@ -360,7 +376,7 @@ impl MeterRow {
             total_events_logged: s.total_events_logged,
             last_error_kind: s.last_error_kind.clone(),
             last_error_at: s.last_error_at,
-            spark: spark_points(s),
+            spark: spark_points(s, now),
         }
     }
 }
@@ -571,9 +587,10 @@ pub async fn api_status(
     }
     let filter_state = match query.state.as_deref() {
         None | Some("") => None,
-        Some(s) => Some(s.parse::<MeterState>().map_err(|e| {
-            ApiError::bad_request("invalid-state", format!("`state` {e}"))
-        })?),
+        Some(s) => Some(
+            s.parse::<MeterState>()
+                .map_err(|e| ApiError::bad_request("invalid-state", format!("`state` {e}")))?,
+        ),
     };
     let q = match query.q.as_deref().map(str::trim) {
         None | Some("") => None,
@@ -711,7 +728,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     registry_metrics(&mut text, overview.as_deref(), now_unix());
     (
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_TEXT)),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(PROMETHEUS_TEXT),
+            ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
         text,
@@ -800,8 +820,7 @@ const PAGE_CSS: &str = include_str!("status.css");
 const PAGE_JS: &str = include_str!("status.js");
 
 static PAGE: LazyLock<Page> = LazyLock::new(|| {
-    let hash =
-        |text: &str| base64::engine::general_purpose::STANDARD.encode(Sha256::digest(text));
+    let hash = |text: &str| base64::engine::general_purpose::STANDARD.encode(Sha256::digest(text));
     let html = PAGE_HTML
         .replace("/*STYLE*/", PAGE_CSS)
         .replace("/*SCRIPT*/", PAGE_JS);
@@ -840,8 +859,14 @@ pub async fn status_page() -> Response {
                 HeaderValue::from_static("text/html; charset=utf-8"),
             ),
             (header::CONTENT_SECURITY_POLICY, page.csp.clone()),
-            (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
-            (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+            (
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
         ],
         page.html.clone(),
@@ -963,7 +988,10 @@ mod tests {
         let sel = select(&o, &View::DEFAULT, 10, 10, 0.0);
         assert!(sel.rows.is_empty());
         let c = o.counts();
-        assert_eq!((c.ok, c.backoff, c.auth_failed, c.without_reading), (2, 2, 1, 2));
+        assert_eq!(
+            (c.ok, c.backoff, c.auth_failed, c.without_reading),
+            (2, 2, 1, 2)
+        );
         // At t=1000+601 only the reading at 1000 is within 10 minutes.
         assert_eq!(o.stale(10, 1601.0), 2);
     }
@@ -973,18 +1001,38 @@ mod tests {
         let s = UserStats {
             spark: Some("1.5,,2.25, x".into()),
             last_demand_kw: Some(3.0),
+            last_timestamp: Some(6000.0),
             ..UserStats::default()
         };
         assert_eq!(
-            spark_points(&s),
+            spark_points(&s, 6059.0),
             [Some(1.5), None, Some(2.25), None, Some(3.0)]
         );
         let fresh = UserStats {
             last_demand_kw: Some(0.4),
+            last_timestamp: Some(6000.0),
             ..UserStats::default()
         };
-        assert_eq!(spark_points(&fresh), [Some(0.4)]);
-        assert!(spark_points(&UserStats::default()).is_empty());
+        assert_eq!(spark_points(&fresh, 6001.0), [Some(0.4)]);
+        assert!(spark_points(&UserStats::default(), 6001.0).is_empty());
+    }
+
+    #[test]
+    fn sparkline_of_a_silent_meter_runs_empty_up_to_now() {
+        let s = UserStats {
+            spark: Some(vec!["1"; 60].join(",")),
+            last_demand_kw: Some(2.0),
+            last_timestamp: Some(6000.0),
+            ..UserStats::default()
+        };
+        // Two minutes later: the hour shifts left by two.
+        let p = spark_points(&s, 6000.0 + 120.0);
+        assert_eq!(p.len(), SPARK_POINTS);
+        assert_eq!(&p[56..], [Some(1.0), Some(1.0), Some(2.0), None, None]);
+        // Silent for over an hour: nothing left to draw.
+        let p = spark_points(&s, 6000.0 + 4000.0);
+        assert_eq!(p.len(), SPARK_POINTS);
+        assert!(p.iter().all(Option::is_none));
     }
 
     #[test]

@@ -19,6 +19,8 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 
+pub mod remote;
+
 use crate::protocol::ErrorKind;
 use crate::rotator::RotatorStats;
 use crate::scheduler::Counters;
@@ -38,6 +40,8 @@ struct Inner {
     started: Instant,
     parts: Mutex<Parts>,
     rates: Mutex<Option<Sample>>,
+    /// Snapshots other processes published (service name, snapshot).
+    remote: Mutex<Vec<(String, Value)>>,
 }
 
 impl Default for Inner {
@@ -46,6 +50,7 @@ impl Default for Inner {
             started: Instant::now(),
             parts: Mutex::new(Parts::default()),
             rates: Mutex::new(None),
+            remote: Mutex::new(Vec::new()),
         }
     }
 }
@@ -87,6 +92,11 @@ impl Hub {
     /// Registers the rotator's counters.
     pub fn attach_rotator(&self, stats: Arc<RotatorStats>) {
         lock(&self.0.parts).rotator = Some(stats);
+    }
+
+    /// Replaces the snapshots read from other processes (see [`remote`]).
+    pub fn set_remote(&self, remote: Vec<(String, Value)>) {
+        *lock(&self.0.remote) = remote;
     }
 
     fn parts(&self) -> Parts {
@@ -188,6 +198,7 @@ impl Hub {
                 "quarantined": r.quarantined,
             });
         }
+        fold_remote(&mut out, &lock(&self.0.remote));
         out
     }
 
@@ -236,6 +247,50 @@ pub async fn serve_metrics(
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await;
     }))
+}
+
+/// Fills the `pinger` / `rotator` namespaces from other processes'
+/// snapshots when this process runs no such service: rates and counts add
+/// up across instances, ages take the maximum, times the latest.
+fn fold_remote(out: &mut Value, remote: &[(String, Value)]) {
+    if remote.is_empty() {
+        return;
+    }
+    out["instances"] = json!(remote.len());
+    for service in ["pinger", "rotator"] {
+        if out.get(service).is_some() {
+            continue;
+        }
+        let parts: Vec<&Value> = remote
+            .iter()
+            .filter(|(s, _)| s == service)
+            .filter_map(|(_, v)| v.get(service))
+            .collect();
+        if parts.is_empty() {
+            continue;
+        }
+        let mut folded = serde_json::Map::new();
+        for p in &parts {
+            let Some(obj) = p.as_object() else { continue };
+            for (k, v) in obj {
+                let merged = match (folded.get(k), v) {
+                    (None, v) => v.clone(),
+                    (Some(Value::Number(a)), Value::Number(b)) => {
+                        let (a, b) = (a.as_f64().unwrap_or(0.0), b.as_f64().unwrap_or(0.0));
+                        if k.contains("age") || k.contains("ratio") || k.contains("lag") {
+                            json!(a.max(b))
+                        } else {
+                            json!(round2(a + b))
+                        }
+                    }
+                    (Some(Value::String(a)), Value::String(b)) => json!(a.max(b)),
+                    (Some(a), _) => a.clone(),
+                };
+                folded.insert(k.clone(), merged);
+            }
+        }
+        out[service] = Value::Object(folded);
+    }
 }
 
 fn round2(x: f64) -> f64 {
