@@ -17,6 +17,10 @@ use rainforest::registry::Registry;
 use rainforest::simulator::{meter_cloud_id, meter_email, meter_password};
 use tokio_util::sync::CancellationToken;
 
+/// The same allocator as the `rainforest` binary, so the figures match it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Args {
     meters: u32,
     seconds: u64,

@@ -937,6 +937,10 @@ async fn openapi_document_lists_every_route_with_bearer_auth() {
         ("/api/openapi.json", &["get"][..]),
         ("/healthz", &["get"][..]),
         ("/readyz", &["get"][..]),
+        ("/api/status", &["get"][..]),
+        ("/api/stats", &["get"][..]),
+        ("/status", &["get"][..]),
+        ("/metrics", &["get"][..]),
     ] {
         for m in methods {
             let op = &doc["paths"][path][m];
@@ -955,7 +959,7 @@ async fn openapi_document_lists_every_route_with_bearer_auth() {
     }
     assert_eq!(
         doc["paths"].as_object().unwrap().len(),
-        6,
+        10,
         "an undocumented or extra path"
     );
     assert_eq!(

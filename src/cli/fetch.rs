@@ -6,14 +6,13 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use chrono::Utc;
 use tokio::time::Instant;
 
 use super::EXIT_AUTH;
 use crate::cloud_id::CloudId;
 use crate::config::Config;
-use crate::protocol::{Eagle, EagleOptions, ErrorKind, Source};
+use crate::protocol::{ErrorKind, Source};
 use crate::record::Record;
 use crate::secret::Secret;
 
@@ -64,13 +63,7 @@ pub async fn run(args: Args, config: &Config, trace_http: bool) -> anyhow::Resul
         },
         _ => anyhow::bail!("give --user and --password-env, or --local and --install-code-env"),
     };
-    let eagle = Eagle::new(EagleOptions {
-        relay_url: config.relay_url.clone(),
-        request_timeout: config.request_timeout,
-        insecure_tls: config.relay_insecure_tls,
-        trace_http,
-    })
-    .context("cannot set up the HTTP client")?;
+    let eagle = crate::pinger::eagle_from_config(config, trace_http)?;
     let polled_at = Utc::now();
     let started = Instant::now();
     match eagle.read_demand(args.cloud_id, &source).await {

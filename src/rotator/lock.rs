@@ -211,19 +211,29 @@ impl ArchiveLock {
         loop {
             // The lock counts from before the request went out, never later.
             let sent = Instant::now();
-            let set: Option<String> = redis::cmd("SET")
+            let mut set_nx = redis::cmd("SET");
+            set_nx
                 .arg(&redis_key)
                 .arg(&token)
                 .arg("NX")
                 .arg("PX")
-                .arg(millis(self.ttl))
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| self.unavailable("SET NX", &e))?;
+                .arg(millis(self.ttl));
+            let set: Option<String> = match set_nx.query_async(&mut conn).await {
+                Ok(v) => v,
+                // The first command after Redis came back can meet the
+                // manager's last failed reconnect; nothing was sent, so one
+                // retry on the fresh connection is safe.
+                Err(e) if e.is_connection_refusal() => set_nx
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.unavailable("SET NX", &e))?,
+                Err(e) => return Err(self.unavailable("SET NX", &e)),
+            };
             attempts += 1;
             if set.is_some() {
                 if attempts > 1 {
-                    tracing::debug!(key = %key, waited = ?started.elapsed(), "Took the archive lock after waiting.");
+                    let waited = started.elapsed();
+                    tracing::debug!(key = %key, ?waited, "Took the archive lock after waiting.");
                 }
                 return Ok(self.guard(key.clone(), redis_key, token, sent));
             }

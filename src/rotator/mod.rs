@@ -362,7 +362,11 @@ impl Rotator {
         let probe = ObjectKey::probe(&self.opts.key_prefix);
         let enforced = self.archive.preflight(&probe).await?;
         self.conditional_writes.store(
-            if enforced { PROBE_ENFORCED } else { PROBE_IGNORED },
+            if enforced {
+                PROBE_ENFORCED
+            } else {
+                PROBE_IGNORED
+            },
             Ordering::Relaxed,
         );
         match (enforced, &self.lock) {

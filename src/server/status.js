@@ -154,15 +154,15 @@
     setCard('c-backoff', count(t.backoff), '', false);
     setCard('c-auth', count(t.auth_failed), '', t.auth_failed > 0);
     setCard('c-polls', t.polls_per_s == null ? '–' : nf1.format(t.polls_per_s),
-      t.polls_per_s == null ? 'pinger runs elsewhere'
+      t.polls_per_s == null ? 'no pinger reporting'
         : (t.lines_per_s == null ? '' : nf1.format(t.lines_per_s) + ' lines/s'));
     const backlog = t.upload_backlog;
     setCard('c-backlog', backlog == null ? '–' : count(backlog) + (backlog === 1 ? ' file' : ' files'),
-      backlog == null ? 'rotator runs elsewhere'
+      backlog == null ? 'no rotator reporting'
         : (backlog > 0 && t.oldest_pending_age_s != null ? 'oldest ' + duration(t.oldest_pending_age_s) : 'nothing waiting'),
       // Hour files wait for their hour to end; two hours means uploads stall.
       backlog > 0 && t.oldest_pending_age_s != null && t.oldest_pending_age_s > 7200);
-    let uploadValue = '–', uploadSub = t.upload_backlog == null ? 'rotator runs elsewhere' : 'none yet';
+    let uploadValue = '–', uploadSub = t.upload_backlog == null ? 'no rotator reporting' : 'none yet';
     if (t.last_upload_at) {
       const at = Date.parse(t.last_upload_at);
       if (!isNaN(at)) {

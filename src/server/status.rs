@@ -7,9 +7,9 @@
 //! for [`OVERVIEW_TTL`], so a dozen open status pages and a Prometheus
 //! scraper cost one registry read every couple of seconds, not one each.
 //! Requests sort, filter and page that snapshot in memory; with 10,000
-//! meters that is a few milliseconds. The live counters of the services in
-//! this process (polls per second, upload backlog) come from
-//! [`crate::stats::Hub`], which this module only reads.
+//! meters that is a few milliseconds. The live counters of the services
+//! (polls per second, upload backlog) come from [`crate::stats::Hub`],
+//! which this module only reads.
 //!
 //! The page is one self-contained HTML document (style and script inlined,
 //! no external assets) served without a token: it holds no data. Its script
@@ -398,11 +398,12 @@ pub struct Totals {
     pub without_reading: usize,
     /// Active meters whose latest reading is more than 10 minutes old.
     pub stale_10m: usize,
-    /// Polls per second of the pinger in this process; `null` when it runs elsewhere.
+    /// Polls per second of the pinger(s) the hub sees (this process, or those
+    /// publishing to Redis); `null` when none reports.
     pub polls_per_s: Option<f64>,
     /// Lines written per second by the pinger in this process.
     pub lines_per_s: Option<f64>,
-    /// Completed files waiting for upload (rotator in this process), else `null`.
+    /// Completed files waiting for upload, from the rotator the hub sees; `null` when none reports.
     pub upload_backlog: Option<u64>,
     /// Age in seconds of the oldest file waiting for upload.
     pub oldest_pending_age_s: Option<f64>,
@@ -550,7 +551,7 @@ fn query_error(e: QueryRejection) -> ApiError {
 ///
 /// Needs scope `read`. Computed from a registry snapshot at most
 /// two seconds old plus the live counters of the services in this
-/// process (`null` for a service that runs elsewhere).
+/// process or reporting through Redis (`null` for a service none reports).
 #[utoipa::path(
     get,
     path = "/api/status",
@@ -632,8 +633,8 @@ pub async fn api_status(
 
 /// A statistics snapshot, organised by namespace.
 ///
-/// Needs scope `read`. `uptime_s`, then one object per service running in
-/// this process (`pinger`, `rotator`; absent when it runs elsewhere) with
+/// Needs scope `read`. `uptime_s`, then one object per service the hub
+/// sees (`pinger`, `rotator`; absent when none reports) with
 /// rates computed when the snapshot is taken; `registry` counts every
 /// active meter whichever pinger polls it; `meters` holds per-meter
 /// records, failing first, up to `limit`.
@@ -992,8 +993,8 @@ mod tests {
             (c.ok, c.backoff, c.auth_failed, c.without_reading),
             (2, 2, 1, 2)
         );
-        // At t=1000+601 only the reading at 1000 is within 10 minutes.
-        assert_eq!(o.stale(10, 1601.0), 2);
+        // At t=1599 only the reading at 1000 is within 10 minutes.
+        assert_eq!(o.stale(10, 1599.0), 2);
     }
 
     #[test]
@@ -1038,7 +1039,7 @@ mod tests {
     #[test]
     fn metrics_text_appends_registry_gauges_after_the_hubs_without_eof() {
         let mut text = strip_eof("# TYPE a counter\na_total 1\n# EOF\n".into());
-        registry_metrics(&mut text, Some(&sample()), 1601.0);
+        registry_metrics(&mut text, Some(&sample()), 1599.0);
         assert!(text.starts_with("# TYPE a counter\na_total 1\n# HELP rainforest_registry_up"));
         assert!(text.contains("rainforest_registry_meters{state=\"backoff\"} 2\n"));
         assert!(text.contains("rainforest_meters_stale{minutes=\"10\"} 2\n"));

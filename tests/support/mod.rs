@@ -17,6 +17,7 @@
 
 #![allow(dead_code)]
 
+pub mod garage;
 pub mod s3;
 
 use std::io::{self, Write};

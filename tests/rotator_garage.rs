@@ -1,0 +1,460 @@
+//! The rotator on a store that ignores conditional writes: Garage 2.x (a
+//! real single-node cluster per test, see `support::garage`) accepts
+//! `If-Match`/`If-None-Match` on PutObject and ignores them, so there the
+//! read-merge-write is protected by the Redis lock (`rotator::ArchiveLock`,
+//! a private `redis-server` per test). Also the lock's own contract
+//! against Redis: exclusion, bounded waiting, compare-and-delete, expiry
+//! and renewal.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rainforest::archive::{Archive, ObjectKey, S3Archive, S3Settings, StaticCredentials};
+use rainforest::cloud_id::CloudId;
+use rainforest::record::format_time;
+use rainforest::rotator::{ArchiveLock, Backoff, LockError, Rotator, RotatorOptions};
+use rainforest::secret::Secret;
+use rainforest::spool::{HourBucket, hour_file};
+use support::RedisServer;
+use support::garage::GarageServer;
+use tokio_util::sync::CancellationToken;
+
+const PREFIX: &str = "iseif-rainforest";
+const KEY_PREFIX: &str = "rainforest-logs";
+
+/// The hour `n` hours before the current one.
+fn hours_ago(n: i64) -> HourBucket {
+    HourBucket(HourBucket::of(Utc::now()).0 - n)
+}
+
+/// A record line (no newline) polled `second` seconds into `hour`.
+fn line(cloud_id: CloudId, hour: HourBucket, second: u32) -> String {
+    let t: DateTime<Utc> =
+        hour.start() + chrono::Duration::milliseconds(i64::from(second) * 1000 + 123);
+    serde_json::json!({
+        "cloud_id": cloud_id.as_str(),
+        "polled_at": format_time(t),
+        "demand_kw": f64::from(second) / 1000.0,
+        "latency_ms": 42,
+        "source": "relay",
+    })
+    .to_string()
+}
+
+fn write_spool(data_dir: &Path, cloud_id: CloudId, hour: HourBucket, lines: &[String]) {
+    let path = hour_file(data_dir, PREFIX, cloud_id, hour);
+    std::fs::create_dir_all(path.parent().expect("hour dir")).expect("mkdir");
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&path, text).expect("write spool file");
+}
+
+fn key(cloud_id: CloudId, hour: HourBucket) -> String {
+    ObjectKey::for_hour(KEY_PREFIX, PREFIX, cloud_id, hour)
+        .as_str()
+        .to_string()
+}
+
+/// `lines` as the archive stores them: ordered by `polled_at`, no duplicates.
+fn canonical(lines: &[String]) -> Vec<String> {
+    let set: BTreeSet<(String, String)> = lines
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            (v["polled_at"].as_str().unwrap_or("").to_string(), l.clone())
+        })
+        .collect();
+    set.into_iter().map(|(_, l)| l).collect()
+}
+
+/// The object's lines, or an empty list when it does not exist.
+async fn object_lines(garage: &GarageServer, key: &str) -> Vec<String> {
+    let Some(gz) = garage.get(key).await else {
+        return Vec::new();
+    };
+    let mut text = String::new();
+    flate2::read::MultiGzDecoder::new(gz.as_slice())
+        .read_to_string(&mut text)
+        .expect("object is gzip of UTF-8");
+    text.lines().map(str::to_string).collect()
+}
+
+fn options(data_dir: &Path) -> RotatorOptions {
+    let quick = Backoff {
+        first: Duration::from_millis(100),
+        max: Duration::from_millis(300),
+    };
+    RotatorOptions {
+        data_dir: data_dir.to_path_buf(),
+        file_prefix: PREFIX.into(),
+        key_prefix: KEY_PREFIX.into(),
+        grace: Duration::from_millis(1),
+        every: Duration::from_millis(100),
+        concurrency: 4,
+        file_backoff: quick,
+        outage_backoff: quick,
+        operator_pause: Duration::from_millis(300),
+        shutdown_grace: Duration::from_secs(5),
+    }
+}
+
+/// Each call connects its own client, as a second host would.
+async fn garage_archive(garage: &GarageServer) -> Archive {
+    let settings = S3Settings {
+        bucket: garage.bucket(),
+        endpoint: Some(garage.endpoint()),
+        region: Some(garage.region()),
+        credentials: Some(StaticCredentials {
+            access_key_id: garage.access_key(),
+            secret_access_key: Secret::new(garage.secret_key()),
+        }),
+    };
+    Archive::S3(S3Archive::connect(settings).await.expect("garage archive"))
+}
+
+/// Two hosts' spool files for the same 40 (meter, hour) keys: even seconds
+/// on one, odd on the other, seconds 100..110 on both (a hand-over).
+/// Returns every key with the union of lines it must end up holding.
+fn two_hosts_same_keys(d1: &Path, d2: &Path) -> Vec<(String, Vec<String>)> {
+    let mut expected = Vec::new();
+    for n in 0..40u32 {
+        let m = CloudId::from_index(n % 5);
+        let h = hours_ago(2 + i64::from(n / 5));
+        let one: Vec<String> = (0..60)
+            .filter(|s| s % 2 == 0)
+            .chain(100..110)
+            .map(|s| line(m, h, s))
+            .collect();
+        let two: Vec<String> = (0..60)
+            .filter(|s| s % 2 == 1)
+            .chain(100..110)
+            .map(|s| line(m, h, s))
+            .collect();
+        write_spool(d1, m, h, &one);
+        write_spool(d2, m, h, &two);
+        let mut all = one;
+        all.extend(two);
+        expected.push((key(m, h), canonical(&all)));
+    }
+    expected
+}
+
+/// Keys of every lock left in Redis under `namespace`.
+fn locks_left(redis: &RedisServer, namespace: &str) -> Vec<String> {
+    let client = redis::Client::open(redis.url().as_str()).expect("redis url");
+    let mut conn = client
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .expect("redis connection");
+    redis::cmd("KEYS")
+        .arg(format!("{namespace}:archive-lock:*"))
+        .query(&mut conn)
+        .expect("KEYS")
+}
+
+#[tokio::test]
+async fn preflight_finds_that_garage_ignores_conditional_writes() {
+    let Some(garage) = GarageServer::start() else {
+        return;
+    };
+    let (logs, _guard) = support::capture_logs();
+    let archive = garage_archive(&garage).await;
+    assert!(
+        !archive
+            .preflight(&ObjectKey::probe(KEY_PREFIX))
+            .await
+            .expect("preflight"),
+        "Garage is expected to ignore If-None-Match/If-Match; if this version enforces \
+         them, the moto race test already covers it"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let alone = Rotator::new(options(dir.path()), archive);
+    assert_eq!(alone.conditional_writes_enforced(), None);
+    alone.preflight().await.expect("preflight");
+    assert_eq!(alone.conditional_writes_enforced(), Some(false));
+    let text = logs.text();
+    assert!(
+        text.contains("WARN") && text.contains("Configure redis_url"),
+        "no loud warning naming redis_url: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_rotators_racing_on_garage_with_the_redis_lock_lose_no_line() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let Some(garage) = GarageServer::start() else {
+        return;
+    };
+    let namespace = redis.namespace();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (d1, d2) = (dir.path().join("host1"), dir.path().join("host2"));
+    let expected = two_hosts_same_keys(&d1, &d2);
+    let lock = || ArchiveLock::new(&redis.url(), &namespace).expect("lock");
+    let r1 = Rotator::new(options(&d1), garage_archive(&garage).await).with_lock(lock());
+    let r2 = Rotator::new(options(&d2), garage_archive(&garage).await).with_lock(lock());
+    r1.preflight().await.expect("preflight");
+    r2.preflight().await.expect("preflight");
+    assert_eq!(r1.conditional_writes_enforced(), Some(false));
+    let none = CancellationToken::new();
+    let (a, b) = tokio::join!(r1.run_once(&none), r2.run_once(&none));
+    assert!(a.all_archived(), "{a:?}");
+    assert!(b.all_archived(), "{b:?}");
+    for (k, lines) in &expected {
+        assert_eq!(&object_lines(&garage, k).await, lines, "{k}");
+    }
+    let (s1, s2) = (r1.stats().snapshot(), r2.stats().snapshot());
+    // Every key was written by both, so one of each pair merged.
+    assert_eq!(s1.merges + s2.merges, 40);
+    assert!(
+        locks_left(&redis, &namespace).is_empty(),
+        "locks not released"
+    );
+}
+
+/// The same race without the lock, to show what the lock is for. Loss is
+/// probabilistic, so it is reported, not asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_lock_a_race_on_garage_can_lose_lines() {
+    let Some(garage) = GarageServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (d1, d2) = (dir.path().join("host1"), dir.path().join("host2"));
+    let expected = two_hosts_same_keys(&d1, &d2);
+    let r1 = Rotator::new(options(&d1), garage_archive(&garage).await);
+    let r2 = Rotator::new(options(&d2), garage_archive(&garage).await);
+    let none = CancellationToken::new();
+    let (a, b) = tokio::join!(r1.run_once(&none), r2.run_once(&none));
+    assert!(a.all_archived() && b.all_archived(), "{a:?} {b:?}");
+    let (mut keys_short, mut lines_lost) = (0, 0);
+    for (k, lines) in &expected {
+        let got = object_lines(&garage, k).await;
+        if &got != lines {
+            keys_short += 1;
+            lines_lost += lines.len().saturating_sub(got.len());
+        }
+    }
+    eprintln!(
+        "without the lock on Garage: {keys_short} of {} objects lost {lines_lost} lines",
+        expected.len()
+    );
+}
+
+#[tokio::test]
+async fn without_redis_nothing_is_uploaded_to_a_store_that_ignores_conditional_writes() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    if !redis.can_restart() {
+        return;
+    }
+    let Some(garage) = GarageServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = CloudId::from_index(7);
+    let h = hours_ago(3);
+    write_spool(dir.path(), m, h, &[line(m, h, 1), line(m, h, 2)]);
+    let lock = ArchiveLock::new(&redis.url(), &redis.namespace()).expect("lock");
+    let r = Rotator::new(options(dir.path()), garage_archive(&garage).await).with_lock(lock);
+    r.preflight().await.expect("preflight");
+    redis.stop();
+    let none = CancellationToken::new();
+    let report = r.run_once(&none).await;
+    assert!(!report.all_archived(), "{report:?}");
+    let e = report.store_error.as_ref().expect("a store-wide error");
+    assert!(e.to_string().contains("archive lock"), "{e}");
+    assert!(
+        garage.get(&key(m, h)).await.is_none(),
+        "uploaded without the lock"
+    );
+    assert!(
+        hour_file(dir.path(), PREFIX, m, h).exists(),
+        "spool file lost"
+    );
+    redis.start_again();
+    let report = r.run_once(&none).await;
+    assert!(report.all_archived(), "{report:?}");
+    assert_eq!(object_lines(&garage, &key(m, h)).await.len(), 2);
+}
+
+// The lock's own contract, against Redis only.
+
+fn some_key(n: u32) -> ObjectKey {
+    ObjectKey::for_hour(KEY_PREFIX, PREFIX, CloudId::from_index(n), hours_ago(2))
+}
+
+#[tokio::test]
+async fn a_held_lock_makes_others_wait_then_gives_up() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let ns = redis.namespace();
+    let lock = ArchiveLock::new(&redis.url(), &ns)
+        .expect("lock")
+        .with_timing(Duration::from_secs(10), Duration::from_millis(300));
+    let k = some_key(1);
+    let held = lock.acquire(&k).await.expect("first acquire");
+    let started = tokio::time::Instant::now();
+    match lock.acquire(&k).await {
+        Err(LockError::Busy { waited, .. }) => assert!(waited >= Duration::from_millis(300)),
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "wait not bounded"
+    );
+    // Another key is not affected.
+    lock.acquire(&some_key(2))
+        .await
+        .expect("other key")
+        .release()
+        .await
+        .expect("release");
+    held.release().await.expect("release");
+    lock.acquire(&k)
+        .await
+        .expect("free after release")
+        .release()
+        .await
+        .expect("release");
+    assert!(locks_left(&redis, &ns).is_empty());
+}
+
+#[tokio::test]
+async fn a_waiter_gets_the_lock_as_soon_as_the_holder_releases() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let lock = ArchiveLock::new(&redis.url(), &redis.namespace())
+        .expect("lock")
+        .with_timing(Duration::from_secs(10), Duration::from_secs(5));
+    let k = some_key(1);
+    let held = lock.acquire(&k).await.expect("first acquire");
+    let waiter = {
+        let (lock, k) = (lock.clone(), k.clone());
+        tokio::spawn(async move { lock.acquire(&k).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiter.is_finished());
+    held.release().await.expect("release");
+    let second = tokio::time::timeout(Duration::from_secs(2), waiter)
+        .await
+        .expect("waiter not woken in time")
+        .expect("task")
+        .expect("acquire");
+    second.ensure_held().expect("held");
+    second.release().await.expect("release");
+}
+
+#[tokio::test]
+async fn a_dead_holders_lock_expires_and_it_cannot_delete_the_next_holders() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let ns = redis.namespace();
+    let lock = ArchiveLock::new(&redis.url(), &ns)
+        .expect("lock")
+        .with_timing(Duration::from_millis(600), Duration::from_secs(5));
+    let k = some_key(3);
+    // A rotator that dies holding the lock: its guard never renews or
+    // releases (simulated by setting the key as it would, then nothing).
+    let client = redis::Client::open(redis.url().as_str()).expect("url");
+    let mut conn = client.get_connection().expect("conn");
+    let _: () = redis::cmd("SET")
+        .arg(lock.redis_key(&k))
+        .arg("dead-rotator")
+        .arg("PX")
+        .arg(600)
+        .query(&mut conn)
+        .expect("SET");
+    let started = tokio::time::Instant::now();
+    let next = lock.acquire(&k).await.expect("acquired after expiry");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // The dead holder's compare-and-delete (its token) must not free it.
+    let deleted: i64 = redis::Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+    )
+    .key(lock.redis_key(&k))
+    .arg("dead-rotator")
+    .invoke(&mut conn)
+    .expect("script");
+    assert_eq!(deleted, 0);
+    assert_eq!(locks_left(&redis, &ns).len(), 1);
+    next.release().await.expect("release");
+    assert!(locks_left(&redis, &ns).is_empty());
+}
+
+#[tokio::test]
+async fn renewal_keeps_a_slow_holder_locked_past_the_ttl() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let lock = ArchiveLock::new(&redis.url(), &redis.namespace())
+        .expect("lock")
+        .with_timing(Duration::from_millis(600), Duration::from_millis(100));
+    let k = some_key(4);
+    let held = lock.acquire(&k).await.expect("acquire");
+    // Three ttls of work.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    held.ensure_held().expect("still held");
+    assert!(matches!(
+        lock.acquire(&k).await,
+        Err(LockError::Busy { .. })
+    ));
+    held.release().await.expect("release");
+}
+
+#[tokio::test]
+async fn a_lock_that_cannot_be_renewed_is_reported_lost_before_the_next_write() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    if !redis.can_restart() {
+        return;
+    }
+    let lock = ArchiveLock::new(&redis.url(), &redis.namespace())
+        .expect("lock")
+        .with_timing(Duration::from_millis(600), Duration::from_millis(100));
+    let held = lock.acquire(&some_key(5)).await.expect("acquire");
+    // Redis gone for longer than the ttl: renewal cannot confirm the lock.
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(matches!(held.ensure_held(), Err(LockError::Lost { .. })));
+    redis.start_again();
+}
+
+#[tokio::test]
+async fn a_lock_taken_over_is_reported_lost_and_not_released_by_its_old_holder() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let ns = redis.namespace();
+    let lock = ArchiveLock::new(&redis.url(), &ns)
+        .expect("lock")
+        .with_timing(Duration::from_millis(600), Duration::from_millis(100));
+    let k = some_key(6);
+    let held = lock.acquire(&k).await.expect("acquire");
+    // As if the lock had expired and another rotator took it.
+    let client = redis::Client::open(redis.url().as_str()).expect("url");
+    let mut conn = client.get_connection().expect("conn");
+    let _: () = redis::cmd("SET")
+        .arg(lock.redis_key(&k))
+        .arg("other-rotator")
+        .query(&mut conn)
+        .expect("SET");
+    // The next renewal (a third of the ttl) finds the other token.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(matches!(held.ensure_held(), Err(LockError::Lost { .. })));
+    held.release().await.expect("release");
+    let owner: String = redis::cmd("GET")
+        .arg(lock.redis_key(&k))
+        .query(&mut conn)
+        .expect("GET");
+    assert_eq!(owner, "other-rotator");
+}
