@@ -8,7 +8,7 @@
 //! in their own modules and know nothing of each other.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -143,14 +143,26 @@ pub async fn run(config: &Config, opts: RunOptions, shutdown: CancellationToken)
 
     let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
     let url = format!("http://{host}:{}/status", addr.port());
-    println!("Data:        spool {} → archive {}", config.data_dir.display(), describe_archive(&config));
-    println!("Users:       {}", config.users_file.as_deref().map(Path::display).map(|p| p.to_string()).unwrap_or_else(|| "Redis".into()));
-    match &generated_token {
-        Some(t) => println!("Status page: {url}#token={t}"),
-        None => println!("Status page: {url}  (sign in with a read token)"),
-    }
-    println!("Stop with Ctrl-C.");
-    let _ = std::io::stdout().flush();
+    // Written with errors ignored: a closed stdout (a supervisor that stopped
+    // reading) must not bring the services down.
+    let users = config
+        .users_file
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "Redis".into());
+    let status = match &generated_token {
+        Some(t) => format!("Status page: {url}#token={t}"),
+        None => format!("Status page: {url}  (sign in with a read token)"),
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "Data:        spool {} → archive {}\nUsers:       {users}\n{status}\nStop with Ctrl-C.",
+        config.data_dir.display(),
+        describe_archive(&config)
+    );
+    let _ = out.flush();
+    drop(out);
 
     shutdown.cancelled().await;
     tracing::info!("Stopping: polling first, then uploads, then the server.");

@@ -53,14 +53,17 @@ fn run_demo_polls_serves_the_status_page_and_stops_cleanly_on_sigterm() {
         .spawn()
         .expect("start rainforest run");
     let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
     let mut status_line = String::new();
-    for line in BufReader::new(stdout).lines() {
+    for line in lines.by_ref() {
         let line = line.expect("stdout line");
         if line.starts_with("Status page:") {
             status_line = line;
             break;
         }
     }
+    // Keep reading, as a terminal would.
+    std::thread::spawn(move || lines.for_each(drop));
     assert!(status_line.contains(&format!("http://127.0.0.1:{port}/status#token=rft_")), "{status_line}");
 
     let logs = dir.path().join("data/logs");
