@@ -101,7 +101,8 @@ fn count_lines(dir: &Path) -> u64 {
 fn main() -> anyhow::Result<()> {
     let a = args()?;
     let bin = PathBuf::from(
-        std::env::var("BENCH_RAINFOREST_BIN").unwrap_or_else(|_| "target/release/rainforest".into()),
+        std::env::var("BENCH_RAINFOREST_BIN")
+            .unwrap_or_else(|_| "target/release/rainforest".into()),
     );
     let port = free_port()?;
     let sim = Sim(Command::new(&bin)

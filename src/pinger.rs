@@ -68,7 +68,8 @@ impl Pinger {
     ) -> Pinger {
         // Stopped only after the last poll has finished, so its counts land.
         let stats_stop = CancellationToken::new();
-        let (stats, stats_task) = StatsWriter::spawn(registry.clone(), STATS_FLUSH, stats_stop.clone());
+        let (stats, stats_task) =
+            StatsWriter::spawn(registry.clone(), STATS_FLUSH, stats_stop.clone());
         let poller = Poller::new(eagle, spool.clone());
         let sched_stop = CancellationToken::new();
         let scheduler = Scheduler::new(

@@ -71,7 +71,8 @@ fn embedded_defaults(config: &mut Config) -> anyhow::Result<()> {
     if config.redis_url.is_none() && config.users_file.is_none() {
         let path = base.join("users.jl");
         if !path.exists() {
-            std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
+            std::fs::create_dir_all(&base)
+                .with_context(|| format!("cannot create {}", base.display()))?;
             std::fs::write(&path, "# One user per line: {\"cloud_id\": \"00ce69\", \"user_email\": \"…\", \"user_pw\": \"…\"}\n")
                 .with_context(|| format!("cannot create {}", path.display()))?;
         }
@@ -98,7 +99,11 @@ pub struct RunOptions {
 }
 
 /// Runs everything until `shutdown`, then stops the parts in order.
-pub async fn run(config: &Config, opts: RunOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: &Config,
+    opts: RunOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut config = config.clone();
     let sim = match opts.demo {
         Some(n) => Some(start_demo(n, &mut config).await?),
@@ -112,14 +117,22 @@ pub async fn run(config: &Config, opts: RunOptions, shutdown: CancellationToken)
         config.api_token = Some(token);
     }
 
-    let registry = Registry::from_config(&config).await.context("cannot open the user registry")?;
+    let registry = Registry::from_config(&config)
+        .await
+        .context("cannot open the user registry")?;
     let eagle = pinger::eagle_from_config(&config, opts.trace_http)?;
     let spool = pinger::spool_from_config(&config)?;
     let hub = Hub::new();
-    let rotator = Rotator::from_config(&config).await.context("cannot open the archive")?;
+    let rotator = Rotator::from_config(&config)
+        .await
+        .context("cannot open the archive")?;
     hub.attach_rotator(rotator.stats());
 
-    let mode = if opts.no_auth { AuthMode::Disabled } else { AuthMode::Required };
+    let mode = if opts.no_auth {
+        AuthMode::Disabled
+    } else {
+        AuthMode::Required
+    };
     let poller = Poller::new(eagle.clone(), spool.clone());
     let state = AppState::from_config(&config, registry.clone(), poller, mode)
         .await
@@ -127,7 +140,12 @@ pub async fn run(config: &Config, opts: RunOptions, shutdown: CancellationToken)
         .with_hub(hub.clone());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (in use? set `listen`, e.g. --set listen=127.0.0.1:8001)", config.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (in use? set `listen`, e.g. --set listen=127.0.0.1:8001)",
+                config.listen
+            )
+        })?;
     let addr = listener.local_addr()?;
 
     let pinger_stop = CancellationToken::new();
@@ -141,7 +159,11 @@ pub async fn run(config: &Config, opts: RunOptions, shutdown: CancellationToken)
     };
     let server_task = tokio::spawn(server::run(listener, state, server_stop.clone()));
 
-    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
     let url = format!("http://{host}:{}/status", addr.port());
     // Written with errors ignored: a closed stdout (a supervisor that stopped
     // reading) must not bring the services down.
@@ -173,7 +195,9 @@ pub async fn run(config: &Config, opts: RunOptions, shutdown: CancellationToken)
     // only deleted after an acknowledgement, so the next run merges it.
     let grace = config.request_timeout + Duration::from_secs(3);
     if tokio::time::timeout(grace, rotator_task).await.is_err() {
-        tracing::warn!("The rotator did not stop in time; its files stay in the spool for the next run.");
+        tracing::warn!(
+            "The rotator did not stop in time; its files stay in the spool for the next run."
+        );
     }
     server_stop.cancel();
     match server_task.await {

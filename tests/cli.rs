@@ -41,7 +41,9 @@ async fn sim() -> Simulator {
 /// A relay that answers every request with one fixed body.
 async fn fixed_relay(body: &'static [u8]) -> String {
     let app = Router::new().route("/cgi-bin/post_manager", post(move || async move { body }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, app).await });
     format!("http://{addr}/cgi-bin/post_manager")
@@ -54,14 +56,24 @@ async fn fetch_against_the_simulator_prints_a_valid_record() {
     let id = simulator::meter_cloud_id(1);
     let out = run(rainforest(dir.path())
         .args(["fetch", id.as_str(), "--user", &simulator::meter_email(id)])
-        .args(["--password-env", "EAGLE_PW", "--relay-url", sim.relay_url().as_str()])
+        .args([
+            "--password-env",
+            "EAGLE_PW",
+            "--relay-url",
+            sim.relay_url().as_str(),
+        ])
         .env("EAGLE_PW", simulator::meter_password(id)))
     .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
     assert_eq!(v["cloud_id"], id.as_str());
     assert!(v["demand_kw"].is_number() && v["Demand"].is_number());
-    assert!(v["polled_at"].as_str().is_some_and(|t| t.ends_with('Z') && t.len() == 24), "{v}");
+    assert!(
+        v["polled_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z') && t.len() == 24),
+        "{v}"
+    );
 }
 
 #[tokio::test]
@@ -70,7 +82,14 @@ async fn fetch_local_eagle_200_reads_demand() {
     let dir = tempfile::tempdir().expect("tempdir");
     let id = simulator::meter_cloud_id(0);
     let out = run(rainforest(dir.path())
-        .args(["fetch", id.as_str(), "--local", &sim.addr().to_string(), "--install-code-env", "IC"])
+        .args([
+            "fetch",
+            id.as_str(),
+            "--local",
+            &sim.addr().to_string(),
+            "--install-code-env",
+            "IC",
+        ])
         .env("IC", simulator::meter_install_code(id)))
     .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -85,7 +104,12 @@ async fn fetch_with_bad_password_exits_3_and_names_the_kind() {
     let id = simulator::meter_cloud_id(0);
     let out = run(rainforest(dir.path())
         .args(["fetch", id.as_str(), "--user", &simulator::meter_email(id)])
-        .args(["--password-env", "EAGLE_PW", "--relay-url", sim.relay_url().as_str()])
+        .args([
+            "--password-env",
+            "EAGLE_PW",
+            "--relay-url",
+            sim.relay_url().as_str(),
+        ])
         .env("EAGLE_PW", "wrong-password"))
     .await;
     assert_eq!(out.status.code(), Some(3));
@@ -97,28 +121,61 @@ async fn fetch_with_bad_password_exits_3_and_names_the_kind() {
 #[tokio::test]
 async fn fetch_prints_the_sample_values_from_a_relay_answering_samples() {
     let cases: [(&'static [u8], f64, &str); 3] = [
-        (include_bytes!("fixtures/eagle/relay-demand.xml"), 2.654, "2025-01-15T10:36:00Z"),
-        (include_bytes!("fixtures/eagle/relay-demand-export.xml"), -1.0, ""),
-        (include_bytes!("fixtures/eagle/relay-demand-zero-scale.xml"), 1234.0, ""),
+        (
+            include_bytes!("fixtures/eagle/relay-demand.xml"),
+            2.654,
+            "2025-01-15T10:36:00Z",
+        ),
+        (
+            include_bytes!("fixtures/eagle/relay-demand-export.xml"),
+            -1.0,
+            "",
+        ),
+        (
+            include_bytes!("fixtures/eagle/relay-demand-zero-scale.xml"),
+            1234.0,
+            "",
+        ),
     ];
     let dir = tempfile::tempdir().expect("tempdir");
     for (body, kw, meter_time) in cases {
         let url = fixed_relay(body).await;
         let out = run(rainforest(dir.path())
-            .args(["fetch", "00CE69", "--user", "a@b.org", "--password-env", "PW", "--relay-url", &url])
+            .args([
+                "fetch",
+                "00CE69",
+                "--user",
+                "a@b.org",
+                "--password-env",
+                "PW",
+                "--relay-url",
+                &url,
+            ])
             .env("PW", "x"))
         .await;
         assert!(out.status.success(), "{}", text(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
         assert_eq!(v["cloud_id"], "00ce69");
-        assert!((v["demand_kw"].as_f64().expect("kw") - kw).abs() < 1e-9, "{v}");
+        assert!(
+            (v["demand_kw"].as_f64().expect("kw") - kw).abs() < 1e-9,
+            "{v}"
+        );
         if !meter_time.is_empty() {
             assert_eq!(v["meter_time"], meter_time);
         }
     }
     let url = fixed_relay(include_bytes!("fixtures/eagle/relay-error.xml")).await;
     let out = run(rainforest(dir.path())
-        .args(["fetch", "00ce69", "--user", "a@b.org", "--password-env", "PW", "--relay-url", &url])
+        .args([
+            "fetch",
+            "00ce69",
+            "--user",
+            "a@b.org",
+            "--password-env",
+            "PW",
+            "--relay-url",
+            &url,
+        ])
         .env("PW", "x"))
     .await;
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
@@ -131,11 +188,24 @@ async fn fetch_rejects_a_bad_cloud_id_before_any_request() {
     let dir = tempfile::tempdir().expect("tempdir");
     for bad in ["../etc", "00ce6", "00ce699", "zzzzzz"] {
         let out = run(rainforest(dir.path())
-            .args(["fetch", bad, "--user", "a@b.org", "--password-env", "PW", "--relay-url", sim.relay_url().as_str()])
+            .args([
+                "fetch",
+                bad,
+                "--user",
+                "a@b.org",
+                "--password-env",
+                "PW",
+                "--relay-url",
+                sim.relay_url().as_str(),
+            ])
             .env("PW", "x"))
         .await;
         assert_eq!(out.status.code(), Some(2), "{bad}");
-        assert!(text(&out.stderr).contains("6 hex digits"), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("6 hex digits"),
+            "{}",
+            text(&out.stderr)
+        );
     }
     assert_eq!(sim.requests(), 0);
 }
@@ -147,13 +217,27 @@ async fn trace_http_logs_a_curl_command_without_the_password() {
     let id = simulator::meter_cloud_id(2);
     let password = simulator::meter_password(id);
     let out = run(rainforest(dir.path())
-        .args(["--trace-http", "fetch", id.as_str(), "--user", &simulator::meter_email(id)])
-        .args(["--password-env", "EAGLE_PW", "--relay-url", sim.relay_url().as_str()])
+        .args([
+            "--trace-http",
+            "fetch",
+            id.as_str(),
+            "--user",
+            &simulator::meter_email(id),
+        ])
+        .args([
+            "--password-env",
+            "EAGLE_PW",
+            "--relay-url",
+            sim.relay_url().as_str(),
+        ])
         .env("EAGLE_PW", &password))
     .await;
     assert!(out.status.success());
     let err = text(&out.stderr);
-    assert!(err.contains("curl -sS -X POST") && err.contains("$EAGLE_PASSWORD"), "{err}");
+    assert!(
+        err.contains("curl -sS -X POST") && err.contains("$EAGLE_PASSWORD"),
+        "{err}"
+    );
     assert!(err.contains("status=200"), "{err}");
     assert!(!err.contains(&password), "password leaked: {err}");
 }
@@ -169,9 +253,22 @@ async fn config_prints_every_key_with_secrets_redacted() {
     .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let o = text(&out.stdout);
-    assert!(!o.contains("super-secret-token") && !o.contains("redispw"), "{o}");
-    assert!(o.contains("poll_interval = \"2s\"  # environment variable RAINFOREST_POLL_INTERVAL"), "{o}");
-    for key in ["relay_url", "data_dir", "request_timeout", "user_reload_interval", "s3_prefix", "listen"] {
+    assert!(
+        !o.contains("super-secret-token") && !o.contains("redispw"),
+        "{o}"
+    );
+    assert!(
+        o.contains("poll_interval = \"2s\"  # environment variable RAINFOREST_POLL_INTERVAL"),
+        "{o}"
+    );
+    for key in [
+        "relay_url",
+        "data_dir",
+        "request_timeout",
+        "user_reload_interval",
+        "s3_prefix",
+        "listen",
+    ] {
         assert!(o.contains(&format!("{key} = ")), "{key} missing: {o}");
     }
 }
@@ -191,7 +288,10 @@ async fn bad_config_values_exit_2_naming_key_and_origin() {
     let err = text(&out.stderr);
     assert!(err.contains("`request_timeout` (from file"), "{err}");
     assert!(err.contains("unknown key `no_such_key`"), "{err}");
-    assert!(err.contains("`relay_url` (from environment variable RAINFOREST_RELAY_URL)"), "{err}");
+    assert!(
+        err.contains("`relay_url` (from environment variable RAINFOREST_RELAY_URL)"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -201,7 +301,12 @@ async fn log_dir_gets_a_daily_file_per_service() {
     let id = simulator::meter_cloud_id(0);
     let out = run(rainforest(dir.path())
         .args(["fetch", id.as_str(), "--user", &simulator::meter_email(id)])
-        .args(["--password-env", "EAGLE_PW", "--relay-url", sim.relay_url().as_str()])
+        .args([
+            "--password-env",
+            "EAGLE_PW",
+            "--relay-url",
+            sim.relay_url().as_str(),
+        ])
         .args(["--set", "log_dir=logs"])
         .env("EAGLE_PW", "wrong"))
     .await;
@@ -211,5 +316,10 @@ async fn log_dir_gets_a_daily_file_per_service() {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(files.iter().any(|f| f.starts_with("fetch.") && f.ends_with(".log")), "{files:?}");
+    assert!(
+        files
+            .iter()
+            .any(|f| f.starts_with("fetch.") && f.ends_with(".log")),
+        "{files:?}"
+    );
 }

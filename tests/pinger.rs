@@ -19,7 +19,13 @@ struct Pinger {
 }
 
 impl Pinger {
-    fn start(redis_url: &str, namespace: &str, relay: &str, data_dir: &Path, extra: &[&str]) -> Pinger {
+    fn start(
+        redis_url: &str,
+        namespace: &str,
+        relay: &str,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> Pinger {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rainforest"));
         for (k, _) in std::env::vars() {
             if k.starts_with("RAINFOREST_") {
@@ -31,8 +37,20 @@ impl Pinger {
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--set", &format!("redis_namespace={namespace}")])
-            .args(["--set", "poll_interval=300ms", "--set", "user_reload_interval=300ms"])
-            .args(["--set", "request_timeout=250ms", "--set", "auth_backoff=1s", "--set", "max_backoff=1s"])
+            .args([
+                "--set",
+                "poll_interval=300ms",
+                "--set",
+                "user_reload_interval=300ms",
+            ])
+            .args([
+                "--set",
+                "request_timeout=250ms",
+                "--set",
+                "auth_backoff=1s",
+                "--set",
+                "max_backoff=1s",
+            ])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -87,10 +105,16 @@ fn user(i: u32) -> User {
     }
 }
 
-async fn setup(meters: u32) -> Option<(RedisServer, String, Registry, Simulator, tempfile::TempDir)> {
+async fn setup(
+    meters: u32,
+) -> Option<(RedisServer, String, Registry, Simulator, tempfile::TempDir)> {
     let redis = RedisServer::start()?;
     let ns = support::unique_namespace();
-    let registry = Registry::Redis(RedisRegistry::connect(&redis.url(), &ns).await.expect("connect redis"));
+    let registry = Registry::Redis(
+        RedisRegistry::connect(&redis.url(), &ns)
+            .await
+            .expect("connect redis"),
+    );
     let sim = Simulator::start(SimulateArgs {
         listen: ([127, 0, 0, 1], 0).into(),
         meters,
@@ -109,7 +133,9 @@ fn all_lines(dir: &Path) -> Vec<(PathBuf, serde_json::Value)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -117,8 +143,9 @@ fn all_lines(dir: &Path) -> Vec<(PathBuf, serde_json::Value)> {
             } else if p.extension().is_some_and(|x| x == "jl") {
                 let text = std::fs::read_to_string(&p).expect("read spool file");
                 for line in text.lines() {
-                    let v: serde_json::Value = serde_json::from_str(line)
-                        .unwrap_or_else(|e| panic!("{}: unparseable line {line:?}: {e}", p.display()));
+                    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| {
+                        panic!("{}: unparseable line {line:?}: {e}", p.display())
+                    });
                     out.push((p.clone(), v));
                 }
             }
@@ -146,14 +173,22 @@ async fn wait_for(what: &str, mut cond: impl AsyncFnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_in_redis_are_polled_into_the_right_files_and_removed_users_stop() {
-    let Some((redis, ns, registry, sim, dir)) = setup(4).await else { return };
+    let Some((redis, ns, registry, sim, dir)) = setup(4).await else {
+        return;
+    };
     let data = dir.path().join("logs");
     for i in 0..3 {
         registry.put(&user(i)).await.expect("put");
     }
     let metrics_port = support::free_port();
     let metrics_listen = format!("metrics_listen=127.0.0.1:{metrics_port}");
-    let pinger = Pinger::start(&redis.url(), &ns, sim.relay_url().as_str(), &data, &["--set", &metrics_listen]);
+    let pinger = Pinger::start(
+        &redis.url(),
+        &ns,
+        sim.relay_url().as_str(),
+        &data,
+        &["--set", &metrics_listen],
+    );
     wait_for("three meters with two lines each", async || {
         (0..3).all(|i| lines_for(&data, simulator::meter_cloud_id(i)) >= 2)
     })
@@ -165,11 +200,20 @@ async fn users_in_redis_are_polled_into_the_right_files_and_removed_users_stop()
         .text()
         .await
         .expect("metrics body");
-    assert!(metrics.contains("rainforest_polls_total{outcome=\"ok\"}"), "{metrics}");
-    assert!(metrics.contains("rainforest_spool_lines_written_total"), "{metrics}");
+    assert!(
+        metrics.contains("rainforest_polls_total{outcome=\"ok\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rainforest_spool_lines_written_total"),
+        "{metrics}"
+    );
     // It also publishes its snapshot in Redis for a split deployment's server.
     let client = redis::Client::open(redis.url()).expect("redis client");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
     wait_for("service snapshot published", async || {
         let keys: Vec<String> = redis::cmd("ZRANGE")
             .arg(format!("{ns}:services"))
@@ -178,8 +222,14 @@ async fn users_in_redis_are_polled_into_the_right_files_and_removed_users_stop()
             .query_async(&mut conn)
             .await
             .unwrap_or_default();
-        let Some(key) = keys.first() else { return false };
-        let body: Option<String> = redis::cmd("GET").arg(key).query_async(&mut conn).await.unwrap_or(None);
+        let Some(key) = keys.first() else {
+            return false;
+        };
+        let body: Option<String> = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(None);
         body.is_some_and(|b| b.contains("polls_per_s"))
     })
     .await;
@@ -191,12 +241,18 @@ async fn users_in_redis_are_polled_into_the_right_files_and_removed_users_stop()
         let polled_at = v["polled_at"].as_str().expect("polled_at");
         // 2026-11-27T09:20:25.929Z -> 2026-11-27-09
         let hour = format!("{}-{}", &polled_at[..10], &polled_at[11..13]);
-        let expected = data.join(&hour).join(format!("iseif-rainforest-{id}-{hour}.jl"));
+        let expected = data
+            .join(&hour)
+            .join(format!("iseif-rainforest-{id}-{hour}.jl"));
         assert_eq!(path, expected);
         let raw = v["Demand"].as_i64().expect("Demand");
         let kw = v["demand_kw"].as_f64().expect("demand_kw");
         assert!((kw - raw as f64 / 1000.0).abs() < 1e-9, "{v}");
-        assert!(v["MeterMacId"].as_str().is_some_and(|m| m.starts_with("0x")));
+        assert!(
+            v["MeterMacId"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("0x"))
+        );
     }
 
     // Statistics reach Redis, apart from the credentials.
@@ -211,17 +267,26 @@ async fn users_in_redis_are_polled_into_the_right_files_and_removed_users_stop()
     })
     .await;
 
-    registry.remove(simulator::meter_cloud_id(2)).await.expect("remove");
+    registry
+        .remove(simulator::meter_cloud_id(2))
+        .await
+        .expect("remove");
     tokio::time::sleep(Duration::from_millis(900)).await;
     let before = sim.requests_for(simulator::meter_cloud_id(2));
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert_eq!(sim.requests_for(simulator::meter_cloud_id(2)), before, "removed user still polled");
+    assert_eq!(
+        sim.requests_for(simulator::meter_cloud_id(2)),
+        before,
+        "removed user still polled"
+    );
     assert!(pinger.terminate().success(), "SIGTERM must exit 0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_credentials_back_off_flag_auth_failed_and_recover_once_fixed() {
-    let Some((redis, ns, registry, sim, dir)) = setup(2).await else { return };
+    let Some((redis, ns, registry, sim, dir)) = setup(2).await else {
+        return;
+    };
     let data = dir.path().join("logs");
     let mut bad = user(0);
     bad.user_pw = Secret::new("wrong");
@@ -240,7 +305,10 @@ async fn bad_credentials_back_off_flag_auth_failed_and_recover_once_fixed() {
     // Backing off: far fewer requests than one per 300 ms slot.
     let before = sim.requests_for(id);
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(sim.requests_for(id) <= before + 1, "no backoff after bad credentials");
+    assert!(
+        sim.requests_for(id) <= before + 1,
+        "no backoff after bad credentials"
+    );
     assert_eq!(lines_for(&data, id), 0);
 
     registry.put(&user(0)).await.expect("fix password");
@@ -262,7 +330,9 @@ async fn bad_credentials_back_off_flag_auth_failed_and_recover_once_fixed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_mid_run_loses_no_polls() {
-    let Some((mut redis, ns, registry, sim, dir)) = setup(2).await else { return };
+    let Some((mut redis, ns, registry, sim, dir)) = setup(2).await else {
+        return;
+    };
     if !redis.can_restart() {
         eprintln!("skipping: TEST_REDIS_URL points at a Redis this test cannot restart");
         return;
@@ -276,10 +346,18 @@ async fn a_redis_restart_mid_run_loses_no_polls() {
     let during = lines_for(&data, id);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let after_outage = lines_for(&data, id);
-    assert!(after_outage >= during + 3, "polling stalled while Redis was down ({during} -> {after_outage})");
+    assert!(
+        after_outage >= during + 3,
+        "polling stalled while Redis was down ({during} -> {after_outage})"
+    );
     redis.start_again();
     wait_for("statistics caught up", async || {
-        let logged = registry.stats(id).await.ok().flatten().map(|s| s.total_events_logged);
+        let logged = registry
+            .stats(id)
+            .await
+            .ok()
+            .flatten()
+            .map(|s| s.total_events_logged);
         logged.is_some_and(|n| n as usize >= after_outage)
     })
     .await;
@@ -292,12 +370,20 @@ async fn a_redis_restart_mid_run_loses_no_polls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spool_survives_kill_9_with_every_line_parseable() {
-    let Some((redis, ns, registry, sim, dir)) = setup(20).await else { return };
+    let Some((redis, ns, registry, sim, dir)) = setup(20).await else {
+        return;
+    };
     let data = dir.path().join("logs");
     for i in 0..20 {
         registry.put(&user(i)).await.expect("put");
     }
-    let pinger = Pinger::start(&redis.url(), &ns, sim.relay_url().as_str(), &data, &["--set", "poll_interval=100ms"]);
+    let pinger = Pinger::start(
+        &redis.url(),
+        &ns,
+        sim.relay_url().as_str(),
+        &data,
+        &["--set", "poll_interval=100ms"],
+    );
     wait_for("lines from every meter", async || {
         (0..20).all(|i| lines_for(&data, simulator::meter_cloud_id(i)) >= 1)
     })
@@ -307,7 +393,10 @@ async fn spool_survives_kill_9_with_every_line_parseable() {
     assert!(before >= 20);
     // A restart appends after whatever the crash left, still whole lines.
     let again = Pinger::start(&redis.url(), &ns, sim.relay_url().as_str(), &data, &[]);
-    wait_for("more lines after restart", async || all_lines(&data).len() >= before + 20).await;
+    wait_for("more lines after restart", async || {
+        all_lines(&data).len() >= before + 20
+    })
+    .await;
     assert!(again.terminate().success());
     let lines = all_lines(&data);
     assert!(lines.iter().all(|(_, v)| v.is_object()));

@@ -458,3 +458,77 @@ async fn a_lock_taken_over_is_reported_lost_and_not_released_by_its_old_holder()
         .expect("GET");
     assert_eq!(owner, "other-rotator");
 }
+
+/// `rainforest rotator` with a clean environment (no RAINFOREST_* or AWS_*
+/// variables from the caller), Garage's keys and region, and `redis_url`.
+fn rotator_command(
+    garage: &GarageServer,
+    redis: &RedisServer,
+    namespace: &str,
+    data_dir: &Path,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rainforest"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("RAINFOREST_") || k.starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    let nowhere = data_dir.join("no-such-aws-file");
+    let set = |k: &str, v: String| ["--set".to_string(), format!("{k}={v}")];
+    cmd.current_dir(data_dir.parent().unwrap_or(data_dir))
+        .env("AWS_ACCESS_KEY_ID", garage.access_key())
+        .env("AWS_SECRET_ACCESS_KEY", garage.secret_key())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", &nowhere)
+        .env("AWS_SHARED_CREDENTIALS_FILE", &nowhere)
+        .args(["rotator", "--once", "--data-dir"])
+        .arg(data_dir)
+        .args(set("s3_bucket", garage.bucket()))
+        .args(set("s3_endpoint", garage.endpoint()))
+        .args(set("s3_region", garage.region()))
+        .args(set("redis_url", redis.url()))
+        .args(set("redis_namespace", namespace.to_string()))
+        .args(set("rotate_grace", "1ms".into()))
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_rotator_processes_configured_with_redis_url_lose_no_line_on_garage() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let Some(garage) = GarageServer::start() else {
+        return;
+    };
+    let namespace = redis.namespace();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (d1, d2) = (dir.path().join("host1"), dir.path().join("host2"));
+    let expected = two_hosts_same_keys(&d1, &d2);
+    let spawn = |d: &Path| {
+        rotator_command(&garage, &redis, &namespace, d)
+            .output()
+            .expect("run rainforest rotator")
+    };
+    let (one, two) = std::thread::scope(|s| {
+        let a = s.spawn(|| spawn(&d1));
+        let b = s.spawn(|| spawn(&d2));
+        (a.join().expect("thread"), b.join().expect("thread"))
+    });
+    for out in [&one, &two] {
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "rotator failed: {log}");
+        assert!(
+            log.contains("holds a Redis lock"),
+            "lock not announced: {log}"
+        );
+    }
+    for (k, lines) in &expected {
+        assert_eq!(&object_lines(&garage, k).await, lines, "{k}");
+    }
+    assert!(locks_left(&redis, &namespace).is_empty());
+}

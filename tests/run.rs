@@ -15,7 +15,9 @@ fn count_lines(dir: &std::path::Path) -> usize {
     let mut n = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -45,7 +47,13 @@ fn run_demo_polls_serves_the_status_page_and_stops_cleanly_on_sigterm() {
     }
     let mut child = cmd
         .current_dir(dir.path())
-        .args(["run", "--demo", "5", "--set", &format!("listen=127.0.0.1:{port}")])
+        .args([
+            "run",
+            "--demo",
+            "5",
+            "--set",
+            &format!("listen=127.0.0.1:{port}"),
+        ])
         .args(["--set", "poll_interval=500ms"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -64,7 +72,10 @@ fn run_demo_polls_serves_the_status_page_and_stops_cleanly_on_sigterm() {
     }
     // Keep reading, as a terminal would.
     std::thread::spawn(move || lines.for_each(drop));
-    assert!(status_line.contains(&format!("http://127.0.0.1:{port}/status#token=rft_")), "{status_line}");
+    assert!(
+        status_line.contains(&format!("http://127.0.0.1:{port}/status#token=rft_")),
+        "{status_line}"
+    );
 
     let logs = dir.path().join("data/logs");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -75,7 +86,10 @@ fn run_demo_polls_serves_the_status_page_and_stops_cleanly_on_sigterm() {
     let health = std::net::TcpStream::connect(("127.0.0.1", port));
     assert!(health.is_ok(), "server not listening");
     assert!(dir.path().join("data/demo-users.jl").exists());
-    assert!(dir.path().join("data/archive").is_dir(), "embedded archive directory");
+    assert!(
+        dir.path().join("data/archive").is_dir(),
+        "embedded archive directory"
+    );
 
     let started = Instant::now();
     let status = Command::new("kill")
@@ -87,7 +101,10 @@ fn run_demo_polls_serves_the_status_page_and_stops_cleanly_on_sigterm() {
         if let Some(s) = child.try_wait().expect("wait") {
             break s;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "not stopped within 10 s of SIGTERM");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not stopped within 10 s of SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(exit.success(), "exit status {exit}");

@@ -19,12 +19,17 @@ fn spool(dir: &Path, open_files: usize) -> Spool {
 }
 
 fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).expect("time").with_timezone(&Utc)
+    DateTime::parse_from_rfc3339(s)
+        .expect("time")
+        .with_timezone(&Utc)
 }
 
 fn line(id: CloudId, n: usize) -> String {
     // Long lines make interleaving, if it happened, visible.
-    format!("{{\"cloud_id\":\"{id}\",\"n\":{n},\"pad\":\"{}\"}}\n", "x".repeat(3000))
+    format!(
+        "{{\"cloud_id\":\"{id}\",\"n\":{n},\"pad\":\"{}\"}}\n",
+        "x".repeat(3000)
+    )
 }
 
 fn read_lines(path: &Path) -> Vec<serde_json::Value> {
@@ -56,12 +61,23 @@ async fn concurrent_writers_never_interleave_and_a_small_pool_loses_nothing() {
     s.close().await;
     for m in 0..20u32 {
         let id = CloudId::from_index(m);
-        let lines = read_lines(&hour_file(dir.path(), "iseif-rainforest", id, HourBucket::of(t)));
+        let lines = read_lines(&hour_file(
+            dir.path(),
+            "iseif-rainforest",
+            id,
+            HourBucket::of(t),
+        ));
         let ns: Vec<u64> = lines.iter().map(|v| v["n"].as_u64().expect("n")).collect();
         assert_eq!(ns, (0..50).collect::<Vec<u64>>(), "meter {id}");
     }
-    assert_eq!(rainforest::spool::SpoolStats::get(&s.stats().lines_written), 1000);
-    assert!(rainforest::spool::SpoolStats::get(&s.stats().files_opened) > 20, "the pool of 4 should have reopened files");
+    assert_eq!(
+        rainforest::spool::SpoolStats::get(&s.stats().lines_written),
+        1000
+    );
+    assert!(
+        rainforest::spool::SpoolStats::get(&s.stats().files_opened) > 20,
+        "the pool of 4 should have reopened files"
+    );
 }
 
 #[tokio::test]
@@ -69,11 +85,19 @@ async fn lines_go_to_the_utc_hour_of_polled_at() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = spool(dir.path(), 8);
     let id = CloudId::parse("00ce69").expect("id");
-    s.append(id, at("2025-01-15T10:59:59.999Z"), line(id, 1)).await.expect("append");
-    s.append(id, at("2025-01-15T11:00:00.000Z"), line(id, 2)).await.expect("append");
+    s.append(id, at("2025-01-15T10:59:59.999Z"), line(id, 1))
+        .await
+        .expect("append");
+    s.append(id, at("2025-01-15T11:00:00.000Z"), line(id, 2))
+        .await
+        .expect("append");
     s.close().await;
-    let p10 = dir.path().join("2025-01-15-10/iseif-rainforest-00ce69-2025-01-15-10.jl");
-    let p11 = dir.path().join("2025-01-15-11/iseif-rainforest-00ce69-2025-01-15-11.jl");
+    let p10 = dir
+        .path()
+        .join("2025-01-15-10/iseif-rainforest-00ce69-2025-01-15-10.jl");
+    let p11 = dir
+        .path()
+        .join("2025-01-15-11/iseif-rainforest-00ce69-2025-01-15-11.jl");
     assert_eq!(read_lines(&p10)[0]["n"], 1);
     assert_eq!(read_lines(&p11)[0]["n"], 2);
 }
@@ -89,7 +113,10 @@ async fn a_torn_tail_from_a_crash_is_cut_before_appending() {
     let s = spool(dir.path(), 8);
     s.append(id, t, line(id, 2)).await.expect("append");
     s.close().await;
-    let ns: Vec<u64> = read_lines(&path).iter().map(|v| v["n"].as_u64().expect("n")).collect();
+    let ns: Vec<u64> = read_lines(&path)
+        .iter()
+        .map(|v| v["n"].as_u64().expect("n"))
+        .collect();
     assert_eq!(ns, vec![0, 2]);
 }
 
@@ -107,11 +134,22 @@ async fn disk_errors_are_counted_and_retried_until_the_lines_land() {
         s.append(id, t, line(id, n)).await.expect("append");
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(rainforest::spool::SpoolStats::get(&s.stats().write_errors) >= 2, "errors are counted and retried");
-    assert_eq!(rainforest::spool::SpoolStats::get(&s.stats().lines_written), 0);
+    assert!(
+        rainforest::spool::SpoolStats::get(&s.stats().write_errors) >= 2,
+        "errors are counted and retried"
+    );
+    assert_eq!(
+        rainforest::spool::SpoolStats::get(&s.stats().lines_written),
+        0
+    );
     std::fs::remove_file(&blocker).expect("remove blocker");
     tokio::time::sleep(Duration::from_millis(400)).await;
     s.close().await;
-    let lines = read_lines(&hour_file(dir.path(), "iseif-rainforest", id, HourBucket::of(t)));
+    let lines = read_lines(&hour_file(
+        dir.path(),
+        "iseif-rainforest",
+        id,
+        HourBucket::of(t),
+    ));
     assert_eq!(lines.len(), 3);
 }

@@ -7,8 +7,8 @@
 
 mod fetch;
 mod pinger;
-mod run;
 mod rotator;
+mod run;
 mod server;
 mod tokens;
 mod users;

@@ -422,7 +422,17 @@ async fn renew_until_dropped(
             return;
         }
         let sent = Instant::now();
-        match lock.renew_token(&redis_key, &token).await {
+        // A renewal still unanswered at the deadline counts as failed, so
+        // the guard reports the loss on time even if Redis hangs.
+        let renewed = tokio::time::timeout_at(deadline, lock.renew_token(&redis_key, &token))
+            .await
+            .unwrap_or_else(|_| {
+                Err(LockError::Unavailable {
+                    target: lock.target.to_string(),
+                    detail: "renewal unanswered".into(),
+                })
+            });
+        match renewed {
             Ok(true) => {
                 confirmed = sent;
                 next = sent + every;

@@ -58,7 +58,20 @@ pub struct Counters {
 }
 
 /// Upper bounds (seconds) of the poll-latency histogram buckets.
-pub const LATENCY_BOUNDS_S: [f64; 12] = [0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, f64::INFINITY];
+pub const LATENCY_BOUNDS_S: [f64; 12] = [
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    f64::INFINITY,
+];
 
 impl Counters {
     /// Records one poll's round trip (success or failure).

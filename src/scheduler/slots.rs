@@ -42,7 +42,9 @@ pub fn slot_offset(k: u64, phase: Duration, interval: Duration) -> Duration {
 /// account, until someone fixes them.
 pub fn backoff_delay(failures: u32, interval: Duration, max: Duration) -> Duration {
     let doublings = failures.saturating_sub(1).min(20);
-    interval.saturating_mul(1u32 << doublings).min(max.max(interval))
+    interval
+        .saturating_mul(1u32 << doublings)
+        .min(max.max(interval))
 }
 
 /// Applies ±20% jitter; `unit` is a uniform sample in [0, 1).

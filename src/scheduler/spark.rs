@@ -40,7 +40,8 @@ impl Spark {
     /// Moves the current minute's average into the history, with gaps for
     /// minutes that had no reading.
     fn close(&mut self, next_minute: i64) {
-        self.done.push_back(Some((self.sum / f64::from(self.n)) as f32));
+        self.done
+            .push_back(Some((self.sum / f64::from(self.n)) as f32));
         let gap = (next_minute - self.minute - 1).clamp(0, MINUTES as i64);
         for _ in 0..gap {
             self.done.push_back(None);

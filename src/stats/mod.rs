@@ -306,12 +306,22 @@ impl std::fmt::Debug for HubCollector {
     }
 }
 
-fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: u64,
+) -> Result<(), std::fmt::Error> {
     let c = ConstCounter::new(v);
     c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
 }
 
-fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> Result<(), std::fmt::Error> {
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: i64,
+) -> Result<(), std::fmt::Error> {
     let g = ConstGauge::new(v);
     g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
 }
@@ -321,7 +331,12 @@ impl Collector for HubCollector {
         if let Some(c) = &self.0.pinger {
             let s = c.snapshot();
             {
-                let mut fam = enc.encode_descriptor("polls", "Polls by outcome (ok or the failure kind)", None, MetricType::Counter)?;
+                let mut fam = enc.encode_descriptor(
+                    "polls",
+                    "Polls by outcome (ok or the failure kind)",
+                    None,
+                    MetricType::Counter,
+                )?;
                 let ok = [("outcome", "ok")];
                 ConstCounter::new(s.polls_ok).encode(fam.encode_family(&ok)?)?;
                 for (k, n) in ErrorKind::ALL.iter().zip(s.failures) {
@@ -331,11 +346,23 @@ impl Collector for HubCollector {
             }
             {
                 let (buckets, sum, count) = c.latency_histogram();
-                let mut h = enc.encode_descriptor("poll_latency_seconds", "Round trip of EAGLE requests", None, MetricType::Histogram)?;
-                h.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)?;
+                let mut h = enc.encode_descriptor(
+                    "poll_latency_seconds",
+                    "Round trip of EAGLE requests",
+                    None,
+                    MetricType::Histogram,
+                )?;
+                h.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    sum, count, &buckets, None,
+                )?;
             }
             {
-                let mut fam = enc.encode_descriptor("meters", "Meters scheduled, by state", None, MetricType::Gauge)?;
+                let mut fam = enc.encode_descriptor(
+                    "meters",
+                    "Meters scheduled, by state",
+                    None,
+                    MetricType::Gauge,
+                )?;
                 let backoff = s.meters_in_backoff - s.meters_auth_failed;
                 for (state, n) in [
                     ("ok", s.meters - s.meters_in_backoff),
@@ -346,32 +373,102 @@ impl Collector for HubCollector {
                     ConstGauge::new(n.max(0)).encode(fam.encode_family(&labels)?)?;
                 }
             }
-            counter(&mut enc, "slots_missed", "Poll slots skipped because the previous poll overran", s.missed_slots)?;
-            counter(&mut enc, "slots_late", "Polls that started more than 500 ms after their slot", s.slots_polled.saturating_sub(s.slots_on_time))?;
+            counter(
+                &mut enc,
+                "slots_missed",
+                "Poll slots skipped because the previous poll overran",
+                s.missed_slots,
+            )?;
+            counter(
+                &mut enc,
+                "slots_late",
+                "Polls that started more than 500 ms after their slot",
+                s.slots_polled.saturating_sub(s.slots_on_time),
+            )?;
             counter(&mut enc, "slots_polled", "Polls started", s.slots_polled)?;
         }
         if let Some(sp) = &self.0.spool {
             let st = sp.stats();
-            counter(&mut enc, "spool_lines_written", "Lines written to spool files", SpoolStats::get(&st.lines_written))?;
-            counter(&mut enc, "spool_bytes_written", "Bytes written to spool files", SpoolStats::get(&st.bytes_written))?;
-            counter(&mut enc, "spool_write_errors", "Failed spool writes (retried)", SpoolStats::get(&st.write_errors))?;
-            counter(&mut enc, "spool_lines_dropped", "Lines dropped because the disk kept failing", SpoolStats::get(&st.lines_dropped))?;
+            counter(
+                &mut enc,
+                "spool_lines_written",
+                "Lines written to spool files",
+                SpoolStats::get(&st.lines_written),
+            )?;
+            counter(
+                &mut enc,
+                "spool_bytes_written",
+                "Bytes written to spool files",
+                SpoolStats::get(&st.bytes_written),
+            )?;
+            counter(
+                &mut enc,
+                "spool_write_errors",
+                "Failed spool writes (retried)",
+                SpoolStats::get(&st.write_errors),
+            )?;
+            counter(
+                &mut enc,
+                "spool_lines_dropped",
+                "Lines dropped because the disk kept failing",
+                SpoolStats::get(&st.lines_dropped),
+            )?;
         }
         if let Some(r) = &self.0.rotator {
             let r = r.snapshot();
-            gauge(&mut enc, "upload_files_pending", "Completed hour files not yet archived", r.files_pending as i64)?;
-            gauge(&mut enc, "upload_oldest_pending_age_seconds", "Age of the oldest completed hour not yet archived", r.oldest_pending_age_secs as i64)?;
+            gauge(
+                &mut enc,
+                "upload_files_pending",
+                "Completed hour files not yet archived",
+                r.files_pending as i64,
+            )?;
+            gauge(
+                &mut enc,
+                "upload_oldest_pending_age_seconds",
+                "Age of the oldest completed hour not yet archived",
+                r.oldest_pending_age_secs as i64,
+            )?;
             {
-                let mut fam = enc.encode_descriptor("uploads", "Uploads by outcome", None, MetricType::Counter)?;
-                for (outcome, n) in [("ok", r.uploads_ok), ("failed", r.uploads_failed), ("merged", r.merges), ("conflict", r.conflicts)] {
+                let mut fam = enc.encode_descriptor(
+                    "uploads",
+                    "Uploads by outcome",
+                    None,
+                    MetricType::Counter,
+                )?;
+                for (outcome, n) in [
+                    ("ok", r.uploads_ok),
+                    ("failed", r.uploads_failed),
+                    ("merged", r.merges),
+                    ("conflict", r.conflicts),
+                ] {
                     let labels = [("outcome", outcome)];
                     ConstCounter::new(n).encode(fam.encode_family(&labels)?)?;
                 }
             }
-            counter(&mut enc, "upload_lines", "Lines uploaded to the archive", r.lines_uploaded)?;
-            counter(&mut enc, "upload_lines_dropped", "Torn or invalid lines left out of uploads", r.lines_dropped)?;
-            counter(&mut enc, "upload_quarantined", "Files moved to quarantine", r.quarantined)?;
-            counter(&mut enc, "upload_bytes", "Gzipped bytes uploaded", r.bytes_uploaded)?;
+            counter(
+                &mut enc,
+                "upload_lines",
+                "Lines uploaded to the archive",
+                r.lines_uploaded,
+            )?;
+            counter(
+                &mut enc,
+                "upload_lines_dropped",
+                "Torn or invalid lines left out of uploads",
+                r.lines_dropped,
+            )?;
+            counter(
+                &mut enc,
+                "upload_quarantined",
+                "Files moved to quarantine",
+                r.quarantined,
+            )?;
+            counter(
+                &mut enc,
+                "upload_bytes",
+                "Gzipped bytes uploaded",
+                r.bytes_uploaded,
+            )?;
         }
         Ok(())
     }
@@ -390,8 +487,14 @@ mod tests {
         lock(&hub.0.parts).pinger = Some(counters);
         let text = hub.prometheus();
         assert!(text.contains("rainforest_build_info{version="), "{text}");
-        assert!(text.contains("rainforest_polls_total{outcome=\"timeout\"} 1"), "{text}");
-        assert!(text.contains("rainforest_poll_latency_seconds_bucket{le=\"0.15\"} 1"), "{text}");
+        assert!(
+            text.contains("rainforest_polls_total{outcome=\"timeout\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rainforest_poll_latency_seconds_bucket{le=\"0.15\"} 1"),
+            "{text}"
+        );
         let snap = hub.snapshot();
         assert_eq!(snap["pinger"]["failed_total"], 1);
         assert!(snap.get("rotator").is_none());

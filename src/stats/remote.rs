@@ -26,12 +26,22 @@ fn instance() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
-    format!("{}-{}", if host.is_empty() { "host" } else { &host }, std::process::id())
+    format!(
+        "{}-{}",
+        if host.is_empty() { "host" } else { &host },
+        std::process::id()
+    )
 }
 
 /// Publishes `hub`'s snapshot for `service` until `shutdown`; Redis errors
 /// are logged once per outage and retried.
-pub fn spawn_publisher(hub: Hub, redis_url: String, namespace: String, service: &'static str, shutdown: CancellationToken) {
+pub fn spawn_publisher(
+    hub: Hub,
+    redis_url: String,
+    namespace: String,
+    service: &'static str,
+    shutdown: CancellationToken,
+) {
     tokio::spawn(async move {
         let key = format!("{namespace}:service:{service}:{}", instance());
         let mut conn = None;
