@@ -484,37 +484,3 @@ fn command_line_defaults_and_flags() {
     );
     assert!(Cli::try_parse_from(["simulate", "--latency", "soon"]).is_err());
 }
-
-/// Throughput with the real client on the same cores (so a lower bound for
-/// the server alone). Run with `cargo test --release --test simulator --
-/// --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark; prints requests per second"]
-async fn throughput() {
-    let sim = start(SimulateArgs {
-        meters: 20_000,
-        ..args()
-    })
-    .await;
-    let eagle = eagle(&sim, TIMEOUT);
-    let run_for = Duration::from_secs(3);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for t in 0..64u32 {
-        let eagle = eagle.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut i = t;
-            while started.elapsed() < run_for {
-                let id = meter_cloud_id(i % 20_000);
-                eagle.read_demand(id, &relay(id)).await.unwrap();
-                i += 64;
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let rate = sim.requests() as f64 / started.elapsed().as_secs_f64();
-    println!("{} requests, {rate:.0} req/s", sim.requests());
-    sim.stop().await;
-}
