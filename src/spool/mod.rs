@@ -13,8 +13,8 @@ pub mod bucket;
 mod writer;
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -68,19 +68,56 @@ pub enum SpoolError {
 }
 
 pub(crate) enum Msg {
-    Line {
-        cloud_id: CloudId,
-        hour: HourBucket,
-        line: Vec<u8>,
-    },
     Flush(oneshot::Sender<()>),
     Close(oneshot::Sender<()>),
 }
+
+/// One line waiting for the writer.
+pub(crate) struct Queued {
+    pub(crate) cloud_id: CloudId,
+    pub(crate) hour: HourBucket,
+    pub(crate) line: Vec<u8>,
+}
+
+/// Lines handed over since the writer's last flush.
+///
+/// Appending only pushes onto this list under a short lock; the writer
+/// thread takes the whole list on its once-a-second tick. Waking the writer
+/// per line would cost a thread switch per poll, which at tens of thousands
+/// of meters was the pinger's largest CPU cost.
+#[derive(Default)]
+pub(crate) struct Inbox {
+    pub(crate) lines: Mutex<Vec<Queued>>,
+    pub(crate) bytes: AtomicUsize,
+    pub(crate) closed: AtomicBool,
+}
+
+impl Inbox {
+    pub(crate) fn take(&self) -> Vec<Queued> {
+        let mut guard = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        self.bytes.store(0, Ordering::Relaxed);
+        std::mem::take(&mut *guard)
+    }
+
+    /// Takes the last lines and refuses any later ones, atomically with
+    /// respect to [`Spool::append`], so no line is accepted and then lost.
+    pub(crate) fn take_and_close(&self) -> Vec<Queued> {
+        let mut guard = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        self.closed.store(true, Ordering::Release);
+        self.bytes.store(0, Ordering::Relaxed);
+        std::mem::take(&mut *guard)
+    }
+}
+
+/// Above this many buffered bytes an append waits for a flush, so a stalled
+/// writer pushes back instead of growing memory without bound.
+const HIGH_WATER: usize = 64 * 1024 * 1024;
 
 /// Handle to the spool writer; cheap to clone, shared by every poll.
 #[derive(Clone)]
 pub struct Spool {
     tx: mpsc::Sender<Msg>,
+    inbox: Arc<Inbox>,
     stats: Arc<SpoolStats>,
 }
 
@@ -93,7 +130,8 @@ impl Spool {
         let (tx, rx) = mpsc::channel(65_536);
         let stats = Arc::new(SpoolStats::default());
         let flush_every = opts.flush_every.min(Duration::from_secs(1));
-        writer::spawn(opts, rx, stats.clone())?;
+        let inbox = Arc::new(Inbox::default());
+        writer::spawn(opts, rx, inbox.clone(), stats.clone())?;
         let ticker = tx.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(flush_every);
@@ -106,7 +144,7 @@ impl Spool {
                 }
             }
         });
-        Ok(Spool { tx, stats })
+        Ok(Spool { tx, inbox, stats })
     }
 
     /// Appends one line (which must end in `\n`) to the meter's file for the
@@ -117,18 +155,28 @@ impl Spool {
         polled_at: DateTime<Utc>,
         line: String,
     ) -> Result<(), SpoolError> {
-        let msg = Msg::Line {
-            cloud_id,
-            hour: HourBucket::of(polled_at),
-            line: line.into_bytes(),
-        };
-        self.tx
-            .send(msg)
-            .await
-            .map_err(|_| SpoolError::Closed(cloud_id))
+        let line = line.into_bytes();
+        let len = line.len();
+        {
+            let mut lines = self.inbox.lines.lock().unwrap_or_else(|p| p.into_inner());
+            // Checked under the lock: see `Inbox::take_and_close`.
+            if self.inbox.closed.load(Ordering::Acquire) {
+                return Err(SpoolError::Closed(cloud_id));
+            }
+            lines.push(Queued {
+                cloud_id,
+                hour: HourBucket::of(polled_at),
+                line,
+            });
+        }
+        if self.inbox.bytes.fetch_add(len, Ordering::Relaxed) + len > HIGH_WATER {
+            self.flush().await;
+        }
+        Ok(())
     }
 
-    /// Writes every buffered line out now (used by on-demand reads and tests).
+    /// Writes every buffered line out now (used by on-demand reads, tests and
+    /// back-pressure).
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Msg::Flush(done)).await.is_ok() {

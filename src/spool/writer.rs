@@ -16,7 +16,7 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 
 use super::bucket::{HourBucket, hour_file};
-use super::{Msg, SpoolOptions, SpoolStats};
+use super::{Inbox, Msg, SpoolOptions, SpoolStats};
 use crate::cloud_id::CloudId;
 
 /// Bytes of unwritten lines kept for retry while the disk fails; beyond
@@ -49,6 +49,7 @@ struct Writer {
 pub(super) fn spawn(
     opts: SpoolOptions,
     mut rx: mpsc::Receiver<Msg>,
+    inbox: Arc<Inbox>,
     stats: Arc<SpoolStats>,
 ) -> io::Result<()> {
     let mut w = Writer {
@@ -65,26 +66,18 @@ pub(super) fn spawn(
         .name("spool-writer".into())
         .spawn(move || {
             while let Some(msg) = rx.blocking_recv() {
+                for q in inbox.take() {
+                    w.buffer(q.cloud_id, q.hour, q.line);
+                }
                 match msg {
-                    Msg::Line {
-                        cloud_id,
-                        hour,
-                        line,
-                    } => w.buffer(cloud_id, hour, line),
                     Msg::Flush(done) => {
                         w.flush_all();
                         w.close_finished_hours();
                         let _ = done.send(());
                     }
                     Msg::Close(done) => {
-                        // Take whatever is still queued before closing.
-                        while let Ok(Msg::Line {
-                            cloud_id,
-                            hour,
-                            line,
-                        }) = rx.try_recv()
-                        {
-                            w.buffer(cloud_id, hour, line);
+                        for q in inbox.take_and_close() {
+                            w.buffer(q.cloud_id, q.hour, q.line);
                         }
                         w.flush_all();
                         w.close_all();
@@ -93,6 +86,9 @@ pub(super) fn spawn(
                         return;
                     }
                 }
+            }
+            for q in inbox.take_and_close() {
+                w.buffer(q.cloud_id, q.hour, q.line);
             }
             w.flush_all();
             w.close_all();
