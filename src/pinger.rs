@@ -38,7 +38,7 @@ pub fn spool_from_config(config: &Config) -> anyhow::Result<Spool> {
     Spool::start(SpoolOptions {
         data_dir: config.data_dir.clone(),
         prefix: config.file_prefix.clone(),
-        open_files: config.open_files,
+        open_files: open_file_budget(config.open_files),
         flush_every: Duration::from_secs(1),
     })
     .with_context(|| {
@@ -47,6 +47,32 @@ pub fn spool_from_config(config: &Config) -> anyhow::Result<Spool> {
             config.data_dir.display()
         )
     })
+}
+
+/// Descriptors kept free for sockets (one per request in flight), Redis and logs.
+const RESERVED_FDS: u64 = 4096;
+
+/// How many spool files may stay open: `open_files`, within what the
+/// process's descriptor limit allows. The soft limit is raised towards the
+/// hard one first, because a pool smaller than the number of meters reopens
+/// every file every second, and the 1024 many systems default to is far
+/// below a large deployment's meter count.
+fn open_file_budget(wanted: usize) -> usize {
+    let wanted_u64 = wanted as u64;
+    let limit = rlimit::increase_nofile_limit(wanted_u64 + RESERVED_FDS).unwrap_or(1024);
+    let budget = limit
+        .saturating_sub(RESERVED_FDS)
+        .max(limit / 2)
+        .min(wanted_u64) as usize;
+    if budget < wanted {
+        tracing::warn!(
+            open_files = wanted,
+            usable = budget,
+            nofile_limit = limit,
+            "The descriptor limit caps the spool's open files; raise `ulimit -n` (or the container's nofile limit) for fewer reopens."
+        );
+    }
+    budget.max(2)
 }
 
 /// A running pinger, for callers that embed it (the CLI, the all-in-one

@@ -68,7 +68,10 @@ async fn concurrent_writers_never_interleave_and_a_small_pool_loses_nothing() {
                 .count()
         })
         .unwrap_or(0);
-    assert!(open_here <= 4, "{open_here} spool files open with a pool of 4");
+    assert!(
+        open_here <= 4,
+        "{open_here} spool files open with a pool of 4"
+    );
     s.close().await;
     for m in 0..20u32 {
         let id = CloudId::from_index(m);

@@ -101,7 +101,7 @@ pub const KEYS: &[Key] = &[
     ),
     key(
         "open_files",
-        "1024",
+        "16384",
         "Most spool files kept open at once (least recently used are closed)",
     ),
     key(
