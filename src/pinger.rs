@@ -38,7 +38,10 @@ pub fn spool_from_config(config: &Config) -> anyhow::Result<Spool> {
     Spool::start(SpoolOptions {
         data_dir: config.data_dir.clone(),
         prefix: config.file_prefix.clone(),
-        open_files: open_file_budget(config.open_files),
+        open_files: open_file_budget(
+            config.open_files,
+            config.max_concurrent_requests as u64 + RESERVED_FDS,
+        ),
         flush_every: Duration::from_secs(1),
     })
     .with_context(|| {
@@ -49,20 +52,21 @@ pub fn spool_from_config(config: &Config) -> anyhow::Result<Spool> {
     })
 }
 
-/// Descriptors kept free for sockets (one per request in flight), Redis and logs.
-const RESERVED_FDS: u64 = 4096;
+/// Descriptors kept free, beyond one socket per request in flight, for
+/// Redis, logs and the server.
+const RESERVED_FDS: u64 = 1024;
 
 /// How many spool files may stay open: `open_files`, within what the
 /// process's descriptor limit allows. The soft limit is raised towards the
 /// hard one first, because a pool smaller than the number of meters reopens
 /// every file every second, and the 1024 many systems default to is far
 /// below a large deployment's meter count.
-fn open_file_budget(wanted: usize) -> usize {
+fn open_file_budget(wanted: usize, reserved: u64) -> usize {
     let wanted_u64 = wanted as u64;
-    let limit = rlimit::increase_nofile_limit(wanted_u64 + RESERVED_FDS).unwrap_or(1024);
+    let limit = rlimit::increase_nofile_limit(wanted_u64 + reserved).unwrap_or(1024);
     let budget = limit
-        .saturating_sub(RESERVED_FDS)
-        .max(limit / 2)
+        .saturating_sub(reserved)
+        .max(limit / 4)
         .min(wanted_u64) as usize;
     if budget < wanted {
         tracing::warn!(

@@ -44,6 +44,9 @@ struct Writer {
     dirs: HashSet<HourBucket>,
     clock: u64,
     last_error_log: HashMap<PathBuf, Instant>,
+    /// Pool size in force: `open_files`, lowered when the process runs out
+    /// of descriptors (sockets compete for the same limit).
+    cap: usize,
 }
 
 pub(super) fn spawn(
@@ -61,7 +64,9 @@ pub(super) fn spawn(
         dirs: HashSet::new(),
         clock: 0,
         last_error_log: HashMap::new(),
+        cap: 0,
     };
+    w.cap = w.opts.open_files.max(2);
     std::thread::Builder::new()
         .name("spool-writer".into())
         .spawn(move || {
@@ -80,6 +85,16 @@ pub(super) fn spawn(
                             w.buffer(q.cloud_id, q.hour, q.line);
                         }
                         w.flush_all();
+                        // A failing disk gets a few more chances before
+                        // lines are given up at shutdown.
+                        for _ in 0..10 {
+                            if w.pending_bytes == 0 {
+                                break;
+                            }
+                            w.pool.clear();
+                            std::thread::sleep(Duration::from_millis(200));
+                            w.flush_all();
+                        }
                         w.close_all();
                         rx.close();
                         let _ = done.send(());
@@ -156,7 +171,20 @@ impl Writer {
     fn write(&mut self, key: FileKey, buf: &[u8]) -> io::Result<()> {
         self.clock += 1;
         if !self.pool.contains_key(&key) {
-            let opened = self.open(key)?;
+            let opened = match self.open(key) {
+                // Out of descriptors: give back half the pool for good and
+                // retry, rather than fail every line until the restart.
+                Err(e) if is_out_of_descriptors(&e) && self.pool.len() >= 4 => {
+                    self.cap = (self.pool.len() / 2).max(2);
+                    tracing::warn!(
+                        open_files = self.cap,
+                        "Out of file descriptors; keeping fewer spool files open."
+                    );
+                    self.make_room_for(self.cap / 2);
+                    self.open(key)?
+                }
+                other => other?,
+            };
             self.make_room();
             self.pool.insert(key, opened);
         }
@@ -203,14 +231,17 @@ impl Writer {
     /// Closes the least recently used half of the pool when it is full, so
     /// eviction costs O(log n) per miss instead of a scan each time.
     fn make_room(&mut self) {
-        let cap = self.opts.open_files.max(2);
-        if self.pool.len() < cap {
-            return;
+        if self.pool.len() >= self.cap {
+            self.make_room_for(self.cap / 2);
         }
+    }
+
+    /// Closes the `n` least recently used files.
+    fn make_room_for(&mut self, n: usize) {
         let mut ages: Vec<(u64, FileKey)> =
             self.pool.iter().map(|(k, f)| (f.last_used, *k)).collect();
         ages.sort_unstable();
-        for (_, key) in ages.into_iter().take(cap / 2) {
+        for (_, key) in ages.into_iter().take(n.max(1)) {
             self.pool.remove(&key);
         }
     }
@@ -250,6 +281,11 @@ impl Writer {
             );
         }
     }
+}
+
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    // EMFILE (process limit) or ENFILE (system limit).
+    matches!(e.raw_os_error(), Some(24) | Some(23))
 }
 
 /// A crash can leave a torn last line. Appending after it would glue the

@@ -15,6 +15,7 @@ use rainforest::config::{Config, Layers};
 use rainforest::pinger::{self, Pinger};
 use rainforest::registry::Registry;
 use rainforest::simulator::{meter_cloud_id, meter_email, meter_password};
+use rainforest::spool::SpoolStats;
 use tokio_util::sync::CancellationToken;
 
 /// The same allocator as the `rainforest` binary, so the figures match it.
@@ -172,6 +173,7 @@ fn main() -> anyhow::Result<()> {
         let spool = pinger::spool_from_config(&config)?;
         let cpu0 = cpu_seconds();
         let stop = CancellationToken::new();
+        let spool_stats = spool.clone();
         let p = Pinger::start(&config, registry, eagle, spool, stop.clone());
         let counters = p.counters();
         // The first two intervals start every meter and create every hour
@@ -192,10 +194,15 @@ fn main() -> anyhow::Result<()> {
         stop.cancel();
         p.join().await;
         let cpu = cpu_seconds() - cpu0;
-        anyhow::Ok((counters.snapshot(), cpu, steady_cpu, steady_polls))
+        let st = spool_stats.stats();
+        let spool = (
+            SpoolStats::get(&st.write_errors),
+            SpoolStats::get(&st.lines_dropped),
+        );
+        anyhow::Ok((counters.snapshot(), cpu, steady_cpu, steady_polls, spool))
     });
     drop(sim);
-    let (s, cpu, steady_cpu, steady_polls) = result?;
+    let (s, cpu, steady_cpu, steady_polls, (write_errors, lines_dropped)) = result?;
     let polls = s.polls_ok + s.failed();
     let slots = s.slots_polled + s.missed_slots;
     let lines_on_disk = count_lines(&data);
@@ -220,6 +227,8 @@ fn main() -> anyhow::Result<()> {
             "peak_rss_mb": proc_field("/proc/self/status", "VmHWM:").unwrap_or(0) / 1024,
             "lines_written": lines_on_disk,
             "lines_match_polls": lines_on_disk == s.polls_ok,
+            "spool_write_errors": write_errors,
+            "spool_lines_dropped": lines_dropped,
         })
     );
     Ok(())
