@@ -9,7 +9,7 @@
 use chrono::Utc;
 use tokio::time::Instant;
 
-use crate::protocol::{Eagle, ProtocolError, Source};
+use crate::protocol::{Eagle, ProtocolError};
 use crate::record::Record;
 use crate::registry::User;
 use crate::spool::{Spool, SpoolError};
@@ -50,10 +50,7 @@ impl Poller {
         let started = Instant::now();
         let reading = self.eagle.read_demand(user.cloud_id, &source).await?;
         let latency_ms = started.elapsed().as_millis() as u64;
-        let kind = match source {
-            Source::Relay { .. } => "relay",
-            Source::Local { .. } => "local",
-        };
+        let kind = source.kind();
         let record = Record::new(user.cloud_id, polled_at, latency_ms, kind, &reading);
         self.spool
             .append(user.cloud_id, polled_at, record.to_line())

@@ -17,8 +17,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ArchiveSetting, Config};
 use crate::pinger::{self, Pinger};
 use crate::poll::Poller;
-use crate::registry::Registry;
+use crate::registry::{Registry, User};
 use crate::rotator::Rotator;
+use crate::secret::Secret;
 use crate::server::{self, AppState, AuthMode};
 use crate::simulator::{self, SimulateArgs, Simulator};
 use crate::stats::Hub;
@@ -45,15 +46,20 @@ pub async fn start_demo(n: u32, config: &mut Config) -> anyhow::Result<Simulator
     let base = base_dir(config);
     std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
     let path = base.join("demo-users.jl");
-    let mut out = String::new();
-    for i in 0..n {
-        let id = simulator::meter_cloud_id(i);
-        out.push_str(&format!(
-            "{{\"cloud_id\":\"{id}\",\"user_email\":\"{}\",\"user_pw\":\"{}\"}}\n",
-            simulator::meter_email(id),
-            simulator::meter_password(id)
-        ));
-    }
+    let out: String = (0..n)
+        .map(|i| {
+            let id = simulator::meter_cloud_id(i);
+            User {
+                cloud_id: id,
+                user_email: simulator::meter_email(id),
+                user_pw: Secret::new(simulator::meter_password(id)),
+                active: true,
+                local: None,
+            }
+            .to_file_line()
+                + "\n"
+        })
+        .collect();
     std::fs::File::create(&path)
         .and_then(|mut f| f.write_all(out.as_bytes()))
         .with_context(|| format!("cannot write {}", path.display()))?;

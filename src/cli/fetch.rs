@@ -69,10 +69,7 @@ pub async fn run(args: Args, config: &Config, trace_http: bool) -> anyhow::Resul
     match eagle.read_demand(args.cloud_id, &source).await {
         Ok(reading) => {
             let latency_ms = started.elapsed().as_millis() as u64;
-            let kind = match source {
-                Source::Relay { .. } => "relay",
-                Source::Local { .. } => "local",
-            };
+            let kind = source.kind();
             let record = Record::new(args.cloud_id, polled_at, latency_ms, kind, &reading);
             print!("{}", record.to_line());
             Ok(ExitCode::SUCCESS)

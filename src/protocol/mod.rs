@@ -15,7 +15,6 @@ pub mod xml;
 
 use chrono::{DateTime, Utc};
 
-use crate::cloud_id::CloudId;
 use crate::secret::Secret;
 
 pub use client::{Eagle, EagleOptions};
@@ -38,6 +37,16 @@ pub enum Source {
         /// The device's install code (HTTP Basic password).
         install_code: Secret,
     },
+}
+
+impl Source {
+    /// `relay` or `local`: the record's `source` field.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::Relay { .. } => "relay",
+            Source::Local { .. } => "local",
+        }
+    }
 }
 
 /// Commands the relay understands that this crate uses.
@@ -196,15 +205,6 @@ impl ProtocolError {
             ProtocolError::Malformed { .. } => ErrorKind::Malformed,
         }
     }
-}
-
-/// A convenience for callers that poll one meter: its id plus its source.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Meter {
-    /// The meter's cloud id.
-    pub cloud_id: CloudId,
-    /// How to reach it.
-    pub source: Source,
 }
 
 #[cfg(test)]
