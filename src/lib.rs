@@ -13,6 +13,9 @@
 //! - [`cloud_id`], [`secret`]: the validated id and the redacting secret type
 //!   every other module uses.
 //! - [`config`]: defaults <- TOML <- env <- flags, checked once.
+//! - [`clock`]: the one wall clock, injectable so tests set the time.
+//! - [`backoff`]: the one capped, jittered exponential backoff.
+//! - [`error_text`]: an error and its sources as one line.
 //! - [`telemetry`]: tracing set-up (stderr, JSON, per-service log files).
 //! - [`protocol`]: EAGLE relay and EAGLE-200 clients and parsers.
 //! - [`record`]: the JSON line written per reading.
@@ -35,9 +38,12 @@
 //! - [`cli`]: the `rainforest` subcommands; `main.rs` only calls [`cli::main`].
 
 pub mod archive;
+pub mod backoff;
 pub mod cli;
+pub mod clock;
 pub mod cloud_id;
 pub mod config;
+pub mod error_text;
 pub mod importer;
 pub mod pinger;
 pub mod poll;

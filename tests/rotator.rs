@@ -17,9 +17,10 @@ use rainforest::archive::{
     Archive, ArchiveError, Condition, DirArchive, ObjectKey, S3Archive, S3Settings,
     StaticCredentials,
 };
+use rainforest::backoff::Backoff;
 use rainforest::cloud_id::CloudId;
 use rainforest::record::format_time;
-use rainforest::rotator::{Backoff, Rotator, RotatorOptions};
+use rainforest::rotator::{Rotator, RotatorOptions};
 use rainforest::secret::Secret;
 use rainforest::spool::{HourBucket, hour_file};
 use support::s3::S3Server;

@@ -15,9 +15,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rainforest::archive::{Archive, ObjectKey, S3Archive, S3Settings, StaticCredentials};
+use rainforest::backoff::Backoff;
 use rainforest::cloud_id::CloudId;
 use rainforest::record::format_time;
-use rainforest::rotator::{ArchiveLock, Backoff, LockError, Rotator, RotatorOptions};
+use rainforest::rotator::{ArchiveLock, LockError, Rotator, RotatorOptions};
 use rainforest::secret::Secret;
 use rainforest::spool::{HourBucket, hour_file};
 use support::RedisServer;

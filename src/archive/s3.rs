@@ -138,7 +138,7 @@ impl S3Archive {
             Ok(Ok(creds)) => provider_name(&creds),
             Ok(Err(e)) => format!(
                 "none found ({}); uploads will fail until credentials are available",
-                error_chain(&e)
+                crate::error_text::chain(&e)
             ),
             Err(_) => format!(
                 "none found within {CREDENTIALS_TIMEOUT:?} (is the instance metadata service reachable?)"
@@ -198,7 +198,7 @@ impl S3Archive {
             .await
             .map_err(|e| ArchiveError::Unavailable {
                 target: self.target(),
-                detail: format!("reading {key}: {}", error_chain(&e)),
+                detail: format!("reading {key}: {}", crate::error_text::chain(&e)),
             })?
             .into_bytes()
             .to_vec();
@@ -269,7 +269,7 @@ impl S3Archive {
                 format!("HTTP {} {code}: {m}", status.unwrap_or(0))
             }
             (SdkError::ServiceError(_), None) => format!("HTTP {} {code}", status.unwrap_or(0)),
-            _ => error_chain(&err),
+            _ => crate::error_text::chain(&err),
         };
         let target = self.target();
         if !matches!(err, SdkError::ServiceError(_)) {
@@ -308,23 +308,6 @@ impl S3Archive {
             },
         }
     }
-}
-
-/// An error and its sources as one line of messages, without the `Debug`
-/// dump `DisplayErrorContext` appends (a screenful for one refused
-/// connection).
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = next {
-        let text = e.to_string();
-        // Wrappers often repeat their source's message; keep it once.
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        next = e.source();
-    }
-    parts.join(": ")
 }
 
 fn status_of<E>(err: &SdkError<E>) -> Option<u16> {

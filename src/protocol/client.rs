@@ -280,28 +280,17 @@ fn transport_error(e: reqwest::Error, after_ms: u64) -> ProtocolError {
         ProtocolError::Timeout { after_ms }
     } else if e.is_connect() {
         ProtocolError::Connect {
-            message: error_chain(&e),
+            message: crate::error_text::chain(&e),
         }
     } else if e.is_body() || e.is_decode() {
         ProtocolError::Malformed {
-            reason: format!("body cut short: {}", error_chain(&e)),
+            reason: format!("body cut short: {}", crate::error_text::chain(&e)),
         }
     } else {
         ProtocolError::Connect {
-            message: error_chain(&e),
+            message: crate::error_text::chain(&e),
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 fn header_value(value: &str, what: &str) -> Result<HeaderValue, ProtocolError> {

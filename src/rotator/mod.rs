@@ -50,6 +50,7 @@ pub use scan::{SpoolFile, completed_files, is_completed};
 pub use stats::{RotatorStats, StatsSnapshot};
 
 use crate::archive::{Archive, ArchiveError, ObjectKey};
+use crate::backoff::Backoff;
 use crate::config::Config;
 use ship::Outcome;
 
@@ -115,31 +116,6 @@ pub enum RotatorError {
     /// A worker task panicked or was cancelled (a bug).
     #[error("internal task failed: {0}")]
     Task(String),
-}
-
-/// A capped exponential backoff with ±20% jitter (so many waiting files, or
-/// two rotators, do not retry in lockstep).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    /// Wait after the first failure.
-    pub first: Duration,
-    /// Longest wait.
-    pub max: Duration,
-}
-
-impl Backoff {
-    /// The wait after `failures` consecutive failures (1 = the first).
-    pub fn delay(&self, failures: u32) -> Duration {
-        self.delay_with(failures, rand::random::<f64>())
-    }
-
-    /// [`delay`](Self::delay) with the jitter drawn by the caller, `unit`
-    /// in `[0, 1)`.
-    pub fn delay_with(&self, failures: u32, unit: f64) -> Duration {
-        let doublings = failures.saturating_sub(1).min(30);
-        let base = self.first.saturating_mul(1u32 << doublings).min(self.max);
-        base.mul_f64(0.8 + 0.4 * unit.clamp(0.0, 1.0))
-    }
 }
 
 /// The rotator's settings.
@@ -688,25 +664,5 @@ impl Rotator {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_its_cap_with_bounded_jitter() {
-        let b = Backoff {
-            first: Duration::from_secs(30),
-            max: Duration::from_secs(600),
-        };
-        assert_eq!(b.delay_with(1, 0.5), Duration::from_secs(30));
-        assert_eq!(b.delay_with(2, 0.5), Duration::from_secs(60));
-        assert_eq!(b.delay_with(5, 0.5), Duration::from_secs(480));
-        assert_eq!(b.delay_with(6, 0.5), Duration::from_secs(600));
-        assert_eq!(b.delay_with(1000, 0.5), Duration::from_secs(600));
-        assert_eq!(b.delay_with(1, 0.0), Duration::from_secs(24));
-        assert_eq!(b.delay_with(1, 1.0), Duration::from_secs(36));
     }
 }
