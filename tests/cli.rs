@@ -1,6 +1,8 @@
 //! The `rainforest` binary as an operator uses it: `fetch`, `config`,
 //! `--trace-http`, exit codes and error messages.
 
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -9,12 +11,7 @@ use axum::routing::post;
 use rainforest::simulator::{self, SimulateArgs, Simulator};
 
 fn rainforest(dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rainforest"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("RAINFOREST_") || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = support::process::rainforest();
     cmd.current_dir(dir);
     cmd
 }

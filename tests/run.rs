@@ -1,15 +1,12 @@
 //! `rainforest run --demo`: the README's first command, end to end.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+use support::process::{Proc, rainforest};
 
 fn count_lines(dir: &std::path::Path) -> usize {
     let mut n = 0;
@@ -38,14 +35,8 @@ fn count_lines(dir: &std::path::Path) -> usize {
 #[test]
 fn run_demo_polls_serves_the_status_page_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rainforest"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("RAINFOREST_") {
-            cmd.env_remove(k);
-        }
-    }
-    let mut child = cmd
+    let port = support::free_port();
+    let mut child = rainforest()
         .current_dir(dir.path())
         .args([
             "run",
@@ -55,12 +46,12 @@ fn run_demo_polls_serves_the_status_page_and_stops_cleanly_on_sigterm() {
             &format!("listen=127.0.0.1:{port}"),
         ])
         .args(["--set", "poll_interval=500ms"])
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start rainforest run");
     let stdout = child.stdout.take().expect("stdout");
+    let mut child = Proc::from_child(child);
     let mut lines = BufReader::new(stdout).lines();
     let mut status_line = String::new();
     for line in lines.by_ref() {
@@ -91,22 +82,9 @@ fn run_demo_polls_serves_the_status_page_and_stops_cleanly_on_sigterm() {
         "embedded archive directory"
     );
 
-    let started = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let exit = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "not stopped within 10 s of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let exit = child
+        .terminate(Duration::from_secs(10))
+        .expect("stopped within 10 s of SIGTERM");
     assert!(exit.success(), "exit status {exit}");
     // Every line written before the stop is whole.
     assert!(count_lines(&logs) >= 10);

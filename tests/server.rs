@@ -7,210 +7,23 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
-use rainforest::config::Config;
 use rainforest::pinger::{eagle_from_config, spool_from_config};
 use rainforest::poll::Poller;
 use rainforest::registry::{RedisRegistry, Registry, User};
 use rainforest::secret::Secret;
-use rainforest::server::{self, AppState, AuthMode, ServerError};
+use rainforest::server::{AppState, AuthMode, ServerError};
 use rainforest::simulator::{self, SimulateArgs, Simulator};
 use rainforest::tokens::{Scope, TokenHash, TokenStore};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::RedisServer;
+use support::process::{Proc, rainforest, wait_for};
+use support::server::{ADMIN, Answer, Backend, TestServer, base_config, set_redis};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
-
-/// The bootstrap admin token of the in-process servers.
-const ADMIN: &str = "test-bootstrap-admin-token-0123456789";
-
-struct Server {
-    addr: SocketAddr,
-    http: reqwest::Client,
-    registry: Registry,
-    tokens: TokenStore,
-    data: PathBuf,
-    shutdown: CancellationToken,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    sim: Simulator,
-    ns: String,
-    _dir: tempfile::TempDir,
-    // Last: dropped (killed) after everything that talks to it.
-    redis: RedisServer,
-}
-
-impl Server {
-    async fn start() -> Option<Server> {
-        Server::start_with(SimulateArgs::default(), |_| {}).await
-    }
-
-    /// A server whose simulator and configuration the test adjusts.
-    async fn start_with(
-        sim_args: SimulateArgs,
-        adjust: impl FnOnce(&mut Config),
-    ) -> Option<Server> {
-        let redis = RedisServer::start()?;
-        let ns = support::unique_namespace();
-        let registry = Registry::Redis(
-            RedisRegistry::connect(&redis.url(), &ns)
-                .await
-                .expect("connect registry"),
-        );
-        let tokens = TokenStore::connect(&redis.url(), &ns)
-            .await
-            .expect("connect token store");
-        let sim = Simulator::start(SimulateArgs {
-            listen: ([127, 0, 0, 1], 0).into(),
-            meters: 4,
-            ..sim_args
-        })
-        .await
-        .expect("simulator");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = config_for(&redis.url(), &ns, &sim, dir.path());
-        config.api_token = Some(Secret::new(ADMIN));
-        adjust(&mut config);
-        let poller = Poller::new(
-            eagle_from_config(&config, false).expect("eagle"),
-            spool_from_config(&config).expect("spool"),
-        );
-        let state = AppState::from_config(&config, registry.clone(), poller, AuthMode::Required)
-            .await
-            .expect("server state");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(server::run(listener, state, shutdown.clone()));
-        Some(Server {
-            addr,
-            http: reqwest::Client::new(),
-            registry,
-            tokens,
-            data: config.data_dir.clone(),
-            shutdown,
-            task: Some(task),
-            sim,
-            ns,
-            _dir: dir,
-            redis,
-        })
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn get(&self, path: &str, token: Option<&str>) -> Answer {
-        let mut req = self.http.get(self.url(path));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        Answer::read(req.send().await.expect("GET")).await
-    }
-
-    async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> Answer {
-        let mut req = self.http.post(self.url(path)).json(body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        Answer::read(req.send().await.expect("POST")).await
-    }
-
-    async fn delete(&self, path: &str, token: Option<&str>) -> Answer {
-        let mut req = self.http.delete(self.url(path));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        Answer::read(req.send().await.expect("DELETE")).await
-    }
-
-    async fn token(&self, name: &str, scope: Scope, ttl: Option<Duration>) -> String {
-        self.tokens
-            .create(name, scope, ttl)
-            .await
-            .expect("create token")
-            .token
-            .expose()
-            .to_string()
-    }
-
-    async fn stop(mut self) {
-        if !self.redis.can_restart() {
-            // A shared TEST_REDIS_URL outlives the test.
-            self.redis.delete_namespace(&self.ns);
-        }
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(15), task)
-                .await
-                .expect("server stops within the grace period")
-                .expect("server task")
-                .expect("server result");
-        }
-    }
-}
-
-fn config_for(redis_url: &str, ns: &str, sim: &Simulator, dir: &Path) -> Config {
-    let mut config = Config::defaults().expect("defaults");
-    config.redis_url = Some(url::Url::parse(redis_url).expect("redis url"));
-    config.redis_namespace = ns.to_string();
-    config.relay_url = sim.relay_url();
-    config.request_timeout = Duration::from_secs(2);
-    config.data_dir = dir.join("logs");
-    config
-}
-
-/// A response, read whole.
-struct Answer {
-    status: StatusCode,
-    content_type: String,
-    headers: reqwest::header::HeaderMap,
-    body: String,
-}
-
-impl Answer {
-    async fn read(r: reqwest::Response) -> Answer {
-        let status = r.status();
-        let headers = r.headers().clone();
-        let content_type = headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let body = r.text().await.expect("body");
-        Answer {
-            status,
-            content_type,
-            headers,
-            body,
-        }
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-
-    /// Asserts a problem+json error with `status`; returns the document.
-    fn problem(&self, status: u16) -> Value {
-        assert_eq!(self.status.as_u16(), status, "{}", self.body);
-        assert!(
-            self.content_type.starts_with("application/problem+json"),
-            "content type {:?} for {}",
-            self.content_type,
-            self.body
-        );
-        let p = self.json();
-        assert_eq!(p["status"], status, "{p}");
-        assert!(p["detail"].as_str().is_some_and(|d| !d.is_empty()), "{p}");
-        p
-    }
-}
 
 /// Sends `request` as is over a fresh connection (for paths reqwest would
 /// normalise, like `/../`) and returns the status and body.
@@ -245,19 +58,9 @@ fn sim_user_body(i: u32) -> Value {
     json!({"user_email": simulator::meter_email(id), "user_pw": simulator::meter_password(id)})
 }
 
-async fn wait_for(what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    for _ in 0..150 {
-        if cond().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_are_created_updated_read_listed_and_deleted() {
-    let Some(s) = Server::start().await else {
+    let Some(s) = TestServer::redis().await else {
         return;
     };
     let body = json!({"user_email": "alice@example.org", "user_pw": "alice-secret-pw"});
@@ -318,7 +121,7 @@ async fn users_are_created_updated_read_listed_and_deleted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_pages_through_users_with_a_cursor() {
-    let Some(s) = Server::start().await else {
+    let Some(s) = TestServer::redis().await else {
         return;
     };
     for i in 0..25u32 {
@@ -371,12 +174,12 @@ async fn listing_pages_through_users_with_a_cursor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_stays_quick_with_100000_users() {
-    let Some(s) = Server::start().await else {
+    let Some(s) = TestServer::redis().await else {
         return;
     };
     // Written in the registry's schema with raw pipelines: 100,000 API calls
     // would test the client, not the listing.
-    let client = redis::Client::open(s.redis.url()).unwrap();
+    let client = redis::Client::open(s.redis_server().url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     for chunk in (0..100_000u32).collect::<Vec<_>>().chunks(10_000) {
         let mut pipe = redis::pipe();
@@ -436,7 +239,7 @@ async fn listing_stays_quick_with_100000_users() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_wrong_expired_revoked_and_under_scoped_tokens_are_refused() {
-    let Some(s) = Server::start().await else {
+    let Some(s) = TestServer::redis().await else {
         return;
     };
     let reader = s.token("reader", Scope::Read, None).await;
@@ -507,9 +310,9 @@ async fn missing_wrong_expired_revoked_and_under_scoped_tokens_are_refused() {
         s.get("/api/users", Some(&revoked)).await.status,
         StatusCode::OK
     );
-    assert!(s.tokens.revoke("leaked").await.unwrap());
+    assert!(s.token_store().revoke("leaked").await.unwrap());
     s.get("/api/users", Some(&revoked)).await.problem(401);
-    assert!(!s.tokens.revoke("leaked").await.unwrap());
+    assert!(!s.token_store().revoke("leaked").await.unwrap());
 
     // Unknown /api/ paths need a token too; health checks do not.
     s.get("/api/nothing-here", None).await.problem(401);
@@ -521,7 +324,7 @@ async fn missing_wrong_expired_revoked_and_under_scoped_tokens_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_answer_contains_a_password_install_code_token_or_token_hash() {
-    let Some(s) = Server::start().await else {
+    let Some(s) = TestServer::redis().await else {
         return;
     };
     let reader = s.token("reader", Scope::Read, None).await;
@@ -572,7 +375,7 @@ async fn no_answer_contains_a_password_install_code_token_or_token_hash() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_in_the_query_string_get_400_pointing_to_the_header() {
-    let Some(s) = Server::start().await else {
+    let Some(s) = TestServer::redis().await else {
         return;
     };
     for path in [
@@ -595,7 +398,7 @@ async fn credentials_in_the_query_string_get_400_pointing_to_the_header() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traversal_shaped_and_malformed_ids_get_400_and_touch_nothing() {
-    let Some(s) = Server::start().await else {
+    let Some(s) = TestServer::redis().await else {
         return;
     };
     let long = "a".repeat(5000);
@@ -635,7 +438,7 @@ async fn traversal_shaped_and_malformed_ids_get_400_and_touch_nothing() {
         assert_eq!(status, 400, "{path}");
     }
     // Nothing reached Redis or the spool.
-    let client = redis::Client::open(s.redis.url()).unwrap();
+    let client = redis::Client::open(s.redis_server().url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let (_, keys): (u64, Vec<String>) = redis::cmd("SCAN")
         .arg(0)
@@ -653,7 +456,7 @@ async fn traversal_shaped_and_malformed_ids_get_400_and_touch_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_malformed_and_invalid_bodies_get_413_400_415_and_422() {
-    let Some(s) = Server::start().await else {
+    let Some(s) = TestServer::redis().await else {
         return;
     };
     let url = s.url("/api/users/00ce69");
@@ -731,7 +534,7 @@ async fn oversize_malformed_and_invalid_bodies_get_413_400_415_and_422() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_reads_the_meter_into_the_spool_once_per_second_at_most() {
-    let Some(s) = Server::start().await else {
+    let Some(s) = TestServer::redis().await else {
         return;
     };
     let id = simulator::meter_cloud_id(0);
@@ -794,7 +597,7 @@ async fn slow_requests_are_cut_off_with_a_503_problem() {
         latency: "1500ms".parse().expect("latency"),
         ..SimulateArgs::default()
     };
-    let Some(s) = Server::start_with(slow, |c| {
+    let Some(s) = TestServer::start(Backend::Redis, slow, |c| {
         c.api_timeout = Duration::from_millis(300);
         c.request_timeout = Duration::from_secs(5);
     })
@@ -828,8 +631,10 @@ async fn a_meter_slower_than_request_timeout_is_a_504_problem() {
         latency: "1500ms".parse().expect("latency"),
         ..SimulateArgs::default()
     };
-    let Some(s) =
-        Server::start_with(slow, |c| c.request_timeout = Duration::from_millis(200)).await
+    let Some(s) = TestServer::start(Backend::Redis, slow, |c| {
+        c.request_timeout = Duration::from_millis(200)
+    })
+    .await
     else {
         return;
     };
@@ -865,10 +670,10 @@ fn spool_lines(dir: &Path) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_gives_503_and_the_server_recovers_without_a_restart() {
-    let Some(mut s) = Server::start().await else {
+    let Some(mut s) = TestServer::redis().await else {
         return;
     };
-    if !s.redis.can_restart() {
+    if !s.redis_server().can_restart() {
         eprintln!("skipping: TEST_REDIS_URL's Redis cannot be stopped");
         return;
     }
@@ -884,7 +689,7 @@ async fn redis_outage_gives_503_and_the_server_recovers_without_a_restart() {
         StatusCode::OK
     );
 
-    s.redis.stop();
+    s.redis_mut().stop();
     let a = s.get("/api/users/00ce69", Some(ADMIN)).await;
     a.problem(503);
     assert!(a.headers.get("retry-after").is_some());
@@ -901,7 +706,7 @@ async fn redis_outage_gives_503_and_the_server_recovers_without_a_restart() {
     s.get("/readyz", None).await.problem(503);
     assert_eq!(s.get("/healthz", None).await.status, StatusCode::OK);
 
-    s.redis.start_again();
+    s.redis_mut().start_again();
     let server = &s;
     wait_for("the API to answer 200 again", async || {
         server.get("/api/users/00ce69", Some(ADMIN)).await.status == StatusCode::OK
@@ -917,7 +722,7 @@ async fn redis_outage_gives_503_and_the_server_recovers_without_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_lists_every_route_with_bearer_auth() {
-    let Some(s) = Server::start().await else {
+    let Some(s) = TestServer::redis().await else {
         return;
     };
     let reader = s.token("reader", Scope::Read, None).await;
@@ -983,7 +788,7 @@ async fn openapi_document_lists_every_route_with_bearer_auth() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_routes_and_methods_answer_problem_json() {
-    let Some(s) = Server::start().await else {
+    let Some(s) = TestServer::redis().await else {
         return;
     };
     s.get("/nothing", None).await.problem(404);
@@ -1015,7 +820,8 @@ async fn the_server_refuses_to_start_without_any_token() {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = config_for(&redis.url(), &ns, &sim, dir.path());
+    let mut config = base_config(&sim, dir.path());
+    set_redis(&mut config, &redis.url(), &ns);
     let base = config.clone();
     let poller = || {
         Poller::new(
@@ -1054,25 +860,13 @@ async fn the_server_refuses_to_start_without_any_token() {
         .unwrap();
 }
 
-/// The binary, with no `RAINFOREST_*` variables from the test's environment.
-fn binary() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rainforest"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("RAINFOREST_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.stdin(Stdio::null());
-    cmd
-}
-
 #[test]
 fn binary_without_a_token_exits_2_explaining_how_to_create_one() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let out = binary()
+    let out = rainforest()
         .current_dir(dir.path())
         .args(["server", "--redis-url", &redis.url()])
         .args([
@@ -1101,7 +895,7 @@ async fn binary_with_no_auth_serves_and_warns_on_every_request() {
     let dir = tempfile::tempdir().unwrap();
     let port = support::free_port();
     let log = dir.path().join("stderr.log");
-    let mut child = binary()
+    let child = rainforest()
         .current_dir(dir.path())
         .args(["server", "--no-auth", "--redis-url", &redis.url()])
         .args([
@@ -1115,6 +909,7 @@ async fn binary_with_no_auth_serves_and_warns_on_every_request() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    let mut child = Proc::from_child(child);
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     wait_for("the server to listen", async || {
@@ -1125,10 +920,9 @@ async fn binary_with_no_auth_serves_and_warns_on_every_request() {
         let r = http.get(format!("{base}/api/users")).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
     }
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = child.wait().unwrap();
+    let status = child
+        .terminate(Duration::from_secs(10))
+        .expect("the server stops within 10 s of SIGTERM");
     assert!(status.success(), "{status}");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("Authentication is DISABLED"), "{text}");
@@ -1147,7 +941,7 @@ fn tokens_cli_shows_a_token_once_lists_without_secrets_and_revokes() {
     let ns = support::unique_namespace();
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
-        binary()
+        rainforest()
             .current_dir(dir.path())
             .args([
                 "--redis-url",

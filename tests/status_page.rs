@@ -11,29 +11,21 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rainforest::cloud_id::CloudId;
-use rainforest::config::Config;
-use rainforest::pinger::{eagle_from_config, spool_from_config};
-use rainforest::poll::Poller;
-use rainforest::registry::{
-    FileRegistry, MeterState, RedisRegistry, Registry, RegistryError, StatsUpdate, User,
-};
+use rainforest::registry::{MeterState, RedisRegistry, Registry, RegistryError, StatsUpdate, User};
 use rainforest::secret::Secret;
-use rainforest::server::{self, AppState, AuthMode};
-use rainforest::stats::Hub;
+use rainforest::simulator::SimulateArgs;
 use reqwest::StatusCode;
 use serde_json::Value;
 use support::RedisServer;
-use tokio_util::sync::CancellationToken;
+use support::process::{Proc, rainforest};
+use support::server::{ADMIN, Answer, Backend, TestServer};
 
-/// The bootstrap admin token of the in-process server.
-const ADMIN: &str = "status-test-bootstrap-token-0123456789";
 /// Where Debian's `chromium` package puts the browser.
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// Meters the demo runs for the browser test.
@@ -58,122 +50,53 @@ fn now() -> f64 {
 }
 
 /// The server in this process over a users file, with statistics written
-/// so that every state shows up.
-struct Served {
-    addr: SocketAddr,
-    http: reqwest::Client,
-    shutdown: CancellationToken,
-    _dir: tempfile::TempDir,
-}
-
-impl Served {
-    /// Users: `a00001` auth_failed (never read), `b00002` in backoff with
-    /// a reading 11 minutes old, `c00003` ok with a sparkline, `d00004` ok
-    /// without statistics, `e00005` inactive.
-    async fn start() -> Served {
-        let dir = tempfile::tempdir().unwrap();
-        let registry = Registry::File(FileRegistry::new(dir.path().join("users.jl")));
-        for (cid, active) in [
-            ("a00001", true),
-            ("b00002", true),
-            ("c00003", true),
-            ("d00004", true),
-            ("e00005", false),
-        ] {
-            registry.put(&user(cid, active)).await.unwrap();
-        }
-        let t = now();
-        registry
-            .write_stats(&[
-                StatsUpdate {
-                    consecutive_failures: 2,
-                    state: MeterState::AuthFailed,
-                    last_error: Some(("auth".into(), t - 30.0)),
-                    ..StatsUpdate::new(id("a00001"))
-                },
-                StatsUpdate {
-                    events_logged: 40,
-                    last_timestamp: Some(t - 660.0),
-                    last_demand_kw: Some(0.5),
-                    consecutive_failures: 9,
-                    state: MeterState::Backoff,
-                    last_error: Some(("timeout".into(), t - 5.0)),
-                    ..StatsUpdate::new(id("b00002"))
-                },
-                StatsUpdate {
-                    events_logged: 600,
-                    first_timestamp: Some(t - 3600.0),
-                    last_timestamp: Some(t - 4.0),
-                    last_demand_kw: Some(2.5),
-                    spark: Some("1.25,,2".into()),
-                    ..StatsUpdate::new(id("c00003"))
-                },
-            ])
-            .await
-            .unwrap();
-        let mut config = Config::defaults().unwrap();
-        config.users_file = Some(dir.path().join("users.jl"));
-        config.data_dir = dir.path().join("logs");
-        config.api_token = Some(Secret::new(ADMIN));
-        let poller = Poller::new(
-            eagle_from_config(&config, false).unwrap(),
-            spool_from_config(&config).unwrap(),
-        );
-        let state = AppState::from_config(&config, registry, poller, AuthMode::Required)
-            .await
-            .unwrap()
-            .with_hub(Hub::new());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        tokio::spawn(server::run(listener, state, shutdown.clone()));
-        Served {
-            addr,
-            http: reqwest::Client::new(),
-            shutdown,
-            _dir: dir,
-        }
+/// so that every state shows up. Users: `a00001` auth_failed (never read),
+/// `b00002` in backoff with a reading 11 minutes old, `c00003` ok with a
+/// sparkline, `d00004` ok without statistics, `e00005` inactive.
+async fn served() -> TestServer {
+    let s = TestServer::start(Backend::UsersFile, SimulateArgs::default(), |_| {})
+        .await
+        .expect("a users-file server needs no external service");
+    let registry = &s.registry;
+    for (cid, active) in [
+        ("a00001", true),
+        ("b00002", true),
+        ("c00003", true),
+        ("d00004", true),
+        ("e00005", false),
+    ] {
+        registry.put(&user(cid, active)).await.unwrap();
     }
-
-    async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, String, String) {
-        let mut req = self.http.get(format!("http://{}{path}", self.addr));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let r = req.send().await.unwrap();
-        let status = r.status();
-        let content_type = r
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        (status, content_type, r.text().await.unwrap())
-    }
-
-    /// A 200 JSON answer with the admin token.
-    async fn json(&self, path: &str) -> Value {
-        let (status, _, body) = self.get(path, Some(ADMIN)).await;
-        assert_eq!(status, StatusCode::OK, "{path}: {body}");
-        serde_json::from_str(&body).unwrap()
-    }
-
-    /// Asserts a problem+json answer with `status`.
-    async fn problem(&self, path: &str, token: Option<&str>, status: StatusCode) -> Value {
-        let (got, content_type, body) = self.get(path, token).await;
-        assert_eq!(got, status, "{path}: {body}");
-        assert!(
-            content_type.starts_with("application/problem+json"),
-            "{path}: {content_type}"
-        );
-        serde_json::from_str(&body).unwrap()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
+    let t = now();
+    registry
+        .write_stats(&[
+            StatsUpdate {
+                consecutive_failures: 2,
+                state: MeterState::AuthFailed,
+                last_error: Some(("auth".into(), t - 30.0)),
+                ..StatsUpdate::new(id("a00001"))
+            },
+            StatsUpdate {
+                events_logged: 40,
+                last_timestamp: Some(t - 660.0),
+                last_demand_kw: Some(0.5),
+                consecutive_failures: 9,
+                state: MeterState::Backoff,
+                last_error: Some(("timeout".into(), t - 5.0)),
+                ..StatsUpdate::new(id("b00002"))
+            },
+            StatsUpdate {
+                events_logged: 600,
+                first_timestamp: Some(t - 3600.0),
+                last_timestamp: Some(t - 4.0),
+                last_demand_kw: Some(2.5),
+                spark: Some("1.25,,2".into()),
+                ..StatsUpdate::new(id("c00003"))
+            },
+        ])
+        .await
+        .unwrap();
+    s
 }
 
 fn cloud_ids(page: &Value) -> Vec<&str> {
@@ -187,7 +110,7 @@ fn cloud_ids(page: &Value) -> Vec<&str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_status_needs_a_token_and_lists_failing_meters_first() {
-    let s = Served::start().await;
+    let s = served().await;
     s.problem("/api/status", None, StatusCode::UNAUTHORIZED)
         .await;
     s.problem("/api/status", Some("wrong-token"), StatusCode::UNAUTHORIZED)
@@ -258,12 +181,12 @@ async fn api_status_needs_a_token_and_lists_failing_meters_first() {
         !page.to_string().contains("example.org") && !page.to_string().contains("\"pw\""),
         "no e-mail or password in the status: {page}"
     );
-    s.shutdown.cancel();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_status_pages_sorts_and_filters_on_the_server() {
-    let s = Served::start().await;
+    let s = served().await;
     let p2 = s.json("/api/status?page=2&per_page=3").await;
     assert_eq!((&p2["pages"], &p2["matching"]), (&2.into(), &4.into()));
     assert_eq!(cloud_ids(&p2), ["c00003"]);
@@ -296,12 +219,12 @@ async fn api_status_pages_sorts_and_filters_on_the_server() {
     ] {
         s.problem(bad, Some(ADMIN), StatusCode::BAD_REQUEST).await;
     }
-    s.shutdown.cancel();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_stats_is_a_snapshot_by_namespace_with_per_meter_records() {
-    let s = Served::start().await;
+    let s = served().await;
     s.problem("/api/stats", None, StatusCode::UNAUTHORIZED)
         .await;
 
@@ -324,13 +247,18 @@ async fn api_stats_is_a_snapshot_by_namespace_with_per_meter_records() {
         StatusCode::BAD_REQUEST,
     )
     .await;
-    s.shutdown.cancel();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_answer_prometheus_text_without_a_token_and_without_ids() {
-    let s = Served::start().await;
-    let (status, content_type, body) = s.get("/metrics", None).await;
+    let s = served().await;
+    let Answer {
+        status,
+        content_type,
+        body,
+        ..
+    } = s.get("/metrics", None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(
         content_type.starts_with("text/plain; version=0.0.4"),
@@ -362,12 +290,12 @@ async fn metrics_answer_prometheus_text_without_a_token_and_without_ids() {
         let value = line.rsplit(' ').next().unwrap();
         assert!(value.parse::<f64>().is_ok(), "bad sample line {line:?}");
     }
-    s.shutdown.cancel();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_is_served_without_a_token_and_holds_no_data() {
-    let s = Served::start().await;
+    let s = served().await;
     let r = s
         .http
         .get(format!("http://{}/status", s.addr))
@@ -395,7 +323,7 @@ async fn status_page_is_served_without_a_token_and_holds_no_data() {
     }
     assert!(csp.contains("default-src 'none'"), "{csp}");
     assert!(csp.contains("connect-src 'self'"), "{csp}");
-    s.shutdown.cancel();
+    s.stop().await;
 }
 
 // --- the batched statistics read, against Redis ---------------------------
@@ -455,52 +383,6 @@ async fn stats_many_reads_in_batches_in_order_and_isolates_a_bad_record() {
 }
 
 // --- the page in a real browser --------------------------------------------
-
-/// The binary, with no `RAINFOREST_*` variables from the test's environment.
-fn binary() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rainforest"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("RAINFOREST_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.stdin(Stdio::null());
-    cmd
-}
-
-/// A child process killed when the test ends, however it ends.
-struct KillOnDrop(Option<Child>);
-
-impl KillOnDrop {
-    /// Sends SIGTERM and waits up to `grace` for the exit status.
-    fn terminate(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
-        let mut child = self.0.take()?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + grace;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(child) = self.0.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// Where test artifacts go: `target/test-artifacts/` (next to the
 /// directory Cargo gives integration tests for scratch files).
@@ -592,7 +474,7 @@ async fn status_page_renders_meter_rows_and_sparklines_in_chromium() {
     let dir = tempfile::tempdir().unwrap();
     let port = support::free_port();
     let stderr_path = dir.path().join("run.stderr");
-    let mut child = binary()
+    let mut child = rainforest()
         .current_dir(dir.path())
         .args(["run", "--demo", &DEMO_METERS.to_string()])
         .args(["--set", &format!("listen=127.0.0.1:{port}")])
@@ -602,7 +484,7 @@ async fn status_page_renders_meter_rows_and_sparklines_in_chromium() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let mut run = KillOnDrop(Some(child));
+    let mut run = Proc::from_child(child);
     let run_log = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
 
     // The status URL, from the line `rainforest run` prints at start.

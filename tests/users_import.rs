@@ -5,15 +5,15 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use rainforest::cloud_id::CloudId;
 use rainforest::registry::{RedisRegistry, Registry};
 use rainforest::simulator::{self, SimulateArgs, Simulator};
 use support::RedisServer;
-
-const TOKEN: &str = "import-test-bootstrap-token-0123456789";
+use support::process::{Proc, clean, rainforest};
+use support::server::{ADMIN, ServerProcess};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -23,89 +23,6 @@ fn fixture(name: &str) -> PathBuf {
 
 fn id(s: &str) -> CloudId {
     CloudId::parse(s).unwrap()
-}
-
-/// A command with no `RAINFOREST_*` variables from the test's environment.
-fn clean(mut cmd: Command) -> Command {
-    for (k, _) in std::env::vars() {
-        if k.starts_with("RAINFOREST_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.stdin(Stdio::null());
-    cmd
-}
-
-fn binary() -> Command {
-    clean(Command::new(env!("CARGO_BIN_EXE_rainforest")))
-}
-
-/// A `rainforest server` process, killed on drop.
-struct ServerProcess {
-    child: Child,
-    base: String,
-}
-
-impl ServerProcess {
-    fn start(redis_url: &str, ns: &str, dir: &Path, relay: &str) -> ServerProcess {
-        let port = support::free_port();
-        let child = binary()
-            .current_dir(dir)
-            .env("RAINFOREST_API_TOKEN", TOKEN)
-            .args(["server", "--redis-url", redis_url, "--relay-url", relay])
-            .args(["--set", &format!("redis_namespace={ns}")])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(dir.join("logs"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start rainforest server");
-        let base = format!("http://127.0.0.1:{port}");
-        let health = format!("{base}/healthz");
-        for _ in 0..100 {
-            if probe::answers_200(&health) {
-                return ServerProcess { child, base };
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let mut server = ServerProcess { child, base };
-        let _ = server.child.kill();
-        let _ = server.child.wait();
-        panic!("rainforest server did not answer {health} within 10 s");
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `GET url` answered at all (std only: these tests are synchronous).
-mod probe {
-    use std::io::{Read, Write};
-    use std::net::TcpStream;
-    use std::time::Duration;
-
-    pub fn answers_200(url: &str) -> bool {
-        let Some(rest) = url.strip_prefix("http://") else {
-            return false;
-        };
-        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let Ok(mut s) = TcpStream::connect(host) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let req = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-        if s.write_all(req.as_bytes()).is_err() {
-            return false;
-        }
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out.starts_with("HTTP/1.1 200")
-    }
 }
 
 fn text(out: &Output) -> (String, String) {
@@ -132,8 +49,8 @@ async fn import_through_the_server_reports_bad_lines_and_a_second_run_changes_no
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&redis.url(), &ns, dir.path(), "http://127.0.0.1:9/");
     let import = || {
-        binary()
-            .env("RAINFOREST_API_TOKEN", TOKEN)
+        rainforest()
+            .env("RAINFOREST_API_TOKEN", ADMIN)
             .args(["users", "import", "--server", &server.base])
             .arg(fixture("users_with_bad_lines.jsonl"))
             .output()
@@ -188,7 +105,7 @@ async fn import_with_a_bad_or_missing_token_stops_and_says_why() {
     let ns = support::unique_namespace();
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&redis.url(), &ns, dir.path(), "http://127.0.0.1:9/");
-    let out = binary()
+    let out = rainforest()
         .env("RAINFOREST_API_TOKEN", "not-the-token-at-all-0000")
         .args(["users", "import", "--server", &server.base])
         .arg(fixture("users_old_format.jsonl"))
@@ -201,7 +118,7 @@ async fn import_with_a_bad_or_missing_token_stops_and_says_why() {
         "{err}"
     );
 
-    let out = binary()
+    let out = rainforest()
         .args(["users", "import", "--server", &server.base])
         .arg(fixture("users_old_format.jsonl"))
         .output()
@@ -226,7 +143,7 @@ async fn direct_import_from_stdin_is_idempotent() {
     };
     let ns = support::unique_namespace();
     let run = || {
-        let mut child = binary()
+        let mut child = rainforest()
             .args([
                 "--redis-url",
                 &redis.url(),
@@ -305,7 +222,7 @@ async fn legacy_redis_import_carries_statistics_over_once() {
         set(&mut conn, "session:42", "{}");
     }
     let run = || {
-        binary()
+        rainforest()
             .args([
                 "--redis-url",
                 &redis.url(),
@@ -387,7 +304,7 @@ async fn add_users_script_loads_the_example_file_and_the_pinger_polls_them() {
     let relay = sim.relay_url().to_string();
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&redis.url(), &ns, dir.path(), &relay);
-    let mut pinger = binary()
+    let pinger = rainforest()
         .current_dir(dir.path())
         .args(["pinger", "--redis-url", &redis.url(), "--relay-url", &relay])
         .args(["--set", &format!("redis_namespace={ns}")])
@@ -403,11 +320,12 @@ async fn add_users_script_loads_the_example_file_and_the_pinger_polls_them() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let mut pinger = Proc::from_child(pinger);
 
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = clean(Command::new(root.join("scripts/add_users")))
         .current_dir(root)
-        .env("RAINFOREST_API_TOKEN", TOKEN)
+        .env("RAINFOREST_API_TOKEN", ADMIN)
         .args(["--server", &server.base, "config/users.example.jl"])
         .output()
         .unwrap();
@@ -443,8 +361,7 @@ async fn add_users_script_loads_the_example_file_and_the_pinger_polls_them() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = pinger.kill();
-    let _ = pinger.wait();
+    pinger.kill9();
     assert!(polled, "the pinger did not poll every imported meter");
 }
 

@@ -18,7 +18,9 @@
 #![allow(dead_code)]
 
 pub mod garage;
+pub mod process;
 pub mod s3;
+pub mod server;
 
 use std::io::{self, Write};
 use std::net::TcpListener;

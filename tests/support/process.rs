@@ -1,0 +1,148 @@
+//! The `rainforest` binary as a child process: a clean command, a child
+//! that dies with the test, and a wait for an HTTP endpoint.
+//!
+//! Every test that runs the real binary starts it here, so none inherits
+//! `RAINFOREST_*` variables from the developer's shell and none leaves a
+//! process behind when an assertion fails.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary, with no `RAINFOREST_*` variables from the test's environment
+/// and no standard input.
+pub fn rainforest() -> Command {
+    clean(Command::new(env!("CARGO_BIN_EXE_rainforest")))
+}
+
+/// `cmd` (the binary, or a script that runs it) without `RAINFOREST_*` or
+/// `RUST_LOG` from the test's environment and without standard input.
+pub fn clean(mut cmd: Command) -> Command {
+    for (k, _) in std::env::vars() {
+        if k.starts_with("RAINFOREST_") || k == "RUST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// A child process killed when the test ends, however it ends.
+pub struct Proc(Option<Child>);
+
+impl Proc {
+    /// Starts `cmd`; `what` names it in the panic if it cannot start.
+    pub fn spawn(cmd: &mut Command, what: &str) -> Proc {
+        Proc(Some(
+            cmd.spawn().unwrap_or_else(|e| panic!("start {what}: {e}")),
+        ))
+    }
+
+    /// Wraps a child started elsewhere.
+    pub fn from_child(child: Child) -> Proc {
+        Proc(Some(child))
+    }
+
+    /// The running child (for its pipes); panics after it was reaped.
+    pub fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("the child was already reaped")
+    }
+
+    /// Its process id.
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends a signal such as `-TERM`, `-HUP` or `-KILL`.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} {} failed", self.id());
+    }
+
+    /// Whether it has exited, without waiting.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        self.0.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// SIGTERM, then the exit status if it comes within `grace` (else it is
+    /// killed and `None` returned).
+    pub fn terminate(&mut self, grace: Duration) -> Option<ExitStatus> {
+        self.0.as_ref()?;
+        self.signal("-TERM");
+        let mut child = self.0.take()?;
+        let deadline = Instant::now() + grace;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `kill -9`, and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Whether `GET url` (plain `http://host:port/path`) answers 200 now; std
+/// only, so synchronous tests can use it.
+pub fn answers_200(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let Ok(mut s) = TcpStream::connect(host) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let req = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.starts_with("HTTP/1.1 200")
+}
+
+/// Waits until `GET url` answers 200; `false` after `timeout`.
+pub fn wait_200(url: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if answers_200(url) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// Polls an async condition every 100 ms for up to 15 s; panics naming
+/// `what` when it never holds.
+pub async fn wait_for(what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    for _ in 0..150 {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
