@@ -119,17 +119,17 @@ async fn fetch_with_bad_password_exits_3_and_names_the_kind() {
 async fn fetch_prints_the_sample_values_from_a_relay_answering_samples() {
     let cases: [(&'static [u8], f64, &str); 3] = [
         (
-            include_bytes!("fixtures/eagle/relay-demand.xml"),
+            include_bytes!("support/fixtures/eagle/relay-demand.xml"),
             2.654,
             "2025-01-15T10:36:00Z",
         ),
         (
-            include_bytes!("fixtures/eagle/relay-demand-export.xml"),
+            include_bytes!("support/fixtures/eagle/relay-demand-export.xml"),
             -1.0,
             "",
         ),
         (
-            include_bytes!("fixtures/eagle/relay-demand-zero-scale.xml"),
+            include_bytes!("support/fixtures/eagle/relay-demand-zero-scale.xml"),
             1234.0,
             "",
         ),
@@ -161,7 +161,7 @@ async fn fetch_prints_the_sample_values_from_a_relay_answering_samples() {
             assert_eq!(v["meter_time"], meter_time);
         }
     }
-    let url = fixed_relay(include_bytes!("fixtures/eagle/relay-error.xml")).await;
+    let url = fixed_relay(include_bytes!("support/fixtures/eagle/relay-error.xml")).await;
     let out = run(rainforest(dir.path())
         .args([
             "fetch",

@@ -1,4 +1,4 @@
-//! Parser tests over every sample fragment in `tests/fixtures/eagle/` (copied
+//! Parser tests over every sample fragment in `tests/support/fixtures/eagle/` (copied
 //! from `shared/eagle/samples/`), with the expected values from its README,
 //! plus a property test that the parsers never panic on arbitrary bytes.
 
@@ -9,7 +9,7 @@ use rainforest::protocol::{ErrorKind, ProtocolError, parse};
 
 fn sample(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/eagle")
+        .join("tests/support/fixtures/eagle")
         .join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }

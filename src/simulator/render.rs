@@ -244,7 +244,7 @@ mod tests {
         ($name:literal) => {
             include_str!(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/eagle/",
+                "/tests/support/fixtures/eagle/",
                 $name
             ))
         };
