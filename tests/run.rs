@@ -1,14 +1,48 @@
-//! `rainforest run --demo`: the README's first command, end to end.
+//! Running the services as the binary: `rainforest run --demo` (the
+//! README's first command) end to end, and how a standalone service leaves
+//! Redis when it stops.
+
+mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+use rainforest::stats::HubSnapshot;
+use support::{RedisServer, free_port};
+
+/// The binary, with no `RAINFOREST_*` variables from the test's environment.
+fn binary() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rainforest"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("RAINFOREST_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// Sends SIGTERM to `child` and returns its exit status, which must come
+/// within `grace`.
+fn terminate(child: &mut Child, grace: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return s;
+        }
+        if started.elapsed() > grace {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("not stopped within {grace:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn count_lines(dir: &std::path::Path) -> usize {
@@ -39,13 +73,7 @@ fn count_lines(dir: &std::path::Path) -> usize {
 fn run_demo_polls_serves_the_status_page_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rainforest"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("RAINFOREST_") {
-            cmd.env_remove(k);
-        }
-    }
-    let mut child = cmd
+    let mut child = binary()
         .current_dir(dir.path())
         .args([
             "run",
@@ -55,7 +83,6 @@ fn run_demo_polls_serves_the_status_page_and_stops_cleanly_on_sigterm() {
             &format!("listen=127.0.0.1:{port}"),
         ])
         .args(["--set", "poll_interval=500ms"])
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -91,23 +118,82 @@ fn run_demo_polls_serves_the_status_page_and_stops_cleanly_on_sigterm() {
         "embedded archive directory"
     );
 
-    let started = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let exit = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "not stopped within 10 s of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let exit = terminate(&mut child, Duration::from_secs(10));
     assert!(exit.success(), "exit status {exit}");
     // Every line written before the stop is whole.
     assert!(count_lines(&logs) >= 10);
+}
+
+#[test]
+fn a_standalone_pinger_withdraws_its_published_statistics_when_it_stops() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let ns = redis.namespace();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics_port = free_port();
+    let mut child = binary()
+        .current_dir(dir.path())
+        .args(["pinger", "--redis-url", &redis.url()])
+        .arg("--data-dir")
+        .arg(dir.path().join("logs"))
+        .args(["--set", &format!("redis_namespace={ns}")])
+        .args(["--set", &format!("metrics_listen=127.0.0.1:{metrics_port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start rainforest pinger");
+    let client = redis::Client::open(redis.url()).expect("redis client");
+    let mut conn = client.get_connection().expect("redis");
+    let index = format!("{ns}:services");
+
+    // Published at start: one key in the index, holding a pinger snapshot.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let key = loop {
+        let keys: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&index)
+            .arg(0)
+            .arg(-1)
+            .query(&mut conn)
+            .expect("ZRANGE");
+        if let Some(key) = keys.into_iter().next() {
+            break key;
+        }
+        if let Some(status) = child.try_wait().expect("wait") {
+            panic!("the pinger exited early: {status}");
+        }
+        assert!(Instant::now() < deadline, "no snapshot published in 20 s");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(key.starts_with(&format!("{ns}:service:pinger:")), "{key}");
+    let body: String = redis::cmd("GET").arg(&key).query(&mut conn).expect("GET");
+    let snapshot: HubSnapshot = serde_json::from_str(&body).expect("a typed snapshot");
+    assert!(snapshot.pinger.is_some(), "{body}");
+
+    // A Redis slow to answer at that moment: the clean-up must still be
+    // waited for, not raced by the process exit.
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(400)
+        .arg("WRITE")
+        .exec(&mut conn)
+        .expect("CLIENT PAUSE");
+    let exit = terminate(&mut child, Duration::from_secs(10));
+    assert!(exit.success(), "exit status {exit}");
+    // Gone at once, not after the 30 s expiry.
+    let left: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&index)
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .expect("ZRANGE");
+    assert!(left.is_empty(), "{index} still lists {left:?}");
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&key)
+        .query(&mut conn)
+        .expect("EXISTS");
+    assert!(!exists, "{key} is still there");
+    if !redis.can_restart() {
+        redis.delete_namespace(&ns);
+    }
 }

@@ -26,7 +26,7 @@ use rainforest::registry::{
 };
 use rainforest::secret::Secret;
 use rainforest::server::{self, AppState, AuthMode};
-use rainforest::stats::Hub;
+use rainforest::stats::{Hub, Sparkline};
 use reqwest::StatusCode;
 use serde_json::Value;
 use support::RedisServer;
@@ -105,7 +105,7 @@ impl Served {
                     first_timestamp: Some(t - 3600.0),
                     last_timestamp: Some(t - 4.0),
                     last_demand_kw: Some(2.5),
-                    spark: Some("1.25,,2".into()),
+                    spark: Some(Sparkline::decode("1.25,,2")),
                     ..StatsUpdate::new(id("c00003"))
                 },
             ])
@@ -307,6 +307,34 @@ async fn api_stats_is_a_snapshot_by_namespace_with_per_meter_records() {
 
     let stats = s.json("/api/stats").await;
     assert!(stats["uptime_s"].is_number(), "{stats}");
+    assert!(stats["version"].is_string(), "{stats}");
+    // No pinger or rotator in this process and none publishing: absent.
+    for absent in ["pinger", "rotator", "instances"] {
+        assert!(stats.get(absent).is_none(), "{absent}: {stats}");
+    }
+    let mut names: Vec<&str> = stats["registry"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "auth_failed",
+            "backoff",
+            "inactive",
+            "invalid_stats",
+            "meters",
+            "ok",
+            "snapshot_age_s",
+            "stale_10m",
+            "stale_5m",
+            "stale_60m",
+            "without_reading"
+        ]
+    );
     let registry = &stats["registry"];
     assert_eq!(registry["meters"], 4, "{registry}");
     assert_eq!(registry["auth_failed"], 1, "{registry}");
@@ -328,9 +356,12 @@ async fn api_stats_is_a_snapshot_by_namespace_with_per_meter_records() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_answer_prometheus_text_without_a_token_and_without_ids() {
+async fn metrics_need_a_token_and_answer_prometheus_text_without_ids() {
     let s = Served::start().await;
-    let (status, content_type, body) = s.get("/metrics", None).await;
+    s.problem("/metrics", None, StatusCode::UNAUTHORIZED).await;
+    s.problem("/metrics", Some("wrong-token"), StatusCode::UNAUTHORIZED)
+        .await;
+    let (status, content_type, body) = s.get("/metrics", Some(ADMIN)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(
         content_type.starts_with("text/plain; version=0.0.4"),
@@ -351,6 +382,18 @@ async fn metrics_answer_prometheus_text_without_a_token_and_without_ids() {
         body.contains("# TYPE rainforest_meters_stale gauge"),
         "{body}"
     );
+    // One encoder wrote it all: one HELP per family, no end marker.
+    assert!(body.contains("rainforest_build_info{version="), "{body}");
+    assert!(!body.contains("# EOF"), "{body}");
+    let mut families: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# HELP "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let all = families.len();
+    families.sort_unstable();
+    families.dedup();
+    assert_eq!(families.len(), all, "a family described twice:\n{body}");
     for id in ["a00001", "b00002", "c00003", "example.org"] {
         assert!(!body.contains(id), "{id} in /metrics:\n{body}");
     }
