@@ -26,7 +26,7 @@ use rainforest::registry::{
 };
 use rainforest::secret::Secret;
 use rainforest::server::{self, AppState, AuthMode};
-use rainforest::stats::{Hub, Sparkline};
+use rainforest::stats::{Hub, HubSnapshot, Sparkline};
 use reqwest::StatusCode;
 use serde_json::Value;
 use support::RedisServer;
@@ -71,6 +71,11 @@ impl Served {
     /// a reading 11 minutes old, `c00003` ok with a sparkline, `d00004` ok
     /// without statistics, `e00005` inactive.
     async fn start() -> Served {
+        Served::start_with_hub(Hub::new()).await
+    }
+
+    /// The same, reporting the services of `hub`.
+    async fn start_with_hub(hub: Hub) -> Served {
         let dir = tempfile::tempdir().unwrap();
         let registry = Registry::File(FileRegistry::new(dir.path().join("users.jl")));
         for (cid, active) in [
@@ -122,7 +127,7 @@ impl Served {
         let state = AppState::from_config(&config, registry, poller, AuthMode::Required)
             .await
             .unwrap()
-            .with_hub(Hub::new());
+            .with_hub(hub);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -352,6 +357,46 @@ async fn api_stats_is_a_snapshot_by_namespace_with_per_meter_records() {
         StatusCode::BAD_REQUEST,
     )
     .await;
+    s.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_stats_and_totals_add_up_the_services_other_processes_publish() {
+    let published = |meters, polls_per_s, ok_total, backlog: Option<u64>| {
+        serde_json::from_value::<HubSnapshot>(serde_json::json!({
+            "uptime_s": 60,
+            "pinger": {"meters": meters, "polls_per_s": polls_per_s, "ok_total": ok_total,
+                       "failures_total": {"timeout": 1}, "lag_p99_ms": ok_total},
+            "rotator": backlog.map(|b| serde_json::json!({"files_pending": b, "oldest_pending_age_s": b * 10})),
+        }))
+        .unwrap()
+    };
+    let hub = Hub::new();
+    hub.set_remote(vec![
+        published(3, 1.25, 100, None),
+        published(2, 0.5, 40, Some(4)),
+    ]);
+    let s = Served::start_with_hub(hub).await;
+    let stats = s.json("/api/stats").await;
+    assert_eq!(stats["instances"], 2, "{stats}");
+    let pinger = &stats["pinger"];
+    assert_eq!(
+        (
+            &pinger["meters"],
+            &pinger["polls_per_s"],
+            &pinger["ok_total"]
+        ),
+        (&5.into(), &1.75.into(), &140.into()),
+        "{pinger}"
+    );
+    assert_eq!(pinger["failures_total"]["timeout"], 2, "{pinger}");
+    assert_eq!(pinger["lag_p99_ms"], 100, "the worst: {pinger}");
+    assert_eq!(stats["rotator"]["files_pending"], 4, "{stats}");
+    assert_eq!(stats["rotator"]["oldest_pending_age_s"], 40, "{stats}");
+
+    let totals = &s.json("/api/status").await["totals"];
+    assert_eq!(totals["polls_per_s"], 1.75, "{totals}");
+    assert_eq!(totals["upload_backlog"], 4, "{totals}");
     s.shutdown.cancel();
 }
 

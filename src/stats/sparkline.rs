@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 pub struct Sparkline(Vec<Option<f64>>);
 
 impl Sparkline {
-    /// The minutes, oldest first.
+    /// A sparkline of `minutes`, oldest first (what the pinger's per-minute
+    /// averages become once a minute completes).
     pub fn new(minutes: Vec<Option<f64>>) -> Sparkline {
         Sparkline(minutes)
     }

@@ -25,12 +25,7 @@ pub mod overview;
 pub mod page;
 pub mod table;
 
-pub use self::api::{
-    DEFAULT_PER_PAGE, DEFAULT_STATS_LIMIT, MAX_PER_PAGE, MAX_STATS_LIMIT, RegistryCounts,
-    StatsAnswer, StatsQuery, StatusPage, StatusQuery, Totals, api_stats, api_status,
-};
+pub use self::api::{StatsAnswer, StatusPage, api_stats, api_status};
 pub use self::metrics::metrics;
 pub(crate) use self::overview::OverviewCache;
-pub use self::overview::{METRICS_MAX_AGE, OVERVIEW_TTL, STALE_MINUTES};
 pub use self::page::status_page;
-pub use self::table::{Direction, MeterRow, SPARK_POINTS, SortKey};
