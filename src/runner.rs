@@ -159,7 +159,7 @@ pub async fn run(
     let server_stop = CancellationToken::new();
     let pinger = Pinger::start(&config, registry, eagle, spool.clone(), pinger_stop.clone());
     hub.attach_pinger(pinger.counters(), spool);
-    let rotator_task = {
+    let mut rotator_task = {
         let stop = rotator_stop.clone();
         tokio::spawn(async move { rotator.run(stop).await })
     };
@@ -200,7 +200,12 @@ pub async fn run(
     // An upload still running after this is abandoned: its spool file is
     // only deleted after an acknowledgement, so the next run merges it.
     let grace = config.request_timeout + Duration::from_secs(3);
-    if tokio::time::timeout(grace, rotator_task).await.is_err() {
+    if tokio::time::timeout(grace, &mut rotator_task)
+        .await
+        .is_err()
+    {
+        // Aborted rather than left running behind the server's shutdown.
+        rotator_task.abort();
         tracing::warn!(
             "The rotator did not stop in time; its files stay in the spool for the next run."
         );

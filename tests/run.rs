@@ -1,4 +1,6 @@
-//! `rainforest run --demo`: the README's first command, end to end.
+//! Running the services as the binary: `rainforest run --demo` (the
+//! README's first command) end to end, and how a standalone service leaves
+//! Redis when it stops.
 
 mod support;
 
@@ -6,6 +8,8 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use rainforest::stats::HubSnapshot;
+use support::RedisServer;
 use support::process::{Proc, rainforest};
 
 fn count_lines(dir: &std::path::Path) -> usize {
@@ -88,4 +92,81 @@ fn run_demo_polls_serves_the_status_page_and_stops_cleanly_on_sigterm() {
     assert!(exit.success(), "exit status {exit}");
     // Every line written before the stop is whole.
     assert!(count_lines(&logs) >= 10);
+}
+
+#[test]
+fn a_standalone_pinger_withdraws_its_published_statistics_when_it_stops() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let ns = redis.namespace();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics_port = support::free_port();
+    let child = rainforest()
+        .current_dir(dir.path())
+        .args(["pinger", "--redis-url", &redis.url()])
+        .arg("--data-dir")
+        .arg(dir.path().join("logs"))
+        .args(["--set", &format!("redis_namespace={ns}")])
+        .args(["--set", &format!("metrics_listen=127.0.0.1:{metrics_port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start rainforest pinger");
+    let mut child = Proc::from_child(child);
+    let client = redis::Client::open(redis.url()).expect("redis client");
+    let mut conn = client.get_connection().expect("redis");
+    let index = format!("{ns}:services");
+
+    // Published at start: one key in the index, holding a pinger snapshot.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let key = loop {
+        let keys: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&index)
+            .arg(0)
+            .arg(-1)
+            .query(&mut conn)
+            .expect("ZRANGE");
+        if let Some(key) = keys.into_iter().next() {
+            break key;
+        }
+        if let Some(status) = child.try_status() {
+            panic!("the pinger exited early: {status}");
+        }
+        assert!(Instant::now() < deadline, "no snapshot published in 20 s");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(key.starts_with(&format!("{ns}:service:pinger:")), "{key}");
+    let body: String = redis::cmd("GET").arg(&key).query(&mut conn).expect("GET");
+    let snapshot: HubSnapshot = serde_json::from_str(&body).expect("a typed snapshot");
+    assert!(snapshot.pinger.is_some(), "{body}");
+
+    // A Redis slow to answer at that moment: the clean-up must still be
+    // waited for, not raced by the process exit.
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(400)
+        .arg("WRITE")
+        .exec(&mut conn)
+        .expect("CLIENT PAUSE");
+    let exit = child
+        .terminate(Duration::from_secs(10))
+        .expect("stopped within 10 s of SIGTERM");
+    assert!(exit.success(), "exit status {exit}");
+    // Gone at once, not after the 30 s expiry.
+    let left: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&index)
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .expect("ZRANGE");
+    assert!(left.is_empty(), "{index} still lists {left:?}");
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&key)
+        .query(&mut conn)
+        .expect("EXISTS");
+    assert!(!exists, "{key} is still there");
+    if !redis.can_restart() {
+        redis.delete_namespace(&ns);
+    }
 }

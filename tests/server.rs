@@ -787,6 +787,50 @@ async fn openapi_document_lists_every_route_with_bearer_auth() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_a_read_token_and_api_stats_has_its_schema() {
+    let Some(s) = TestServer::redis().await else {
+        return;
+    };
+    let reader = s.token("prometheus", Scope::Read, None).await;
+    s.get("/metrics", None).await.problem(401);
+    s.get("/metrics", Some("rft_not-a-token"))
+        .await
+        .problem(401);
+    let a = s.get("/metrics", Some(&reader)).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(
+        a.body.lines().any(|l| l == "rainforest_registry_up 1"),
+        "{}",
+        a.body
+    );
+
+    let doc = s.get("/api/openapi.json", Some(&reader)).await.json();
+    let metrics = &doc["paths"]["/metrics"]["get"];
+    assert!(metrics["security"][0]["bearer"].is_array(), "{metrics}");
+    let ok = &doc["paths"]["/api/stats"]["get"]["responses"]["200"];
+    let schema_ref = ok["content"]["application/json"]["schema"]["$ref"]
+        .as_str()
+        .unwrap_or_else(|| panic!("/api/stats has no schema: {ok}"));
+    let name = schema_ref.rsplit('/').next().unwrap();
+    let schema = doc["components"]["schemas"][name].to_string();
+    for part in ["registry", "meters", "HubSnapshot"] {
+        assert!(schema.contains(part), "{part} not in {name}: {schema}");
+    }
+    for (name, field) in [
+        ("HubSnapshot", "pinger"),
+        ("PingerSnapshot", "polls_per_s"),
+        ("RotatorSnapshot", "files_pending"),
+        ("RegistryCounts", "stale_10m"),
+    ] {
+        assert!(
+            doc["components"]["schemas"][name]["properties"][field].is_object(),
+            "{name}.{field} not in the document"
+        );
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_routes_and_methods_answer_problem_json() {
     let Some(s) = TestServer::redis().await else {
         return;

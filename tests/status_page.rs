@@ -20,6 +20,7 @@ use rainforest::cloud_id::CloudId;
 use rainforest::registry::{MeterState, RedisRegistry, Registry, RegistryError, StatsUpdate, User};
 use rainforest::secret::Secret;
 use rainforest::simulator::SimulateArgs;
+use rainforest::stats::{Hub, HubSnapshot, Sparkline};
 use reqwest::StatusCode;
 use serde_json::Value;
 use support::RedisServer;
@@ -54,7 +55,12 @@ fn now() -> f64 {
 /// `b00002` in backoff with a reading 11 minutes old, `c00003` ok with a
 /// sparkline, `d00004` ok without statistics, `e00005` inactive.
 async fn served() -> TestServer {
-    let s = TestServer::start(Backend::UsersFile, SimulateArgs::default(), |_| {})
+    served_with_hub(Hub::new()).await
+}
+
+/// The same, reporting the services of `hub`.
+async fn served_with_hub(hub: Hub) -> TestServer {
+    let s = TestServer::start_with_hub(Backend::UsersFile, SimulateArgs::default(), |_| {}, hub)
         .await
         .expect("a users-file server needs no external service");
     let registry = &s.registry;
@@ -90,7 +96,7 @@ async fn served() -> TestServer {
                 first_timestamp: Some(t - 3600.0),
                 last_timestamp: Some(t - 4.0),
                 last_demand_kw: Some(2.5),
-                spark: Some("1.25,,2".into()),
+                spark: Some(Sparkline::decode("1.25,,2")),
                 ..StatsUpdate::new(id("c00003"))
             },
         ])
@@ -230,6 +236,34 @@ async fn api_stats_is_a_snapshot_by_namespace_with_per_meter_records() {
 
     let stats = s.json("/api/stats").await;
     assert!(stats["uptime_s"].is_number(), "{stats}");
+    assert!(stats["version"].is_string(), "{stats}");
+    // No pinger or rotator in this process and none publishing: absent.
+    for absent in ["pinger", "rotator", "instances"] {
+        assert!(stats.get(absent).is_none(), "{absent}: {stats}");
+    }
+    let mut names: Vec<&str> = stats["registry"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "auth_failed",
+            "backoff",
+            "inactive",
+            "invalid_stats",
+            "meters",
+            "ok",
+            "snapshot_age_s",
+            "stale_10m",
+            "stale_5m",
+            "stale_60m",
+            "without_reading"
+        ]
+    );
     let registry = &stats["registry"];
     assert_eq!(registry["meters"], 4, "{registry}");
     assert_eq!(registry["auth_failed"], 1, "{registry}");
@@ -251,14 +285,57 @@ async fn api_stats_is_a_snapshot_by_namespace_with_per_meter_records() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_answer_prometheus_text_without_a_token_and_without_ids() {
+async fn api_stats_and_totals_add_up_the_services_other_processes_publish() {
+    let published = |meters, polls_per_s, ok_total, backlog: Option<u64>| {
+        serde_json::from_value::<HubSnapshot>(serde_json::json!({
+            "uptime_s": 60,
+            "pinger": {"meters": meters, "polls_per_s": polls_per_s, "ok_total": ok_total,
+                       "failures_total": {"timeout": 1}, "lag_p99_ms": ok_total},
+            "rotator": backlog.map(|b| serde_json::json!({"files_pending": b, "oldest_pending_age_s": b * 10})),
+        }))
+        .unwrap()
+    };
+    let hub = Hub::new();
+    hub.set_remote(vec![
+        published(3, 1.25, 100, None),
+        published(2, 0.5, 40, Some(4)),
+    ]);
+    let s = served_with_hub(hub).await;
+    let stats = s.json("/api/stats").await;
+    assert_eq!(stats["instances"], 2, "{stats}");
+    let pinger = &stats["pinger"];
+    assert_eq!(
+        (
+            &pinger["meters"],
+            &pinger["polls_per_s"],
+            &pinger["ok_total"]
+        ),
+        (&5.into(), &1.75.into(), &140.into()),
+        "{pinger}"
+    );
+    assert_eq!(pinger["failures_total"]["timeout"], 2, "{pinger}");
+    assert_eq!(pinger["lag_p99_ms"], 100, "the worst: {pinger}");
+    assert_eq!(stats["rotator"]["files_pending"], 4, "{stats}");
+    assert_eq!(stats["rotator"]["oldest_pending_age_s"], 40, "{stats}");
+
+    let totals = &s.json("/api/status").await["totals"];
+    assert_eq!(totals["polls_per_s"], 1.75, "{totals}");
+    assert_eq!(totals["upload_backlog"], 4, "{totals}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_a_token_and_answer_prometheus_text_without_ids() {
     let s = served().await;
+    s.problem("/metrics", None, StatusCode::UNAUTHORIZED).await;
+    s.problem("/metrics", Some("wrong-token"), StatusCode::UNAUTHORIZED)
+        .await;
     let Answer {
         status,
         content_type,
         body,
         ..
-    } = s.get("/metrics", None).await;
+    } = s.get("/metrics", Some(ADMIN)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(
         content_type.starts_with("text/plain; version=0.0.4"),
@@ -279,6 +356,18 @@ async fn metrics_answer_prometheus_text_without_a_token_and_without_ids() {
         body.contains("# TYPE rainforest_meters_stale gauge"),
         "{body}"
     );
+    // One encoder wrote it all: one HELP per family, no end marker.
+    assert!(body.contains("rainforest_build_info{version="), "{body}");
+    assert!(!body.contains("# EOF"), "{body}");
+    let mut families: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# HELP "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let all = families.len();
+    families.sort_unstable();
+    families.dedup();
+    assert_eq!(families.len(), all, "a family described twice:\n{body}");
     for id in ["a00001", "b00002", "c00003", "example.org"] {
         assert!(!body.contains(id), "{id} in /metrics:\n{body}");
     }

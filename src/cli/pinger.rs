@@ -1,7 +1,10 @@
 //! `rainforest pinger`: poll every active user's meter on its cadence.
 
+use std::time::Duration;
+
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::pinger::{self, Pinger};
@@ -43,38 +46,82 @@ pub async fn run(
         poll_interval = ?config.poll_interval,
         "Pinger starting."
     );
-    let pinger = Pinger::start(&config, registry, eagle, spool.clone(), shutdown.clone());
+    let stop = shutdown.child_token();
+    let pinger = Pinger::start(&config, registry, eagle, spool.clone(), stop.clone());
     let hub = Hub::new();
     hub.attach_pinger(pinger.counters(), spool);
-    publish(&hub, &config, "pinger", &shutdown).await?;
+    let exposure = match Exposure::start(&hub, &config, "pinger", &shutdown).await {
+        Ok(e) => e,
+        Err(e) => {
+            // Stopped in order, so the spool is closed before the error.
+            stop.cancel();
+            pinger.join().await;
+            return Err(e);
+        }
+    };
     pinger.join().await;
+    exposure.stop().await;
     if let Some(sim) = sim {
         sim.stop().await;
     }
     Ok(())
 }
 
-/// Exposes a standalone service's hub: `/metrics` on `metrics_listen`, and
-/// its snapshot in Redis for the server's status page.
-pub(super) async fn publish(
-    hub: &Hub,
-    config: &Config,
-    service: &'static str,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    if let Some(addr) = config.metrics_listen {
-        stats::serve_metrics(addr, hub.clone(), shutdown.clone())
+/// What a standalone service shows of itself: `/metrics` on
+/// `metrics_listen`, and its snapshot in Redis for the server's status
+/// page. Its tasks belong to one tracker, stopped and awaited by
+/// [`Exposure::stop`] once the service has stopped.
+pub(super) struct Exposure {
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+/// How long [`Exposure::stop`] waits for the metrics server and the
+/// publisher's clean-up.
+const EXPOSURE_GRACE: Duration = Duration::from_secs(5);
+
+impl Exposure {
+    /// Starts serving `hub` for `service` until [`Exposure::stop`] (or
+    /// `shutdown`).
+    pub(super) async fn start(
+        hub: &Hub,
+        config: &Config,
+        service: &'static str,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Exposure> {
+        let tasks = TaskTracker::new();
+        let stop = shutdown.child_token();
+        if let Some(addr) = config.metrics_listen {
+            stats::prometheus::serve_metrics(addr, hub.clone(), &tasks, stop.clone())
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr} (metrics_listen)"))?;
+        }
+        if let Some(url) = &config.redis_url {
+            stats::remote::spawn_publisher(
+                &tasks,
+                hub.clone(),
+                url.to_string(),
+                config.redis_namespace.clone(),
+                service,
+                stop.clone(),
+            );
+        }
+        Ok(Exposure { tasks, stop })
+    }
+
+    /// Stops the metrics server and withdraws the published snapshot, waiting
+    /// up to [`EXPOSURE_GRACE`].
+    pub(super) async fn stop(self) {
+        self.stop.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(EXPOSURE_GRACE, self.tasks.wait())
             .await
-            .with_context(|| format!("cannot serve metrics on {addr} (metrics_listen)"))?;
+            .is_err()
+        {
+            tracing::warn!(
+                grace_s = EXPOSURE_GRACE.as_secs(),
+                "The metrics server or statistics publisher did not stop in time."
+            );
+        }
     }
-    if let Some(url) = &config.redis_url {
-        stats::remote::spawn_publisher(
-            hub.clone(),
-            url.to_string(),
-            config.redis_namespace.clone(),
-            service,
-            shutdown.clone(),
-        );
-    }
-    Ok(())
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+use super::pinger::Exposure;
 use crate::archive::ArchiveError;
 use crate::config::Config;
 use crate::rotator::Rotator;
@@ -67,8 +68,9 @@ pub async fn run(
     }
     let hub = Hub::new();
     hub.attach_rotator(rotator.stats());
-    super::pinger::publish(&hub, config, "rotator", &shutdown).await?;
+    let exposure = Exposure::start(&hub, config, "rotator", &shutdown).await?;
     rotator.run(shutdown).await;
+    exposure.stop().await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::EXIT_CONFIG;
 use crate::config::Config;
@@ -60,12 +61,15 @@ pub async fn run(
     // A split deployment's pinger and rotator publish their snapshots in
     // Redis; the status page and /api/stats show them through this hub.
     let hub = Hub::new();
+    let tasks = TaskTracker::new();
+    let reader_stop = shutdown.child_token();
     if let Some(url) = &config.redis_url {
         stats::remote::spawn_reader(
+            &tasks,
             hub.clone(),
             url.to_string(),
             config.redis_namespace.clone(),
-            shutdown.clone(),
+            reader_stop.clone(),
         );
     }
     let state = state.with_hub(hub);
@@ -74,6 +78,14 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {addr} (in use? set `listen` or --listen)"))?;
     let result = server::run(listener, state, shutdown).await;
+    reader_stop.cancel();
+    tasks.close();
+    if tokio::time::timeout(server::DRAIN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("The statistics reader did not stop in time.");
+    }
     // Lines from on-demand reads are flushed whatever happened.
     spool.close().await;
     result.context("the server failed")?;

@@ -507,7 +507,12 @@ impl RedisRegistry {
                 .arg(u.consecutive_failures)
                 .arg(u.state.as_str())
                 .arg(u.last_demand_kw.map(format_ts).unwrap_or_default())
-                .arg(u.spark.as_deref().unwrap_or_default());
+                .arg(
+                    u.spark
+                        .as_ref()
+                        .map(crate::stats::Sparkline::encode)
+                        .unwrap_or_default(),
+                );
         }
         pipe.ignore_errors();
         let op = format!("statistics write ({} meters)", updates.len());
@@ -732,7 +737,9 @@ pub fn stats_from_hash(
         consecutive_failures,
         state,
         last_demand_kw: ts("last_demand_kw")?,
-        spark: fields.get("spark").cloned(),
+        spark: fields
+            .get("spark")
+            .map(|s| crate::stats::Sparkline::decode(s)),
     })
 }
 

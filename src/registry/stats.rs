@@ -85,10 +85,9 @@ pub struct StatsUpdate {
     pub state: MeterState,
     /// The latest reading's demand (kW), for the status page.
     pub last_demand_kw: Option<f64>,
-    /// The last hour of demand, one value per minute oldest first, as
-    /// comma-separated kW with empty entries for minutes without a reading.
-    /// Sent once a minute, not per poll, to keep the batch small.
-    pub spark: Option<String>,
+    /// The last hour of demand, one value per minute oldest first. Sent
+    /// once a minute, not per poll, to keep the batch small.
+    pub spark: Option<crate::stats::Sparkline>,
 }
 
 impl StatsUpdate {
@@ -153,7 +152,7 @@ pub struct UserStats {
     /// The latest reading's demand (kW).
     pub last_demand_kw: Option<f64>,
     /// The last hour of demand per minute (see [`StatsUpdate::spark`]).
-    pub spark: Option<String>,
+    pub spark: Option<crate::stats::Sparkline>,
 }
 
 impl UserStats {

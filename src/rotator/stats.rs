@@ -2,11 +2,10 @@
 //!
 //! Plain atomics, written by the rotator and read by anyone holding the
 //! `Arc`; [`RotatorStats::snapshot`] gives a consistent-enough copy for a
-//! log line or a metrics scrape.
+//! log line or a metrics scrape. What leaves the process (JSON, Prometheus)
+//! is shaped by [`crate::stats`], not here.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use serde::Serialize;
 
 /// Live counters (monotonic) and gauges (set each pass) of one rotator.
 #[derive(Debug, Default)]
@@ -37,7 +36,7 @@ pub struct RotatorStats {
 }
 
 /// A copy of [`RotatorStats`] at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[allow(missing_docs)]
 pub struct StatsSnapshot {
     pub files_pending: u64,

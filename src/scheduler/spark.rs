@@ -1,11 +1,14 @@
 //! A meter's last hour of demand, one average per minute, for the status
 //! page's sparklines.
 //!
-//! Kept in the meter task (a few hundred bytes per meter) and rendered only
-//! when a minute completes, so the statistics batch carries it once a
-//! minute per meter rather than on every poll.
+//! Kept in the meter task (a few hundred bytes per meter: `f32` minutes)
+//! and handed out as a [`Sparkline`] only when a minute completes, so the
+//! statistics batch carries it once a minute per meter rather than on every
+//! poll. How a [`Sparkline`] is stored is [`Sparkline::encode`]'s business.
 
 use std::collections::VecDeque;
+
+use crate::stats::Sparkline;
 
 /// Minutes kept.
 pub const MINUTES: usize = 60;
@@ -20,9 +23,9 @@ pub struct Spark {
 }
 
 impl Spark {
-    /// Adds a reading taken at `unix_secs`; returns the rendered hour when
-    /// this reading starts a new minute (the previous one is complete).
-    pub fn add(&mut self, unix_secs: f64, kw: f64) -> Option<String> {
+    /// Adds a reading taken at `unix_secs`; returns the hour when this
+    /// reading starts a new minute (the previous one is complete).
+    pub fn add(&mut self, unix_secs: f64, kw: f64) -> Option<Sparkline> {
         let minute = (unix_secs / 60.0).floor() as i64;
         let mut rendered = None;
         if self.n > 0 && minute != self.minute {
@@ -53,18 +56,9 @@ impl Spark {
         self.n = 0;
     }
 
-    /// Comma-separated kW, oldest first, empty entries for missing minutes.
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(self.done.len() * 7);
-        for (i, v) in self.done.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            if let Some(v) = v {
-                out.push_str(&format!("{v:.3}"));
-            }
-        }
-        out
+    /// The completed minutes, oldest first, `None` for missing ones.
+    pub fn render(&self) -> Sparkline {
+        Sparkline::new(self.done.iter().map(|v| v.map(f64::from)).collect())
     }
 }
 
@@ -77,12 +71,13 @@ mod tests {
         let mut s = Spark::default();
         assert_eq!(s.add(0.0, 1.0), None);
         assert_eq!(s.add(30.0, 3.0), None);
-        assert_eq!(s.add(61.0, 5.0).as_deref(), Some("2.000"));
+        let text = |s: Option<Sparkline>| s.map(|s| s.encode());
+        assert_eq!(text(s.add(61.0, 5.0)).as_deref(), Some("2.000"));
         // Minute 2 has no reading.
-        assert_eq!(s.add(185.0, 1.0).as_deref(), Some("2.000,5.000,"));
+        assert_eq!(text(s.add(185.0, 1.0)).as_deref(), Some("2.000,5.000,"));
         for m in 4..200 {
             s.add(f64::from(m) * 60.0, 1.0);
         }
-        assert_eq!(s.render().split(',').count(), MINUTES);
+        assert_eq!(s.render().minutes().len(), MINUTES);
     }
 }

@@ -22,7 +22,7 @@
 //! | `GET /api/event/{cloud_id}` (calls out with stored credentials, writes the spool) | write |
 //! | `GET /healthz`, `GET /readyz` | none |
 //! | `GET /status` (a page without data; its script needs a read token) | none |
-//! | `GET /metrics` (Prometheus; counts only, no cloud id or secret) | none |
+//! | `GET /metrics` (Prometheus; counts only, no cloud id or secret) | read |
 //!
 //! Scopes include the lower ones; `admin` can do everything and is what the
 //! bootstrap token has.
@@ -293,7 +293,15 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/status", get(status::status_page))
-        .route("/metrics", get(status::metrics))
+        // Outside /api/ where Prometheus expects it, behind the same token
+        // check (scope `read`, checked by the handler).
+        .route(
+            "/metrics",
+            get(status::metrics).route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                auth::require_token,
+            )),
+        )
         .nest("/api", api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

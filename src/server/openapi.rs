@@ -17,8 +17,8 @@ use crate::tokens::Scope;
     info(
         title = "rainforest",
         description = "Users of the EAGLE meter pinger, their statistics, and on-demand reads. \
-            Every /api/ route needs `Authorization: Bearer <token>`; the security requirement of \
-            each operation names the scope it needs (read < write < admin). Errors are \
+            Every /api/ route and /metrics need `Authorization: Bearer <token>`; the security \
+            requirement of each operation names the scope it needs (read < write < admin). Errors are \
             application/problem+json (RFC 9457)."
     ),
     paths(
@@ -29,10 +29,10 @@ use crate::tokens::Scope;
         event::read_meter,
         health::healthz,
         health::readyz,
-        status::api_status,
-        status::api_stats,
-        status::metrics,
-        status::status_page,
+        status::api::api_status,
+        status::api::api_stats,
+        status::metrics::metrics,
+        status::page::status_page,
         openapi_json,
     ),
     components(schemas(Problem)),

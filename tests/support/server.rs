@@ -19,6 +19,7 @@ use rainforest::registry::{FileRegistry, RedisRegistry, Registry};
 use rainforest::secret::Secret;
 use rainforest::server::{self, AppState, AuthMode};
 use rainforest::simulator::{SimulateArgs, Simulator};
+use rainforest::stats::Hub;
 use rainforest::tokens::{Scope, TokenStore};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -78,6 +79,17 @@ impl TestServer {
         sim_args: SimulateArgs,
         adjust: impl FnOnce(&mut Config),
     ) -> Option<TestServer> {
+        TestServer::start_with_hub(backend, sim_args, adjust, Hub::new()).await
+    }
+
+    /// [`TestServer::start`] with a statistics hub the test fills (for
+    /// example with snapshots "published" by other processes).
+    pub async fn start_with_hub(
+        backend: Backend,
+        sim_args: SimulateArgs,
+        adjust: impl FnOnce(&mut Config),
+        hub: Hub,
+    ) -> Option<TestServer> {
         let dir = tempfile::tempdir().expect("tempdir");
         let sim = Simulator::start(SimulateArgs {
             listen: ([127, 0, 0, 1], 0).into(),
@@ -125,7 +137,8 @@ impl TestServer {
         );
         let state = AppState::from_config(&config, registry.clone(), poller, AuthMode::Required)
             .await
-            .expect("server state");
+            .expect("server state")
+            .with_hub(hub);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
