@@ -1,16 +1,13 @@
-//! The Redis back end of the user registry, and the schema it owns.
+//! The Redis back end of the user registry, and the fields it stores.
 //!
 //! # Schema
 //!
-//! All keys start with a namespace, `rainforest` in production (tests use a
-//! unique `t-<random>` each, so they can share one Redis). `<id>` is a cloud
-//! id: six lower-case hex digits, e.g. `00ce69`.
-//!
-//! | Key | Type | Contents |
-//! |-----|------|----------|
-//! | `rainforest:users` | SET | index: the cloud id of every user, active or not |
-//! | `rainforest:user:<id>` | HASH | credentials and settings (below) |
-//! | `rainforest:stats:<id>` | HASH | polling statistics (below), kept apart from credentials |
+//! The registry owns three key families, named in [`crate::db::keys`] (the
+//! one table of every key): the SET `<ns>:users` indexing every cloud id,
+//! active or not; the HASH `<ns>:user:<id>` of one user's credentials and
+//! settings; and the HASH `<ns>:stats:<id>` of one meter's statistics, kept
+//! apart from credentials. `<ns>` is `rainforest` in production; `<id>` is
+//! a cloud id, six lower-case hex digits such as `00ce69`.
 //!
 //! `rainforest:user:<id>` fields, all strings:
 //!
@@ -54,42 +51,30 @@
 //!   at-least-once: a batch retried after a connection broke mid-reply can
 //!   count some events twice.
 //!
-//! The connection is a [`ConnectionManager`]: after an outage it reconnects
-//! by itself, and calls made meanwhile fail fast with
+//! The connection is the shared [`crate::db::Redis`]: after an outage it
+//! reconnects by itself, and calls made meanwhile fail fast with
 //! [`RegistryError::Unavailable`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{FromRedisValue, RedisError, Value};
 
 use super::stats::{MeterState, StatsUpdate, UserStats};
 use super::user::{LocalSource, User};
-use super::{ProblemLog, PutOutcome, RegistryError};
+use super::{IdPage, ProblemLog, PutOutcome, RegistryError};
+use crate::clock::now_unix;
 use crate::cloud_id::CloudId;
-use crate::config::redact_url;
+use crate::db::{Keys, Redis, Request};
 use crate::secret::Secret;
 
-/// The namespace production uses; every key starts with `rainforest:`.
-pub const DEFAULT_NAMESPACE: &str = "rainforest";
+pub use crate::db::DEFAULT_NAMESPACE;
 
 /// Index members asked for per `SSCAN` call.
 const SCAN_COUNT: usize = 1000;
 /// Most `HGETALL`s sent in one pipelined round trip.
 const FETCH_BATCH: usize = 1000;
-
-/// Connection attempts per reconnect before calls fail with `Unavailable`;
-/// kept low so an outage is reported in well under a poll interval.
-const RECONNECT_RETRIES: usize = 1;
-/// How long one connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a command (or a pipelined batch) may wait for its answer.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
-
-const CHECK_REDIS: &str = "check that Redis is running and reachable at that address, and the URL's password and database number";
 
 /// Compares the stored user with the new settings and writes only when they
 /// differ. Returns 0 unchanged, 1 updated, 2 created.
@@ -161,63 +146,13 @@ end
 return 1
 ";
 
-/// The registry's key names under one namespace.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Keys {
-    namespace: String,
-}
-
-impl Keys {
-    /// Key names under `namespace`, which must be non-empty letters, digits,
-    /// `-`, `_`, `.` or `:` (it is spliced into every key).
-    pub fn new(namespace: &str) -> Result<Keys, RegistryError> {
-        let ok = !namespace.is_empty()
-            && namespace
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
-        if ok {
-            Ok(Keys {
-                namespace: namespace.to_string(),
-            })
-        } else {
-            Err(RegistryError::Config {
-                reason: format!(
-                    "Redis key namespace {namespace:?} must be non-empty letters, digits, '-', '_', '.' or ':'"
-                ),
-            })
-        }
-    }
-
-    /// The namespace itself.
-    pub fn namespace(&self) -> &str {
-        &self.namespace
-    }
-
-    /// The SET of all cloud ids.
-    pub fn index(&self) -> String {
-        format!("{}:users", self.namespace)
-    }
-
-    /// The HASH of one user's credentials and settings.
-    pub fn user(&self, id: CloudId) -> String {
-        format!("{}:user:{id}", self.namespace)
-    }
-
-    /// The HASH of one meter's statistics.
-    pub fn stats(&self, id: CloudId) -> String {
-        format!("{}:stats:{id}", self.namespace)
-    }
-}
-
 /// The user registry in Redis; see the module documentation for the schema.
 ///
 /// Cheap to clone: clones share one self-healing connection.
 #[derive(Clone)]
 pub struct RedisRegistry {
-    conn: ConnectionManager,
+    db: Redis,
     keys: Keys,
-    /// The URL with its password redacted, for messages.
-    url: Arc<str>,
     put_script: ::redis::Script,
     stats_script: ::redis::Script,
     problems: Arc<ProblemLog>,
@@ -226,8 +161,8 @@ pub struct RedisRegistry {
 impl fmt::Debug for RedisRegistry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisRegistry")
-            .field("url", &self.url)
-            .field("namespace", &self.keys.namespace)
+            .field("target", &self.db.target())
+            .field("namespace", &self.keys.namespace())
             .finish()
     }
 }
@@ -242,36 +177,20 @@ impl RedisRegistry {
     /// Redis is back, then work again on the same value).
     pub async fn connect(url: &str, namespace: &str) -> Result<RedisRegistry, RegistryError> {
         let keys = Keys::new(namespace)?;
-        let shown = redact_url(url);
-        let client = ::redis::Client::open(url).map_err(|e| RegistryError::Config {
-            reason: format!(
-                "Redis URL {shown} is not usable: {e}; use redis://[:password@]host[:port][/db]"
-            ),
-        })?;
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(RECONNECT_RETRIES)
-            .set_min_delay(Duration::from_millis(100))
-            .set_max_delay(Duration::from_secs(1))
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let target = format!("Redis at {shown}");
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|e| RegistryError::Unavailable {
-                target: target.clone(),
-                reason: format!("cannot connect: {e}"),
-                check: CHECK_REDIS,
-            })?;
-        let registry = RedisRegistry {
-            conn,
+        let db = Redis::connect(url).await?;
+        Ok(RedisRegistry::new(db, keys))
+    }
+
+    /// The registry over an existing connection, so a process that also
+    /// keeps tokens or locks in the same Redis opens one connection.
+    pub fn new(db: Redis, keys: Keys) -> RedisRegistry {
+        RedisRegistry {
+            db,
             keys,
-            url: Arc::from(shown),
             put_script: ::redis::Script::new(PUT_LUA),
             stats_script: ::redis::Script::new(STATS_LUA),
             problems: Arc::default(),
-        };
-        registry.ping().await?;
-        Ok(registry)
+        }
     }
 
     /// The key names this registry uses.
@@ -279,59 +198,50 @@ impl RedisRegistry {
         &self.keys
     }
 
+    /// The connection, to share with the token store.
+    pub fn db(&self) -> &Redis {
+        &self.db
+    }
+
     /// `Redis at <url>` with the password redacted, for messages.
     pub fn target(&self) -> String {
-        format!("Redis at {}", self.url)
+        self.db.target().to_string()
     }
 
     /// Checks Redis answers `PING`.
     pub async fn ping(&self) -> Result<(), RegistryError> {
-        self.send::<()>("PING", Request::Cmd(&::redis::cmd("PING")))
-            .await
+        Ok(self.db.ping().await?)
     }
 
     /// Every user in the index, sorted by cloud id; invalid entries are
     /// logged once and skipped. See the module documentation for how this
     /// stays cheap for Redis.
     pub async fn load_all(&self) -> Result<Vec<User>, RegistryError> {
-        let index = self.keys.index();
+        let index = self.keys.users();
         let mut seen: HashSet<CloudId> = HashSet::new();
         let mut users = Vec::new();
         let mut problems: Vec<(String, RegistryError)> = Vec::new();
         let mut cursor: u64 = 0;
         loop {
-            let mut scan = ::redis::cmd("SSCAN");
-            scan.arg(&index).arg(cursor).arg("COUNT").arg(SCAN_COUNT);
-            let (next, members): (u64, Vec<Vec<u8>>) = self
-                .send(&format!("SSCAN {index}"), Request::Cmd(&scan))
-                .await?;
-            let mut ids = Vec::with_capacity(members.len());
-            for member in members {
-                let text = String::from_utf8_lossy(&member);
-                match CloudId::parse(&text) {
-                    Ok(id) => {
-                        if seen.insert(id) {
-                            ids.push(id);
-                        }
-                    }
-                    Err(e) => problems.push((
-                        format!("{index} member {text:?}"),
-                        RegistryError::Invalid {
-                            key: index.clone(),
-                            field: format!("member {text:?}"),
-                            reason: e.to_string(),
-                        },
-                    )),
-                }
+            let step = self.scan_index(cursor).await?;
+            for (text, reason) in step.invalid {
+                problems.push((
+                    format!("{index} member {text:?}"),
+                    RegistryError::Invalid {
+                        key: index.clone(),
+                        field: format!("member {text:?}"),
+                        reason,
+                    },
+                ));
             }
+            let ids: Vec<CloudId> = step.ids.into_iter().filter(|id| seen.insert(*id)).collect();
+            let next = step.next;
             for chunk in ids.chunks(FETCH_BATCH) {
                 let mut pipe = ::redis::pipe();
                 for id in chunk {
                     pipe.cmd("HGETALL").arg(self.keys.user(*id));
                 }
-                let hashes: Vec<Value> = self
-                    .send("HGETALL (batch of user hashes)", Request::Pipe(&pipe))
-                    .await?;
+                let hashes: Vec<Value> = self.send("HGETALL (batch of user hashes)", &pipe).await?;
                 for (id, value) in chunk.iter().zip(hashes) {
                     let key = self.keys.user(*id);
                     let fields = match hash_fields(&key, value) {
@@ -370,6 +280,80 @@ impl RedisRegistry {
         Ok(users)
     }
 
+    /// The ids of one listing page: up to `limit` ids after `after`,
+    /// ascending, and whether more follow.
+    ///
+    /// Walks the whole index with `SSCAN` and keeps only the `limit + 1`
+    /// smallest ids after the cursor: a page costs one pass over the ids
+    /// (about 100 short commands for 100,000 users, never `KEYS` or
+    /// `SMEMBERS`) and memory bounded by the page size. Members that are
+    /// not cloud ids are left to [`load_all`](Self::load_all) to report.
+    pub async fn page_ids(
+        &self,
+        after: Option<CloudId>,
+        limit: usize,
+    ) -> Result<IdPage, RegistryError> {
+        let keep = limit.saturating_add(1);
+        // A max-heap of the smallest ids seen: the top is the one to drop.
+        let mut heap: BinaryHeap<CloudId> = BinaryHeap::with_capacity(keep.min(SCAN_COUNT) + 1);
+        let mut cursor: u64 = 0;
+        loop {
+            let step = self.scan_index(cursor).await?;
+            for id in step.ids {
+                if after.is_some_and(|a| id <= a) {
+                    continue;
+                }
+                heap.push(id);
+                if heap.len() > keep {
+                    heap.pop();
+                }
+            }
+            if step.next == 0 {
+                break;
+            }
+            cursor = step.next;
+        }
+        Ok(IdPage::from_candidates(heap.into_vec(), limit))
+    }
+
+    /// The ids of active users, sorted, without reading credentials: the
+    /// index walked with `SSCAN`, then per batch one pipelined round trip
+    /// of `EXISTS` and `HGET <user> active`. An absent `active` field means
+    /// active (as [`user_from_hash`] reads it); an index entry whose hash is
+    /// gone is skipped, and so is an `active` that is neither `1` nor `0`
+    /// ([`load_all`](Self::load_all) reports that user).
+    pub async fn active_ids(&self) -> Result<Vec<CloudId>, RegistryError> {
+        let mut seen: HashSet<CloudId> = HashSet::new();
+        let mut active = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let step = self.scan_index(cursor).await?;
+            let ids: Vec<CloudId> = step.ids.into_iter().filter(|id| seen.insert(*id)).collect();
+            for chunk in ids.chunks(FETCH_BATCH) {
+                let mut pipe = ::redis::pipe();
+                for id in chunk {
+                    let key = self.keys.user(*id);
+                    pipe.cmd("EXISTS").arg(&key);
+                    pipe.cmd("HGET").arg(&key).arg("active");
+                }
+                let replies: Vec<(bool, Option<String>)> = self
+                    .send("EXISTS/HGET active (batch of user hashes)", &pipe)
+                    .await?;
+                for (id, (exists, flag)) in chunk.iter().zip(replies) {
+                    if exists && matches!(flag.as_deref(), None | Some("1")) {
+                        active.push(*id);
+                    }
+                }
+            }
+            if step.next == 0 {
+                break;
+            }
+            cursor = step.next;
+        }
+        active.sort();
+        Ok(active)
+    }
+
     /// One user, or `None`; an invalid stored user is an
     /// [`RegistryError::Invalid`] naming the key and field.
     pub async fn get(&self, id: CloudId) -> Result<Option<User>, RegistryError> {
@@ -393,15 +377,13 @@ impl RedisRegistry {
             .arg(self.put_script.get_hash())
             .arg(2)
             .arg(&key)
-            .arg(self.keys.index())
+            .arg(self.keys.users())
             .arg(user.cloud_id.as_str())
             .arg(format_ts(now_unix()));
         for (field, value) in user_to_hash(user) {
             call.arg(field).arg(value);
         }
-        let (code,): (i64,) = self
-            .send(&format!("put {key}"), Request::Pipe(&pipe))
-            .await?;
+        let (code,): (i64,) = self.send(&format!("put {key}"), &pipe).await?;
         match code {
             0 => Ok(PutOutcome::Unchanged),
             1 => Ok(PutOutcome::Updated),
@@ -417,10 +399,9 @@ impl RedisRegistry {
         pipe.atomic()
             .del(&key)
             .del(self.keys.stats(id))
-            .srem(self.keys.index(), id.as_str());
-        let (deleted, _, unindexed): (i64, i64, i64) = self
-            .send(&format!("remove {key}"), Request::Pipe(&pipe))
-            .await?;
+            .srem(self.keys.users(), id.as_str());
+        let (deleted, _, unindexed): (i64, i64, i64) =
+            self.send(&format!("remove {key}"), &pipe).await?;
         Ok(deleted > 0 || unindexed > 0)
     }
 
@@ -452,7 +433,7 @@ impl RedisRegistry {
                 pipe.cmd("HGETALL").arg(self.keys.stats(*id));
             }
             let hashes: Vec<Value> = self
-                .send("HGETALL (batch of statistics hashes)", Request::Pipe(&pipe))
+                .send("HGETALL (batch of statistics hashes)", &pipe)
                 .await?;
             for (id, value) in chunk.iter().zip(hashes) {
                 let key = self.keys.stats(*id);
@@ -484,7 +465,7 @@ impl RedisRegistry {
         if updates.is_empty() {
             return Ok(());
         }
-        let index = self.keys.index();
+        let index = self.keys.users();
         let sha = self.stats_script.get_hash();
         let mut pipe = ::redis::pipe();
         pipe.cmd("SCRIPT").arg("LOAD").arg(STATS_LUA).ignore();
@@ -511,12 +492,15 @@ impl RedisRegistry {
         }
         pipe.ignore_errors();
         let op = format!("statistics write ({} meters)", updates.len());
-        let replies: Vec<Value> = self.send(&op, Request::Pipe(&pipe)).await?;
+        let replies: Vec<Value> = self.send(&op, &pipe).await?;
         let mut refused = None;
         for (u, reply) in updates.iter().zip(replies) {
             if let Value::ServerError(e) = reply {
                 let key = self.keys.stats(u.cloud_id);
-                match self.error(&format!("statistics write to {key}"), RedisError::from(e)) {
+                let e = self
+                    .db
+                    .error(&format!("statistics write to {key}"), &RedisError::from(e));
+                match RegistryError::from(e) {
                     unavailable @ RegistryError::Unavailable { .. } => return Err(unavailable),
                     other => {
                         refused.get_or_insert(other);
@@ -530,78 +514,50 @@ impl RedisRegistry {
     async fn hgetall(&self, key: &str) -> Result<HashMap<String, String>, RegistryError> {
         let mut cmd = ::redis::cmd("HGETALL");
         cmd.arg(key);
-        let value: Value = self
-            .send(&format!("HGETALL {key}"), Request::Cmd(&cmd))
-            .await?;
+        let value: Value = self.send(&format!("HGETALL {key}"), &cmd).await?;
         hash_fields(key, value)
     }
 
-    /// Sends a command or pipeline. A refused connection is retried once:
-    /// nothing was sent, and the first call after Redis comes back can meet
-    /// the connection manager's last failed attempt; the retry waits for the
-    /// fresh one instead of reporting an outage that is already over.
-    async fn send<T: FromRedisValue>(
+    /// Sends a command or pipeline through the shared connection (see
+    /// [`Redis::send`]), in the registry's error terms.
+    async fn send<'a, T: FromRedisValue>(
         &self,
         op: &str,
-        request: Request<'_>,
+        request: impl Into<Request<'a>>,
     ) -> Result<T, RegistryError> {
-        let mut conn = self.conn.clone();
-        let mut retried = false;
-        loop {
-            let result = match request {
-                Request::Cmd(cmd) => cmd.query_async(&mut conn).await,
-                Request::Pipe(pipe) => pipe.query_async(&mut conn).await,
-            };
-            match result {
-                Ok(v) => return Ok(v),
-                Err(e) if !retried && e.is_connection_refusal() => retried = true,
-                Err(e) => return Err(self.error(op, e)),
-            }
-        }
+        Ok(self.db.send(op, request).await?)
     }
 
-    /// Sorts a Redis failure into "try later" or "someone must act".
-    fn error(&self, op: &str, e: RedisError) -> RegistryError {
-        let transient_code = matches!(
-            e.code(),
-            Some(
-                "LOADING"
-                    | "MASTERDOWN"
-                    | "NOAUTH"
-                    | "WRONGPASS"
-                    | "READONLY"
-                    | "BUSY"
-                    | "TRYAGAIN"
-                    | "CLUSTERDOWN"
-            )
-        );
-        if e.is_io_error()
-            || e.is_timeout()
-            || e.is_connection_refusal()
-            || e.is_connection_dropped()
-            || e.kind() == ::redis::ErrorKind::AuthenticationFailed
-            || transient_code
-        {
-            RegistryError::Unavailable {
-                target: self.target(),
-                reason: format!("{op} failed: {e}"),
-                check: CHECK_REDIS,
-            }
-        } else {
-            RegistryError::Refused {
-                target: self.target(),
-                op: op.to_string(),
-                message: e.to_string(),
+    /// One `SSCAN` step over the index from `cursor`: the next cursor (0
+    /// when done), the members that are cloud ids, and those that are not.
+    async fn scan_index(&self, cursor: u64) -> Result<IndexStep, RegistryError> {
+        let index = self.keys.users();
+        let mut scan = ::redis::cmd("SSCAN");
+        scan.arg(&index).arg(cursor).arg("COUNT").arg(SCAN_COUNT);
+        let (next, members): (u64, Vec<Vec<u8>>) =
+            self.send(&format!("SSCAN {index}"), &scan).await?;
+        let mut step = IndexStep {
+            next,
+            ids: Vec::with_capacity(members.len()),
+            invalid: Vec::new(),
+        };
+        for member in members {
+            let text = String::from_utf8_lossy(&member);
+            match CloudId::parse(&text) {
+                Ok(id) => step.ids.push(id),
+                Err(e) => step.invalid.push((text.into_owned(), e.to_string())),
             }
         }
+        Ok(step)
     }
 }
 
-/// One command or a pipeline, for [`RedisRegistry::send`].
-#[derive(Clone, Copy)]
-enum Request<'a> {
-    Cmd(&'a ::redis::Cmd),
-    Pipe(&'a ::redis::Pipeline),
+/// One step of a walk over the index, for [`RedisRegistry::scan_index`].
+struct IndexStep {
+    next: u64,
+    ids: Vec<CloudId>,
+    /// Members that are not cloud ids, and why.
+    invalid: Vec<(String, String)>,
 }
 
 /// Converts an `HGETALL` reply to field -> value, reporting non-text data
@@ -746,13 +702,6 @@ fn format_ts(t: f64) -> String {
     }
 }
 
-fn now_unix() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -776,17 +725,6 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect()
-    }
-
-    #[test]
-    fn keys_follow_the_schema() {
-        let k = Keys::new("rainforest").unwrap();
-        assert_eq!(k.index(), "rainforest:users");
-        assert_eq!(k.user(id()), "rainforest:user:00ce69");
-        assert_eq!(k.stats(id()), "rainforest:stats:00ce69");
-        for bad in ["", "a b", "x*", "ns\n"] {
-            assert!(Keys::new(bad).is_err(), "{bad:?}");
-        }
     }
 
     #[test]

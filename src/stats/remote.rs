@@ -53,7 +53,7 @@ pub fn spawn_publisher(
                 _ = tick.tick() => {}
             }
             if conn.is_none() {
-                conn = crate::tokens::redis_connection(&redis_url).await.ok();
+                conn = crate::db::Redis::unported_connection(&redis_url).await.ok();
             }
             let Some(c) = conn.as_mut() else { continue };
             let body = hub.snapshot().to_string();
@@ -93,7 +93,7 @@ pub fn spawn_reader(hub: Hub, redis_url: String, namespace: String, shutdown: Ca
                 _ = tick.tick() => {}
             }
             if conn.is_none() {
-                conn = crate::tokens::redis_connection(&redis_url).await.ok();
+                conn = crate::db::Redis::unported_connection(&redis_url).await.ok();
             }
             let Some(c) = conn.as_mut() else { continue };
             let oldest = chrono::Utc::now().timestamp() - TTL_SECS as i64;
