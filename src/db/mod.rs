@@ -13,8 +13,8 @@
 //!
 //! What it must not do: business logic. The data a key holds, the Lua
 //! scripts that change it and the rules around it stay with the module
-//! that owns the key (named in the table in [`keys`]). `redis::Client::open`
-//! appears nowhere else in `src/`.
+//! that owns the key (named in the table in [`keys`]). No other module
+//! opens a Redis client (`tests/db.rs` checks).
 
 pub mod conn;
 pub mod error;
