@@ -316,6 +316,87 @@ async fn users_are_created_updated_read_listed_and_deleted() {
     s.stop().await;
 }
 
+/// How many clients are connected to the Redis behind `raw` (itself included).
+async fn redis_clients(raw: &mut redis::aio::MultiplexedConnection) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(raw)
+        .await
+        .expect("CLIENT LIST");
+    list.lines().filter(|l| !l.trim().is_empty()).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_reaches_redis_only_through_the_registry_connection() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    if !redis.can_restart() {
+        eprintln!("skipping: other tests' clients share the external Redis from TEST_REDIS_URL");
+        return;
+    }
+    let ns = support::unique_namespace();
+    let registry = RedisRegistry::connect(&redis.url(), &ns)
+        .await
+        .expect("connect registry");
+    // Tokens kept through the registry's own connection, like the server's.
+    let token = TokenStore::new(registry.db().clone(), registry.keys().clone())
+        .create("reader", Scope::Read, None)
+        .await
+        .expect("create token")
+        .token;
+    let sim = Simulator::start(SimulateArgs {
+        listen: ([127, 0, 0, 1], 0).into(),
+        meters: 1,
+        ..SimulateArgs::default()
+    })
+    .await
+    .expect("simulator");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_for(&redis.url(), &ns, &sim, dir.path());
+    let mut raw = redis::Client::open(redis.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection");
+    let before = redis_clients(&mut raw).await;
+
+    let poller = Poller::new(
+        eagle_from_config(&config, false).expect("eagle"),
+        spool_from_config(&config).expect("spool"),
+    );
+    let state = AppState::from_config(
+        &config,
+        Registry::Redis(registry),
+        poller,
+        AuthMode::Required,
+    )
+    .await
+    .expect("server state with a token in Redis");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server::run(listener, state, shutdown.clone()));
+    let page = reqwest::Client::new()
+        .get(format!("http://{addr}/api/users?limit=10"))
+        .bearer_auth(token.expose())
+        .send()
+        .await
+        .expect("GET /api/users");
+    assert_eq!(page.status(), StatusCode::OK);
+
+    assert_eq!(
+        redis_clients(&mut raw).await,
+        before,
+        "token checks and paging use the registry's connection, not new ones"
+    );
+    shutdown.cancel();
+    let _ = task.await;
+    redis.delete_namespace(&ns);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_pages_through_users_with_a_cursor() {
     let Some(s) = Server::start().await else {

@@ -481,17 +481,4 @@ mod tests {
         assert!(!lock.describe().contains("hunter2"), "{}", lock.describe());
         assert!(!format!("{lock:?}").contains("hunter2"));
     }
-
-    #[tokio::test]
-    async fn an_unreachable_redis_is_reported_not_waited_on() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let lock = ArchiveLock::new(&format!("redis://127.0.0.1:{port}/"), "ns").expect("lock");
-        let r = lock.acquire(&ObjectKey::probe("p")).await;
-        assert!(matches!(r, Err(LockError::Unavailable { .. })), "{r:?}");
-        let text = r.expect_err("unreachable").to_string();
-        assert!(text.contains(CHECK_REDIS), "{text}");
-    }
 }
