@@ -74,19 +74,7 @@ impl Server {
         let mut config = config_for(&redis.url(), &ns, &sim, dir.path());
         config.api_token = Some(Secret::new(ADMIN));
         adjust(&mut config);
-        let poller = Poller::new(
-            eagle_from_config(&config, false).expect("eagle"),
-            spool_from_config(&config).expect("spool"),
-        );
-        let state = AppState::from_config(&config, registry.clone(), poller, AuthMode::Required)
-            .await
-            .expect("server state");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(server::run(listener, state, shutdown.clone()));
+        let (addr, shutdown, task) = serve(&config, registry.clone()).await;
         Some(Server {
             addr,
             http: reqwest::Client::new(),
@@ -154,6 +142,32 @@ impl Server {
                 .expect("server result");
         }
     }
+}
+
+/// Serves the real app for `config` over `registry` on a free loopback
+/// port, with authentication required, until the token is cancelled.
+async fn serve(
+    config: &Config,
+    registry: Registry,
+) -> (
+    SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let poller = Poller::new(
+        eagle_from_config(config, false).expect("eagle"),
+        spool_from_config(config).expect("spool"),
+    );
+    let state = AppState::from_config(config, registry, poller, AuthMode::Required)
+        .await
+        .expect("server state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server::run(listener, state, shutdown.clone()));
+    (addr, shutdown, task)
 }
 
 fn config_for(redis_url: &str, ns: &str, sim: &Simulator, dir: &Path) -> Config {
@@ -361,24 +375,7 @@ async fn the_server_reaches_redis_only_through_the_registry_connection() {
         .expect("raw connection");
     let before = redis_clients(&mut raw).await;
 
-    let poller = Poller::new(
-        eagle_from_config(&config, false).expect("eagle"),
-        spool_from_config(&config).expect("spool"),
-    );
-    let state = AppState::from_config(
-        &config,
-        Registry::Redis(registry),
-        poller,
-        AuthMode::Required,
-    )
-    .await
-    .expect("server state with a token in Redis");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(server::run(listener, state, shutdown.clone()));
+    let (addr, shutdown, task) = serve(&config, Registry::Redis(registry)).await;
     let page = reqwest::Client::new()
         .get(format!("http://{addr}/api/users?limit=10"))
         .bearer_auth(token.expose())
