@@ -401,7 +401,7 @@ impl RedisRegistry {
     }
 
     /// The statistics of many meters, in the order of `ids`: pipelined
-    /// `HGETALL`s, [`FETCH_BATCH`] per round trip, so an overview of 10,000
+    /// `HGETALL`s, 1000 per round trip, so an overview of 10,000
     /// meters costs ten round trips instead of 10,000.
     ///
     /// The outer error is Redis being unreachable or refusing; an entry's
