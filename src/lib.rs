@@ -16,6 +16,8 @@
 //! - [`clock`]: the one wall clock, injectable so tests set the time.
 //! - [`backoff`]: the one capped, jittered exponential backoff.
 //! - [`error_text`]: an error and its sources as one line.
+//! - [`db`]: the one Redis layer (connection, error classes, every key name)
+//!   that the registry, tokens, archive lock and importer share.
 //! - [`telemetry`]: tracing set-up (stderr, JSON, per-service log files).
 //! - [`protocol`]: EAGLE relay and EAGLE-200 clients and parsers.
 //! - [`record`]: the JSON line written per reading.
@@ -43,6 +45,7 @@ pub mod cli;
 pub mod clock;
 pub mod cloud_id;
 pub mod config;
+pub mod db;
 pub mod error_text;
 pub mod importer;
 pub mod pinger;

@@ -209,7 +209,127 @@ async fn load_all_reads_5000_users_in_pipelined_batches() {
     expected.sort_by_key(|u| u.cloud_id);
     assert_eq!(loaded, expected);
     assert!(took < Duration::from_secs(5), "load_all took {took:?}");
+    let active: Vec<CloudId> = expected
+        .iter()
+        .filter(|u| u.active)
+        .map(|u| u.cloud_id)
+        .collect();
+    assert_eq!(reg.active_ids().await.unwrap(), active, "across batches");
     server.delete_namespace(&ns);
+}
+
+#[tokio::test]
+async fn active_ids_skip_inactive_and_dangling_users_and_read_no_credentials() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (reg, ns) = redis_registry(&server).await;
+    reg.put(&user("00ce69", "pw")).await.unwrap();
+    let mut off = user("00ce6a", "pw");
+    off.active = false;
+    reg.put(&off).await.unwrap();
+    reg.put(&user("00ce6b", "pw")).await.unwrap();
+    let mut conn = raw(&server).await;
+    // Written by an older version: no `active` field means active.
+    let _: () = conn
+        .hset_multiple(
+            format!("{ns}:user:00ce6c"),
+            &[
+                ("user_email", "c@example.org"),
+                ("user_pw", "pw"),
+                ("source", "relay"),
+            ],
+        )
+        .await
+        .unwrap();
+    let _: () = conn
+        .hset(format!("{ns}:user:00ce6d"), "active", "maybe")
+        .await
+        .unwrap();
+    for member in ["00ce6c", "00ce6d", "00dead", "not-an-id"] {
+        let _: () = conn.sadd(format!("{ns}:users"), member).await.unwrap();
+    }
+    if server.can_restart() {
+        // A private server: its command counters are this test's alone.
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    let ids = reg.active_ids().await.unwrap();
+    assert_eq!(ids, [id("00ce69"), id("00ce6b"), id("00ce6c")]);
+    // Users that exist, whatever their state: not the dangling or the
+    // malformed index entries.
+    assert_eq!(reg.census().await.unwrap().users, 5);
+
+    if server.can_restart() {
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(stats.contains("cmdstat_hget:"), "{stats}");
+        for reads_credentials in ["cmdstat_hgetall:", "cmdstat_hmget:", "cmdstat_hvals:"] {
+            assert!(!stats.contains(reads_credentials), "{stats}");
+        }
+    }
+    server.delete_namespace(&ns);
+}
+
+#[tokio::test]
+async fn page_ids_walk_the_index_in_order_for_both_back_ends() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (redis_reg, ns) = redis_registry(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file_reg = Registry::File(FileRegistry::new(dir.path().join("users.jl")));
+    let ids: Vec<CloudId> = (0..25u32).map(|n| CloudId::from_index(n * 3 + 1)).collect();
+    for reg in [&redis_reg, &file_reg] {
+        for cid in ids.iter().rev() {
+            reg.put(&user(cid.as_str(), "pw")).await.unwrap();
+        }
+    }
+    let mut conn = raw(&server).await;
+    let _: () = conn.sadd(format!("{ns}:users"), "not-an-id").await.unwrap();
+
+    for reg in [&redis_reg, &file_reg] {
+        let mut seen = Vec::new();
+        let mut after = None;
+        let mut pages = 0;
+        loop {
+            let page = reg.page_ids(after, 10).await.unwrap();
+            assert!(page.ids.len() <= 10, "{page:?}");
+            pages += 1;
+            seen.extend_from_slice(&page.ids);
+            if !page.more {
+                break;
+            }
+            after = page.ids.last().copied();
+        }
+        assert_eq!(pages, 3, "{}", reg.describe());
+        assert_eq!(seen, ids, "{}", reg.describe());
+        let last = reg.page_ids(ids.last().copied(), 10).await.unwrap();
+        assert!(last.ids.is_empty() && !last.more, "{last:?}");
+    }
+    server.delete_namespace(&ns);
+}
+
+#[tokio::test]
+async fn file_registry_active_ids_are_the_active_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::File(FileRegistry::new(dir.path().join("users.jl")));
+    reg.put(&user("00ce6b", "pw")).await.unwrap();
+    let mut off = user("00ce6a", "pw");
+    off.active = false;
+    reg.put(&off).await.unwrap();
+    reg.put(&user("00ce69", "pw")).await.unwrap();
+    assert_eq!(
+        reg.active_ids().await.unwrap(),
+        [id("00ce69"), id("00ce6b")]
+    );
 }
 
 #[tokio::test]

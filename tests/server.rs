@@ -17,12 +17,13 @@ use rainforest::registry::{RedisRegistry, Registry, User};
 use rainforest::secret::Secret;
 use rainforest::server::{AppState, AuthMode, ServerError};
 use rainforest::simulator::{self, SimulateArgs, Simulator};
+use rainforest::stats::Hub;
 use rainforest::tokens::{Scope, TokenHash, TokenStore};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::RedisServer;
 use support::process::{Proc, rainforest, wait_for};
-use support::server::{ADMIN, Answer, Backend, TestServer, base_config, set_redis};
+use support::server::{ADMIN, Answer, Backend, TestServer, base_config, serve, set_redis};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Sends `request` as is over a fresh connection (for paths reqwest would
@@ -117,6 +118,71 @@ async fn users_are_created_updated_read_listed_and_deleted() {
         .await
         .problem(404);
     s.stop().await;
+}
+
+/// How many clients are connected to the Redis behind `raw` (itself included).
+async fn redis_clients(raw: &mut redis::aio::MultiplexedConnection) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(raw)
+        .await
+        .expect("CLIENT LIST");
+    list.lines().filter(|l| !l.trim().is_empty()).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_reaches_redis_only_through_the_registry_connection() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    if !redis.can_restart() {
+        eprintln!("skipping: other tests' clients share the external Redis from TEST_REDIS_URL");
+        return;
+    }
+    let ns = support::unique_namespace();
+    let registry = RedisRegistry::connect(&redis.url(), &ns)
+        .await
+        .expect("connect registry");
+    // Tokens kept through the registry's own connection, like the server's.
+    let token = TokenStore::new(registry.db().clone(), registry.keys().clone())
+        .create("reader", Scope::Read, None)
+        .await
+        .expect("create token")
+        .token;
+    let sim = Simulator::start(SimulateArgs {
+        listen: ([127, 0, 0, 1], 0).into(),
+        meters: 1,
+        ..SimulateArgs::default()
+    })
+    .await
+    .expect("simulator");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = base_config(&sim, dir.path());
+    set_redis(&mut config, &redis.url(), &ns);
+    let mut raw = redis::Client::open(redis.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection");
+    let before = redis_clients(&mut raw).await;
+
+    let (addr, shutdown, task) = serve(&config, Registry::Redis(registry), Hub::new()).await;
+    let page = reqwest::Client::new()
+        .get(format!("http://{addr}/api/users?limit=10"))
+        .bearer_auth(token.expose())
+        .send()
+        .await
+        .expect("GET /api/users");
+    assert_eq!(page.status(), StatusCode::OK);
+
+    assert_eq!(
+        redis_clients(&mut raw).await,
+        before,
+        "token checks and paging use the registry's connection, not new ones"
+    );
+    shutdown.cancel();
+    let _ = task.await;
+    redis.delete_namespace(&ns);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,7 +47,7 @@ fn user(cloud_id: &str, active: bool) -> User {
 }
 
 fn now() -> f64 {
-    rainforest::tokens::now_unix()
+    rainforest::clock::now_unix()
 }
 
 /// The server in this process over a users file, with statistics written

@@ -9,8 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 
+use crate::clock::now_unix;
 use crate::config::Config;
-use crate::tokens::{Scope, TokenStore, now_unix};
+use crate::tokens::{Scope, TokenStore};
 
 /// Arguments of `rainforest tokens`.
 #[derive(Debug, clap::Args)]

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::stats::{StatsUpdate, UserStats};
 use super::user::User;
-use super::{ProblemLog, PutOutcome, RegistryError};
+use super::{Census, IdPage, ProblemLog, PutOutcome, RegistryError};
 use crate::cloud_id::CloudId;
 
 const CHECK_FILE: &str = "check that the users file exists and is readable and writable by this user, or change `users_file`";
@@ -101,6 +101,37 @@ impl FileRegistry {
             );
         }
         Ok(users)
+    }
+
+    /// One listing page of ids after `after`; the file is small by design,
+    /// so it is read whole.
+    pub async fn page_ids(
+        &self,
+        after: Option<CloudId>,
+        limit: usize,
+    ) -> Result<IdPage, RegistryError> {
+        let ids = self
+            .load_all()
+            .await?
+            .into_iter()
+            .map(|u| u.cloud_id)
+            .filter(|id| after.is_none_or(|a| *id > a))
+            .take(limit.saturating_add(1))
+            .collect();
+        Ok(IdPage::from_candidates(ids, limit))
+    }
+
+    /// The ids of the active users in the file, sorted.
+    pub async fn census(&self) -> Result<Census, RegistryError> {
+        let users = self.load_all().await?;
+        Ok(Census {
+            users: users.len(),
+            active: users
+                .into_iter()
+                .filter(|u| u.active)
+                .map(|u| u.cloud_id)
+                .collect(),
+        })
     }
 
     /// One user from a fresh read of the file.

@@ -31,6 +31,7 @@ use std::sync::Mutex;
 
 use crate::cloud_id::CloudId;
 use crate::config::Config;
+use crate::db::{CHECK_REDIS, DbError};
 
 pub use self::file::FileRegistry;
 pub use self::redis::{DEFAULT_NAMESPACE, RedisRegistry};
@@ -132,6 +133,63 @@ impl RegistryError {
     }
 }
 
+impl From<DbError> for RegistryError {
+    /// A Redis failure in the registry's terms; an outage reads as it does
+    /// for the token store and the archive lock.
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Unavailable { target, reason } => RegistryError::Unavailable {
+                target,
+                reason,
+                check: CHECK_REDIS,
+            },
+            DbError::Refused {
+                target,
+                op,
+                message,
+            } => RegistryError::Refused {
+                target,
+                op,
+                message,
+            },
+            DbError::Config { reason } => RegistryError::Config { reason },
+        }
+    }
+}
+
+/// Who is in the registry, without credentials: from [`Registry::census`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Census {
+    /// The ids of active users, ascending.
+    pub active: Vec<CloudId>,
+    /// How many users exist, active or not.
+    pub users: usize,
+}
+
+/// One page of cloud ids for a listing, from [`Registry::page_ids`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdPage {
+    /// Up to the page's limit of ids, ascending.
+    pub ids: Vec<CloudId>,
+    /// Whether ids follow the last one; the next page starts after it.
+    pub more: bool,
+}
+
+impl IdPage {
+    /// The page made of the smallest `limit` of `candidates` (which may be
+    /// unsorted and hold duplicates); `more` when there were others.
+    pub(crate) fn from_candidates(mut candidates: Vec<CloudId>, limit: usize) -> IdPage {
+        candidates.sort();
+        candidates.dedup();
+        let more = candidates.len() > limit;
+        candidates.truncate(limit);
+        IdPage {
+            ids: candidates,
+            more,
+        }
+    }
+}
+
 /// The user registry, whichever back end holds it.
 ///
 /// Cheap to clone: clones share one Redis connection or one file's state.
@@ -167,6 +225,35 @@ impl Registry {
         match self {
             Registry::Redis(r) => r.load_all().await,
             Registry::File(f) => f.load_all().await,
+        }
+    }
+
+    /// The ids of one listing page: up to `limit` ids sorting after
+    /// `after`, ascending, and whether more follow. Cheap in Redis (the
+    /// index only, no user is read); the caller fetches the users it shows.
+    pub async fn page_ids(
+        &self,
+        after: Option<CloudId>,
+        limit: usize,
+    ) -> Result<IdPage, RegistryError> {
+        match self {
+            Registry::Redis(r) => r.page_ids(after, limit).await,
+            Registry::File(f) => f.page_ids(after, limit).await,
+        }
+    }
+
+    /// The ids of active users, sorted, without loading credentials: for
+    /// counts and overviews (`/metrics`) that must not read passwords.
+    pub async fn active_ids(&self) -> Result<Vec<CloudId>, RegistryError> {
+        Ok(self.census().await?.active)
+    }
+
+    /// Active ids and the number of users, active or not, in one pass and
+    /// without loading credentials (the status page's totals).
+    pub async fn census(&self) -> Result<Census, RegistryError> {
+        match self {
+            Registry::Redis(r) => r.census().await,
+            Registry::File(f) => f.census().await,
         }
     }
 

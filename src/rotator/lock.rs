@@ -11,9 +11,10 @@
 //!
 //! # Protocol
 //!
-//! - Acquire: `SET <ns>:archive-lock:<object key> <token> NX PX <ttl>`,
-//!   where the token is random per acquisition. A held lock is waited for
-//!   with short, jittered, growing sleeps, at most [`DEFAULT_WAIT`]; then
+//! - Acquire: `SET <ns>:archive-lock:<object key> <token> NX PX <ttl>`
+//!   (the key is named in [`crate::db::keys`]), where the token is random
+//!   per acquisition. A held lock is waited for with short, jittered,
+//!   growing sleeps ([`Backoff`]), at most [`DEFAULT_WAIT`]; then
 //!   the file is left for a later pass ([`LockError::Busy`]), never
 //!   uploaded without the lock.
 //! - Renew: while the guard lives, a task extends the expiry every third of
@@ -38,16 +39,15 @@
 //! lost ([`LockGuard::ensure_held`]), so no new write is sent under it.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::ObjectKey;
+use crate::backoff::Backoff;
 use crate::config::redact_url;
+use crate::db::{CHECK_REDIS, DbError, Keys, Redis};
 
 /// How long a lock lives without renewal. Comfortably longer than one
 /// merge and upload (an hour's object is well under a megabyte), and short
@@ -58,13 +58,10 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
 /// for the next pass. Another holder normally needs well under a second.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 
-/// First and longest sleep between attempts on a held lock.
-const FIRST_PAUSE: Duration = Duration::from_millis(20);
-const MAX_PAUSE: Duration = Duration::from_millis(500);
-/// One attempt to connect, and how long a command may wait for its answer:
-/// short, so a Redis outage is noticed long before the ttl runs out.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pauses between attempts on a held lock: from 20 ms, doubling up to
+/// half a second, jittered so two rotators waiting on the same keys do not
+/// retry in lockstep.
+const PAUSE: Backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
 
 /// Deletes the lock only if it still holds our token.
 /// KEYS: the lock. ARGV: the token.
@@ -97,12 +94,25 @@ pub enum LockError {
     },
     /// Redis did not answer. The rotator stops the pass and retries after
     /// its outage backoff, since every merge needs the lock.
-    #[error("{target} did not answer ({detail}); check that Redis is running and reachable")]
+    #[error("{target} is unavailable: {detail} ({CHECK_REDIS})")]
     Unavailable {
         /// `Redis at <url>`.
         target: String,
-        /// The client's error.
+        /// The operation and the client's error.
         detail: String,
+    },
+    /// Redis answered but refused a lock command (say, the lock key holds
+    /// another type); retrying will not help until someone acts.
+    #[error(
+        "{target} refused {op}: {message} (check Redis' logs and that nothing else writes the archive-lock keys)"
+    )]
+    Refused {
+        /// `Redis at <url>`.
+        target: String,
+        /// The operation and key.
+        op: String,
+        /// Redis' message.
+        message: String,
     },
     /// Another rotator held the key for the whole wait.
     #[error(
@@ -126,26 +136,29 @@ pub enum LockError {
     },
 }
 
+impl LockError {
+    /// Whether Redis was unreachable (retry the pass later).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, LockError::Unavailable { .. })
+    }
+}
+
 /// Locks on object keys, shared by every upload of one rotator (cheap to
 /// clone). Connects to Redis on first use, so a rotator whose store
 /// enforces conditional writes never needs Redis.
 #[derive(Clone)]
 pub struct ArchiveLock {
-    client: redis::Client,
-    conn: Arc<OnceCell<ConnectionManager>>,
-    namespace: Arc<str>,
-    target: Arc<str>,
+    db: Redis,
+    keys: Keys,
     ttl: Duration,
     wait: Duration,
-    release: Arc<redis::Script>,
-    renew: Arc<redis::Script>,
 }
 
 impl fmt::Debug for ArchiveLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ArchiveLock")
-            .field("target", &self.target)
-            .field("namespace", &self.namespace)
+            .field("target", &self.db.target())
+            .field("namespace", &self.keys.namespace())
             .field("ttl", &self.ttl)
             .field("wait", &self.wait)
             .finish()
@@ -156,26 +169,17 @@ impl ArchiveLock {
     /// Locks under `<namespace>:archive-lock:` in the Redis at `url`
     /// (`redis://[:password@]host[:port][/db]`). Makes no connection yet.
     pub fn new(url: &str, namespace: &str) -> Result<ArchiveLock, LockError> {
-        let shown = redact_url(url);
-        if namespace.is_empty() {
-            return Err(LockError::Config {
-                url: shown,
-                reason: "redis_namespace is empty".into(),
-            });
-        }
-        let client = redis::Client::open(url).map_err(|e| LockError::Config {
-            url: shown.clone(),
+        let config = |e: DbError| LockError::Config {
+            url: redact_url(url),
             reason: e.to_string(),
-        })?;
+        };
+        let keys = Keys::new(namespace).map_err(config)?;
+        let db = Redis::open(url).map_err(config)?;
         Ok(ArchiveLock {
-            client,
-            conn: Arc::new(OnceCell::new()),
-            namespace: Arc::from(namespace),
-            target: Arc::from(format!("Redis at {shown}")),
+            db,
+            keys,
             ttl: DEFAULT_TTL,
             wait: DEFAULT_WAIT,
-            release: Arc::new(redis::Script::new(RELEASE_LUA)),
-            renew: Arc::new(redis::Script::new(RENEW_LUA)),
         })
     }
 
@@ -189,12 +193,12 @@ impl ArchiveLock {
 
     /// `Redis at <url> (namespace <ns>)`, for log lines.
     pub fn describe(&self) -> String {
-        format!("{} (namespace {})", self.target, self.namespace)
+        format!("{} (namespace {})", self.db.target(), self.keys.namespace())
     }
 
     /// The Redis key that locks `key`.
     pub fn redis_key(&self, key: &ObjectKey) -> String {
-        format!("{}:archive-lock:{key}", self.namespace)
+        self.keys.archive_lock(&key.to_string())
     }
 
     /// Takes the lock on `key`, waiting (bounded) while another holder has
@@ -204,9 +208,7 @@ impl ArchiveLock {
         // Unique per acquisition, so a holder whose lock expired and was
         // taken over can neither renew nor delete the new holder's lock.
         let token = format!("{}-{:032x}", std::process::id(), rand::random::<u128>());
-        let mut conn = self.connection().await?;
         let started = Instant::now();
-        let mut pause = FIRST_PAUSE;
         let mut attempts = 0u32;
         loop {
             // The lock counts from before the request went out, never later.
@@ -218,17 +220,11 @@ impl ArchiveLock {
                 .arg("NX")
                 .arg("PX")
                 .arg(millis(self.ttl));
-            let set: Option<String> = match set_nx.query_async(&mut conn).await {
-                Ok(v) => v,
-                // The first command after Redis came back can meet the
-                // manager's last failed reconnect; nothing was sent, so one
-                // retry on the fresh connection is safe.
-                Err(e) if e.is_connection_refusal() => set_nx
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| self.unavailable("SET NX", &e))?,
-                Err(e) => return Err(self.unavailable("SET NX", &e)),
-            };
+            let set: Option<String> = self
+                .db
+                .send(&format!("SET {redis_key} NX"), &set_nx)
+                .await
+                .map_err(|e| self.error(e))?;
             attempts += 1;
             if set.is_some() {
                 if attempts > 1 {
@@ -244,37 +240,31 @@ impl ArchiveLock {
                     waited,
                 });
             }
-            // Jitter, so two rotators waiting on the same keys do not retry
-            // in lockstep.
-            let sleep = pause
-                .mul_f64(0.5 + rand::random::<f64>())
-                .min(self.wait - waited);
-            tokio::time::sleep(sleep).await;
-            pause = (pause * 2).min(MAX_PAUSE);
+            tokio::time::sleep(PAUSE.delay(attempts).min(self.wait - waited)).await;
         }
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, LockError> {
-        let conn = self
-            .conn
-            .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    .set_number_of_retries(1)
-                    .set_min_delay(Duration::from_millis(100))
-                    .set_max_delay(Duration::from_secs(1))
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_response_timeout(Some(RESPONSE_TIMEOUT));
-                ConnectionManager::new_with_config(self.client.clone(), config).await
-            })
-            .await
-            .map_err(|e| self.unavailable("connect", &e))?;
-        Ok(conn.clone())
-    }
-
-    fn unavailable(&self, op: &str, e: &redis::RedisError) -> LockError {
-        LockError::Unavailable {
-            target: self.target.to_string(),
-            detail: format!("{op}: {e}"),
+    /// A Redis failure in the lock's terms; an outage reads as it does for
+    /// the registry and the token store.
+    fn error(&self, e: DbError) -> LockError {
+        match e {
+            DbError::Unavailable { target, reason } => LockError::Unavailable {
+                target,
+                detail: reason,
+            },
+            DbError::Refused {
+                target,
+                op,
+                message,
+            } => LockError::Refused {
+                target,
+                op,
+                message,
+            },
+            DbError::Config { reason } => LockError::Config {
+                url: self.db.target().to_string(),
+                reason,
+            },
         }
     }
 
@@ -301,28 +291,29 @@ impl ArchiveLock {
 
     /// The compare-and-delete; `true` if our token was still there.
     async fn release_token(&self, redis_key: &str, token: &str) -> Result<bool, LockError> {
-        let mut conn = self.connection().await?;
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(RELEASE_LUA).arg(1).arg(redis_key).arg(token);
         let deleted: i64 = self
-            .release
-            .key(redis_key)
-            .arg(token)
-            .invoke_async(&mut conn)
+            .db
+            .send(&format!("release {redis_key}"), &eval)
             .await
-            .map_err(|e| self.unavailable("release", &e))?;
+            .map_err(|e| self.error(e))?;
         Ok(deleted == 1)
     }
 
     /// The compare-and-extend; `true` if our token was still there.
     async fn renew_token(&self, redis_key: &str, token: &str) -> Result<bool, LockError> {
-        let mut conn = self.connection().await?;
-        let extended: i64 = self
-            .renew
-            .key(redis_key)
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(RENEW_LUA)
+            .arg(1)
+            .arg(redis_key)
             .arg(token)
-            .arg(millis(self.ttl))
-            .invoke_async(&mut conn)
+            .arg(millis(self.ttl));
+        let extended: i64 = self
+            .db
+            .send(&format!("renew {redis_key}"), &eval)
             .await
-            .map_err(|e| self.unavailable("renew", &e))?;
+            .map_err(|e| self.error(e))?;
         Ok(extended == 1)
     }
 }
@@ -428,8 +419,8 @@ async fn renew_until_dropped(
             .await
             .unwrap_or_else(|_| {
                 Err(LockError::Unavailable {
-                    target: lock.target.to_string(),
-                    detail: "renewal unanswered".into(),
+                    target: lock.db.target().to_string(),
+                    detail: format!("renew {redis_key} unanswered"),
                 })
             });
         match renewed {
@@ -489,16 +480,5 @@ mod tests {
         let lock = ArchiveLock::new("redis://:hunter2@127.0.0.1:6379/0", "ns").expect("lock");
         assert!(!lock.describe().contains("hunter2"), "{}", lock.describe());
         assert!(!format!("{lock:?}").contains("hunter2"));
-    }
-
-    #[tokio::test]
-    async fn an_unreachable_redis_is_reported_not_waited_on() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let lock = ArchiveLock::new(&format!("redis://127.0.0.1:{port}/"), "ns").expect("lock");
-        let r = lock.acquire(&ObjectKey::probe("p")).await;
-        assert!(matches!(r, Err(LockError::Unavailable { .. })), "{r:?}");
     }
 }

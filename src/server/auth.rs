@@ -17,7 +17,8 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::error::ApiError;
-use crate::tokens::{BOOTSTRAP_NAME, Principal, Scope, now_unix};
+use crate::clock::now_unix;
+use crate::tokens::{BOOTSTRAP_NAME, Principal, Scope};
 
 /// Query parameters that carry credentials: the old server's `pw`, and the
 /// usual names people try.

@@ -57,9 +57,7 @@ use tower_http::trace::TraceLayer;
 pub use self::auth::AuthMode;
 pub use self::error::{ApiError, Problem};
 pub use self::event::EventLimiter;
-pub use self::users::{
-    LocalBody, PutResponse, UserBody, UserIndex, UserPage, UserView, user_from_body,
-};
+pub use self::users::{LocalBody, PutResponse, UserBody, UserPage, UserView, user_from_body};
 
 use crate::config::Config;
 use crate::poll::Poller;
@@ -113,7 +111,6 @@ struct Inner {
     registry: Registry,
     poller: Poller,
     auth: Option<Authenticator>,
-    index: UserIndex,
     limiter: EventLimiter,
     body_limit: usize,
     timeout: Duration,
@@ -125,7 +122,6 @@ impl std::fmt::Debug for AppState {
         f.debug_struct("AppState")
             .field("registry", &self.inner.registry.describe())
             .field("auth", &self.inner.auth.is_some())
-            .field("index", &self.inner.index)
             .finish_non_exhaustive()
     }
 }
@@ -134,42 +130,20 @@ impl AppState {
     /// The server's state from the configuration, over a registry and a
     /// poller the caller owns (and may share with a pinger).
     ///
-    /// With a Redis registry it opens its own connection to `redis_url` for
-    /// tokens and paging. With [`AuthMode::Required`] it refuses
-    /// ([`ServerError::NoToken`]) when no bootstrap token is configured and
-    /// Redis holds no usable token; with [`AuthMode::Disabled`] it warns.
+    /// With a Redis registry, tokens live in the same Redis and share the
+    /// registry's connection; users are reached only through the registry.
+    /// With [`AuthMode::Required`] it refuses ([`ServerError::NoToken`])
+    /// when no bootstrap token is configured and Redis holds no usable
+    /// token; with [`AuthMode::Disabled`] it warns.
     pub async fn from_config(
         config: &Config,
         registry: Registry,
         poller: Poller,
         mode: AuthMode,
     ) -> Result<AppState, ServerError> {
-        let (store, index) = match (&registry, &config.redis_url) {
-            (Registry::Redis(r), Some(url)) => {
-                let namespace = r.keys().namespace();
-                let store = TokenStore::connect(url.as_str(), namespace).await?;
-                let conn = tokens::redis_connection(url.as_str())
-                    .await
-                    .map_err(|reason| RegistryError::Unavailable {
-                        target: r.target(),
-                        reason,
-                        check: "check that Redis is running and reachable at redis_url",
-                    })?;
-                let index = UserIndex::Redis {
-                    conn,
-                    index: r.keys().index(),
-                    target: Arc::from(r.target()),
-                };
-                (Some(store), index)
-            }
-            (Registry::Redis(_), None) => {
-                return Err(RegistryError::Config {
-                    reason: "the registry is in Redis but redis_url is not set; set redis_url"
-                        .into(),
-                }
-                .into());
-            }
-            (Registry::File(_), _) => (None, UserIndex::Registry),
+        let store = match &registry {
+            Registry::Redis(r) => Some(TokenStore::new(r.db().clone(), r.keys().clone())),
+            Registry::File(_) => None,
         };
         let auth = match mode {
             AuthMode::Disabled => {
@@ -203,7 +177,6 @@ impl AppState {
                 registry,
                 poller,
                 auth,
-                index,
                 limiter: EventLimiter::new(),
                 body_limit: config.request_body_limit,
                 timeout: config.api_timeout,
@@ -240,10 +213,6 @@ impl AppState {
     /// The token checker; `None` under `--no-auth`.
     pub fn auth(&self) -> Option<&Authenticator> {
         self.inner.auth.as_ref()
-    }
-
-    fn user_index(&self) -> &UserIndex {
-        &self.inner.index
     }
 
     fn limiter(&self) -> &EventLimiter {

@@ -3,10 +3,8 @@
 //! Owns the API's view of a user ([`UserView`]: settings and statistics,
 //! never a secret), the request body's rules (delegated to
 //! [`User::from_json_map`], the one place user fields are validated) and the
-//! cursor-paginated listing ([`UserIndex`]). Storage is the registry's job.
-
-use std::collections::BinaryHeap;
-use std::sync::Arc;
+//! cursor-paginated listing (ids from [`Registry::page_ids`]). Storage, and
+//! how the ids of a page are found, are the registry's job.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -16,7 +14,6 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -27,7 +24,7 @@ use super::error::{ApiError, Problem};
 use crate::cloud_id::CloudId;
 use crate::registry::user::LEGACY_STAT_FIELDS;
 use crate::registry::{
-    MeterState, PutOutcome, Registry, RegistryError, User, UserStats, ValidationError,
+    IdPage, MeterState, PutOutcome, Registry, RegistryError, User, UserStats, ValidationError,
 };
 use crate::tokens::Scope;
 
@@ -37,8 +34,6 @@ pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1000;
 /// Users fetched from the registry at once while building a page.
 const FETCH_CONCURRENCY: usize = 16;
-/// Index members asked for per `SSCAN` call while paging.
-const SCAN_COUNT: usize = 1000;
 
 /// The cloud id from the path, validated before it reaches a key or a file
 /// name: anything but six hex digits is a 400.
@@ -424,7 +419,9 @@ pub async fn list_users(
         ));
     }
     let registry = state.registry().clone();
-    let (ids, more) = state.user_index().page(&registry, after, limit).await?;
+    // The registry keeps listing cheap (Redis: a pass over the index only,
+    // memory bounded by the page); the users shown are fetched below.
+    let IdPage { ids, more } = registry.page_ids(after, limit).await?;
     // The cursor is the page's last id, not its last listed user: a page
     // whose users were all removed meanwhile must not end the listing.
     let next_cursor = if more {
@@ -546,121 +543,6 @@ pub fn user_from_body(id: CloudId, body: &[u8]) -> Result<User, ApiError> {
         }
     }
     User::from_json_map(&map).map_err(ApiError::Invalid)
-}
-
-/// Where the ids of a listing page come from.
-///
-/// With Redis, the server walks the registry's index set itself with
-/// `SSCAN` (over its own connection) and keeps only the `limit + 1` smallest
-/// ids after the cursor: each page costs one pass over the ids (cheap: about
-/// 100 short commands for 100,000 users, never `KEYS` or `SMEMBERS`) plus
-/// one fetch per listed user, and memory stays bounded by the page size.
-/// With a users file, the file is small by design and is read whole.
-#[derive(Clone)]
-pub enum UserIndex {
-    /// The registry's Redis index set.
-    Redis {
-        /// The server's own connection (the registry's is private to it).
-        conn: ConnectionManager,
-        /// The index key, from the registry's schema.
-        index: String,
-        /// `Redis at <url>`, for messages.
-        target: Arc<str>,
-    },
-    /// Whatever [`Registry::load_all`] returns.
-    Registry,
-}
-
-impl std::fmt::Debug for UserIndex {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            UserIndex::Redis { index, target, .. } => f
-                .debug_struct("UserIndex::Redis")
-                .field("index", index)
-                .field("target", target)
-                .finish(),
-            UserIndex::Registry => f.write_str("UserIndex::Registry"),
-        }
-    }
-}
-
-impl UserIndex {
-    /// The ids of one page: up to `limit` ids after `after`, ascending, and
-    /// whether more follow.
-    pub async fn page(
-        &self,
-        registry: &Registry,
-        after: Option<CloudId>,
-        limit: usize,
-    ) -> Result<(Vec<CloudId>, bool), ApiError> {
-        let mut ids: Vec<CloudId> = match self {
-            UserIndex::Registry => registry
-                .load_all()
-                .await?
-                .into_iter()
-                .map(|u| u.cloud_id)
-                .filter(|id| after.is_none_or(|a| *id > a))
-                .take(limit + 1)
-                .collect(),
-            UserIndex::Redis {
-                conn,
-                index,
-                target,
-            } => scan_page(conn.clone(), index, target, after, limit + 1).await?,
-        };
-        ids.sort();
-        ids.dedup();
-        let more = ids.len() > limit;
-        ids.truncate(limit);
-        Ok((ids, more))
-    }
-}
-
-/// The `keep` smallest ids in the index set that sort after `after`.
-async fn scan_page(
-    conn: ConnectionManager,
-    index: &str,
-    target: &str,
-    after: Option<CloudId>,
-    keep: usize,
-) -> Result<Vec<CloudId>, ApiError> {
-    // A max-heap of the smallest ids seen: the top is the one to drop.
-    let mut heap: BinaryHeap<CloudId> = BinaryHeap::with_capacity(keep + 1);
-    let mut cursor: u64 = 0;
-    loop {
-        let mut cmd = redis::cmd("SSCAN");
-        cmd.arg(index).arg(cursor).arg("COUNT").arg(SCAN_COUNT);
-        let (next, members): (u64, Vec<Vec<u8>>) =
-            crate::tokens::query_cmd(&conn, &cmd).await.map_err(|e| {
-                if crate::tokens::is_transient(&e) {
-                    ApiError::Unavailable {
-                        detail: format!(
-                            "the user registry ({target}) is unavailable; retry shortly (SSCAN {index} failed: {e})"
-                        ),
-                    }
-                } else {
-                    ApiError::Internal(format!("{target} refused SSCAN {index}: {e}"))
-                }
-            })?;
-        for member in members {
-            // Invalid members are the registry's to report; skip them here.
-            let Ok(id) = CloudId::parse(&String::from_utf8_lossy(&member)) else {
-                continue;
-            };
-            if after.is_some_and(|a| id <= a) {
-                continue;
-            }
-            heap.push(id);
-            if heap.len() > keep {
-                heap.pop();
-            }
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    Ok(heap.into_vec())
 }
 
 #[cfg(test)]

@@ -18,12 +18,12 @@
 
 use std::time::Duration;
 
-use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Hub, HubSnapshot};
 use crate::clock::now_unix;
+use crate::db::{Keys, Redis};
 
 /// How often snapshots are published and read.
 const EVERY: Duration = Duration::from_secs(5);
@@ -33,21 +33,26 @@ const TTL_SECS: u64 = 30;
 /// the keys expire by themselves anyway).
 pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The sorted set indexing the published snapshots.
-fn index_key(namespace: &str) -> String {
-    format!("{namespace}:services")
-}
-
-/// Where one instance publishes.
-fn instance_key(namespace: &str, service: &str) -> String {
+/// This process's name among the publishers: `<host>-<pid>`.
+fn instance() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
     let host = if host.is_empty() { "host" } else { &host };
-    format!(
-        "{namespace}:service:{service}:{host}-{}",
-        std::process::id()
-    )
+    format!("{host}-{}", std::process::id())
+}
+
+/// The Redis layer and key names for `redis_url` and `namespace`, or `None`
+/// (logged) when the settings cannot be used; statistics sharing is then
+/// off, nothing else stops.
+fn open(redis_url: &str, namespace: &str) -> Option<(Redis, Keys)> {
+    match Redis::open(redis_url).and_then(|db| Ok((db, Keys::new(namespace)?))) {
+        Ok(pair) => Some(pair),
+        Err(e) => {
+            tracing::warn!(error = %e, "Not sharing service statistics through Redis.");
+            None
+        }
+    }
 }
 
 /// Publishes `hub`'s snapshot for `service` until `shutdown`, then removes
@@ -62,9 +67,12 @@ pub fn spawn_publisher(
     shutdown: CancellationToken,
 ) {
     tasks.spawn(async move {
-        let key = instance_key(&namespace, service);
-        let index = index_key(&namespace);
-        let mut conn = None;
+        let Some((db, keys)) = open(&redis_url, &namespace) else {
+            return;
+        };
+        let key = keys.service(service, &instance());
+        let index = keys.services();
+        let mut published = false;
         let mut failing = false;
         let mut tick = tokio::time::interval(EVERY);
         loop {
@@ -72,10 +80,6 @@ pub fn spawn_publisher(
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            if conn.is_none() {
-                conn = crate::tokens::redis_connection(&redis_url).await.ok();
-            }
-            let Some(c) = conn.as_mut() else { continue };
             let body = match serde_json::to_string(&hub.snapshot()) {
                 Ok(b) => b,
                 Err(e) => {
@@ -83,27 +87,31 @@ pub fn spawn_publisher(
                     continue;
                 }
             };
-            let result: redis::RedisResult<()> = redis::pipe()
-                .set_ex(&key, body, TTL_SECS)
+            let mut pipe = redis::pipe();
+            pipe.set_ex(&key, body, TTL_SECS)
                 .ignore()
                 .zadd(&index, &key, now_unix() as i64)
-                .ignore()
-                .query_async(c)
-                .await;
+                .ignore();
+            let result: Result<(), _> = db.send(&format!("publish {key}"), &pipe).await;
             match (result, failing) {
                 (Err(e), false) => {
                     failing = true;
                     tracing::warn!(%key, error = %e, "Cannot publish service statistics to Redis; retrying.");
                 }
-                (Ok(()), true) => failing = false,
+                (Ok(()), _) => {
+                    failing = false;
+                    published = true;
+                }
                 _ => {}
             }
         }
-        let Some(c) = conn.as_mut() else { return };
-        let cleanup = async {
-            let _: () = c.del(&key).await?;
-            c.zrem::<_, _, ()>(&index, &key).await
-        };
+        if !published {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        pipe.del(&key).ignore().zrem(&index, &key).ignore();
+        let op = format!("withdraw {key}");
+        let cleanup = db.send::<()>(&op, &pipe);
         match tokio::time::timeout(CLEANUP_TIMEOUT, cleanup).await {
             Ok(Ok(())) => tracing::debug!(%key, "Service statistics withdrawn from Redis."),
             Ok(Err(e)) => {
@@ -126,28 +134,38 @@ pub fn spawn_reader(
     shutdown: CancellationToken,
 ) {
     tasks.spawn(async move {
-        let index = index_key(&namespace);
-        let mut conn = None;
+        let Some((db, keys)) = open(&redis_url, &namespace) else {
+            return;
+        };
+        let index = keys.services();
         let mut tick = tokio::time::interval(EVERY);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            if conn.is_none() {
-                conn = crate::tokens::redis_connection(&redis_url).await.ok();
-            }
-            let Some(c) = conn.as_mut() else { continue };
             let oldest = now_unix() as i64 - TTL_SECS as i64;
-            let _: redis::RedisResult<()> = c.zrembyscore(&index, "-inf", oldest).await;
-            let keys: Vec<String> = match c.zrangebyscore(&index, oldest, "+inf").await {
-                Ok(k) => k,
-                Err(_) => continue,
-            };
+            let mut pipe = redis::pipe();
+            pipe.zrembyscore(&index, "-inf", oldest)
+                .ignore()
+                .zrangebyscore(&index, oldest, "+inf");
+            let (keys_now,): (Vec<String>,) =
+                match db.send(&format!("ZRANGEBYSCORE {index}"), &pipe).await {
+                    Ok(k) => k,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "Cannot read service statistics from Redis; retrying.");
+                        continue;
+                    }
+                };
             let mut remote = Vec::new();
-            if !keys.is_empty() {
-                let values: redis::RedisResult<Vec<Option<String>>> = c.mget(&keys).await;
-                for (key, v) in keys.iter().zip(values.unwrap_or_default()) {
+            if !keys_now.is_empty() {
+                let mut mget = redis::cmd("MGET");
+                mget.arg(&keys_now);
+                let values: Vec<Option<String>> = db
+                    .send("MGET (service snapshots)", &mget)
+                    .await
+                    .unwrap_or_default();
+                for (key, v) in keys_now.iter().zip(values) {
                     let Some(v) = v else { continue };
                     match serde_json::from_str::<HubSnapshot>(&v) {
                         Ok(s) => remote.push(s),

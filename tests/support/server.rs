@@ -131,20 +131,7 @@ impl TestServer {
                 None,
             ),
         };
-        let poller = Poller::new(
-            eagle_from_config(&config, false).expect("eagle"),
-            spool_from_config(&config).expect("spool"),
-        );
-        let state = AppState::from_config(&config, registry.clone(), poller, AuthMode::Required)
-            .await
-            .expect("server state")
-            .with_hub(hub);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(server::run(listener, state, shutdown.clone()));
+        let (addr, shutdown, task) = serve(&config, registry.clone(), hub).await;
         Some(TestServer {
             addr,
             http: reqwest::Client::new(),
@@ -257,6 +244,35 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Serves the real app for `config` over `registry` (reporting `hub`) on a
+/// free loopback port, with authentication required, until the returned
+/// token is cancelled.
+pub async fn serve(
+    config: &Config,
+    registry: Registry,
+    hub: Hub,
+) -> (
+    SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let poller = Poller::new(
+        eagle_from_config(config, false).expect("eagle"),
+        spool_from_config(config).expect("spool"),
+    );
+    let state = AppState::from_config(config, registry, poller, AuthMode::Required)
+        .await
+        .expect("server state")
+        .with_hub(hub);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server::run(listener, state, shutdown.clone()));
+    (addr, shutdown, task)
 }
 
 /// The configuration every test server starts from: the simulator as

@@ -71,32 +71,11 @@ impl Counts {
     }
 }
 
-/// Active user ids, without credentials.
-///
-/// Stand-in until `Registry::active_ids` exists: this body becomes that
-/// one call.
-async fn active_ids(registry: &Registry) -> Result<Vec<CloudId>, RegistryError> {
-    let users = registry.load_all().await?;
-    Ok(users
-        .into_iter()
-        .filter(|u| u.active)
-        .map(|u| u.cloud_id)
-        .collect())
-}
-
-/// How many users the registry holds, active or not, without reading them.
-///
-/// Stand-in until the registry offers a count (`SCARD` of the Redis index,
-/// the users file's length): this body becomes that one call.
-async fn user_count(registry: &Registry) -> Result<usize, RegistryError> {
-    Ok(registry.load_all().await?.len())
-}
-
 impl Overview {
     /// Reads the active ids and, in batches, their statistics.
     async fn load(registry: &Registry) -> Result<Overview, RegistryError> {
-        let ids = active_ids(registry).await?;
-        let total = user_count(registry).await?;
+        let census = registry.census().await?;
+        let (ids, total) = (census.active, census.users);
         let stats = registry.stats_many(&ids).await?;
         let mut invalid_stats = 0;
         let mut meters: Vec<Meter> = ids
