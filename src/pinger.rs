@@ -1,10 +1,14 @@
 //! The pinger service: registry -> scheduler -> poller -> spool, wired up.
 //!
 //! Owns the service's lifecycle: reloading the user list on its interval
-//! (and riding out registry outages on the last known list), the summary
-//! line per interval, and the ordered shutdown (stop scheduling, let
-//! in-flight polls finish, flush statistics, flush and close every file).
-//! The pieces themselves live in their own modules.
+//! (riding out registry outages on the last known list, and keeping it
+//! while a users file is caught half-written or suddenly emptied, see
+//! [`FileRegistry::reload`](crate::registry::FileRegistry::reload)), the
+//! summary line per interval, and the ordered shutdown (stop scheduling,
+//! let in-flight polls finish, flush statistics, flush and close every
+//! file). The pieces themselves live in their own modules: the scheduler
+//! decides when each meter is polled and hands changed credentials to its
+//! task, which ends any pause at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::poll::Poller;
 use crate::protocol::{Eagle, EagleOptions};
+use crate::registry::file::Reload;
 use crate::registry::{Registry, StatsWriter};
 use crate::scheduler::{Counters, Scheduler, SchedulerOptions, Snapshot};
 use crate::spool::{Spool, SpoolOptions};
@@ -172,12 +177,18 @@ async fn reload_loop(
             _ = shutdown.cancelled() => return scheduler,
             _ = tick.tick() => {}
         }
-        match registry.load_all().await {
-            Ok(users) => {
-                if outage {
-                    outage = false;
-                    tracing::info!("User registry reachable again.");
-                }
+        let loaded = match &registry {
+            // A users file can be caught half-written; it says when to wait.
+            Registry::File(file) => file.reload().await,
+            other => other.load_all().await.map(Reload::Users),
+        };
+        if loaded.is_ok() && outage {
+            outage = false;
+            tracing::info!("User registry reachable again.");
+        }
+        match loaded {
+            Ok(Reload::Deferred(_)) => {}
+            Ok(Reload::Users(users)) => {
                 let total = users.len();
                 let (started, stopped, changed) = scheduler.apply(users);
                 if started + stopped + changed > 0 {

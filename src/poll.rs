@@ -1,17 +1,24 @@
-//! One reading, from the wire to the spool.
+//! One reading, from the wire to the spool, and what it means for the
+//! meter's statistics.
 //!
 //! Both the scheduler's polls and the server's on-demand reads go through
-//! [`Poller::poll`], so a reading takes exactly one path into the archive:
-//! read the EAGLE, build the [`Record`], append it to the spool. This module
-//! does not decide when to poll or what to do after a failure; the scheduler
-//! owns that.
+//! [`Poller::poll`], so a reading takes exactly one path into the archive
+//! (read the EAGLE, build the [`Record`], append it to the spool) and is
+//! counted one way: the [`Polled::stats`] it returns (one event, the
+//! reading's time, its demand) is the whole statistics update of an
+//! on-demand read. The scheduler adds only what it alone knows (the
+//! failure streak, the meter's state, the sparkline) before recording it,
+//! and builds a failure's update with [`failure_stats`]. This module does
+//! not decide when to poll or what a failure means for the cadence; the
+//! scheduler owns that.
 
 use chrono::Utc;
 use tokio::time::Instant;
 
-use crate::protocol::{Eagle, ProtocolError};
+use crate::cloud_id::CloudId;
+use crate::protocol::{Eagle, ErrorKind, ProtocolError};
 use crate::record::Record;
-use crate::registry::User;
+use crate::registry::{StatsUpdate, User};
 use crate::spool::{Spool, SpoolError};
 
 /// Why a poll produced no line.
@@ -23,6 +30,20 @@ pub enum PollError {
     /// The reading was taken but the spool is gone (shutting down).
     #[error(transparent)]
     Spool(#[from] SpoolError),
+}
+
+/// A reading that is in the spool, and how it counts in the meter's
+/// statistics.
+#[derive(Debug, Clone)]
+pub struct Polled {
+    /// The record as appended to the spool.
+    pub record: Record,
+    /// One event at the poll's time with its demand. It carries no state
+    /// and no streak, so recording it never ends a backoff or an
+    /// `auth_failed` pause the scheduler decided on.
+    pub stats: StatsUpdate,
+    /// When the poll was sent (unix seconds), as stamped in the record.
+    pub at: f64,
 }
 
 /// Reads meters and writes their records.
@@ -44,7 +65,7 @@ impl Poller {
     }
 
     /// Reads the user's meter once and appends the record to the spool.
-    pub async fn poll(&self, user: &User) -> Result<Record, PollError> {
+    pub async fn poll(&self, user: &User) -> Result<Polled, PollError> {
         let source = user.source();
         let polled_at = Utc::now();
         let started = Instant::now();
@@ -55,6 +76,24 @@ impl Poller {
         self.spool
             .append(user.cloud_id, polled_at, record.to_line())
             .await?;
-        Ok(record)
+        let at = polled_at.timestamp_millis() as f64 / 1000.0;
+        let stats = StatsUpdate {
+            events_logged: 1,
+            first_timestamp: Some(at),
+            last_timestamp: Some(at),
+            last_demand_kw: Some(record.demand_kw),
+            ..StatsUpdate::new(user.cloud_id)
+        };
+        Ok(Polled { record, stats, at })
+    }
+}
+
+/// The statistics of a failed poll of `id` at `at` (unix seconds): the
+/// failure's kind and time. Like [`Polled::stats`] it carries no state; the
+/// scheduler adds the streak and the state it now gives the meter.
+pub fn failure_stats(id: CloudId, kind: ErrorKind, at: f64) -> StatsUpdate {
+    StatsUpdate {
+        last_error: Some((kind.as_str().to_string(), at)),
+        ..StatsUpdate::new(id)
     }
 }

@@ -14,11 +14,17 @@ use rainforest::secret::Secret;
 use rainforest::simulator::{self, SimulateArgs, Simulator};
 use support::RedisServer;
 
+/// How soon a fixed password must show as a line: the reload (300 ms), the
+/// next slot (300 ms) and slack for a busy machine; far below the default
+/// `auth_backoff` of 15 minutes the fix used to wait out.
+const RECOVERY: Duration = Duration::from_secs(3);
+
 struct Pinger {
     child: Child,
 }
 
 impl Pinger {
+    /// The pinger over the users in Redis under `namespace`.
     fn start(
         redis_url: &str,
         namespace: &str,
@@ -26,35 +32,57 @@ impl Pinger {
         data_dir: &Path,
         extra: &[&str],
     ) -> Pinger {
+        let registry = [
+            "--redis-url",
+            redis_url,
+            "--set",
+            &format!("redis_namespace={namespace}"),
+        ];
+        Pinger::spawn(&registry, relay, data_dir, extra, None)
+    }
+
+    /// The pinger over a users file, its log written to `log`.
+    fn over_file(users: &Path, relay: &str, data_dir: &Path, extra: &[&str], log: &Path) -> Pinger {
+        let file = users.display().to_string();
+        Pinger::spawn(&["--users-file", &file], relay, data_dir, extra, Some(log))
+    }
+
+    /// Short intervals; `auth_backoff` stays at its default (15 min), so a
+    /// recovery seen here is the credential change ending the pause.
+    fn spawn(
+        registry: &[&str],
+        relay: &str,
+        data_dir: &Path,
+        extra: &[&str],
+        log: Option<&Path>,
+    ) -> Pinger {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rainforest"));
         for (k, _) in std::env::vars() {
             if k.starts_with("RAINFOREST_") {
                 cmd.env_remove(k);
             }
         }
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("create log file")),
+            None => Stdio::inherit(),
+        };
         cmd.current_dir(data_dir.parent().unwrap_or(data_dir))
-            .args(["pinger", "--redis-url", redis_url, "--relay-url", relay])
+            .arg("pinger")
+            .args(registry)
+            .args(["--relay-url", relay])
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--set", &format!("redis_namespace={namespace}")])
             .args([
                 "--set",
                 "poll_interval=300ms",
                 "--set",
                 "user_reload_interval=300ms",
             ])
-            .args([
-                "--set",
-                "request_timeout=250ms",
-                "--set",
-                "auth_backoff=1s",
-                "--set",
-                "max_backoff=1s",
-            ])
+            .args(["--set", "request_timeout=250ms", "--set", "max_backoff=1s"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         Pinger {
             child: cmd.spawn().expect("start rainforest pinger"),
         }
@@ -105,6 +133,17 @@ fn user(i: u32) -> User {
     }
 }
 
+async fn simulator(meters: u32) -> Simulator {
+    Simulator::start(SimulateArgs {
+        listen: ([127, 0, 0, 1], 0).into(),
+        meters,
+        latency: "5ms±3ms".parse().expect("latency"),
+        ..SimulateArgs::default()
+    })
+    .await
+    .expect("simulator")
+}
+
 async fn setup(
     meters: u32,
 ) -> Option<(RedisServer, String, Registry, Simulator, tempfile::TempDir)> {
@@ -115,16 +154,36 @@ async fn setup(
             .await
             .expect("connect redis"),
     );
-    let sim = Simulator::start(SimulateArgs {
-        listen: ([127, 0, 0, 1], 0).into(),
-        meters,
-        latency: "5ms±3ms".parse().expect("latency"),
-        ..SimulateArgs::default()
-    })
-    .await
-    .expect("simulator");
+    let sim = simulator(meters).await;
     let dir = tempfile::tempdir().expect("tempdir");
     Some((redis, ns, registry, sim, dir))
+}
+
+fn users_text(users: &[User]) -> String {
+    users.iter().map(|u| u.to_file_line() + "\n").collect()
+}
+
+/// Replaces the users file the way the README says: a temporary file in the
+/// same directory, renamed over it.
+fn replace_users_file(path: &Path, users: &[User]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, users_text(users)).expect("write temporary users file");
+    std::fs::rename(&tmp, path).expect("rename over the users file");
+}
+
+/// The "User list reloaded." lines of a pinger's log that stopped meters.
+fn reloads_that_stopped(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("User list reloaded.") && !l.contains("stopped=0"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// How often `text` appears in a pinger's log.
+fn log_count(log: &Path, text: &str) -> usize {
+    std::fs::read_to_string(log).map_or(0, |t| t.matches(text).count())
 }
 
 /// Every line of every spool file under `dir`, parsed; panics on a line
@@ -161,14 +220,20 @@ fn lines_for(dir: &Path, id: CloudId) -> usize {
         .count()
 }
 
-async fn wait_for(what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    for _ in 0..100 {
-        if cond().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+async fn wait_for(what: &str, cond: impl AsyncFnMut() -> bool) {
+    wait_within(what, Duration::from_secs(10), cond).await;
+}
+
+/// Waits until `cond` holds, failing the test after `limit`.
+async fn wait_within(what: &str, limit: Duration, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {limit:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("timed out waiting for: {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,7 +376,15 @@ async fn bad_credentials_back_off_flag_auth_failed_and_recover_once_fixed() {
     );
     assert_eq!(lines_for(&data, id), 0);
 
+    // With the default auth_backoff (15 min), only the credential change
+    // can end the pause: the next reload and slot poll with the new password.
     registry.put(&user(0)).await.expect("fix password");
+    wait_within(
+        "polled OK within a few intervals of the fix",
+        RECOVERY,
+        async || lines_for(&data, id) >= 1,
+    )
+    .await;
     wait_for("recovered with lines", async || lines_for(&data, id) >= 2).await;
     wait_for("state ok again", async || {
         registry
@@ -400,4 +473,127 @@ async fn spool_survives_kill_9_with_every_line_parseable() {
     assert!(again.terminate().success());
     let lines = all_lines(&data);
     assert!(lines.iter().all(|(_, v)| v.is_object()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_fixed_by_renaming_a_new_users_file_over_the_old_ends_the_auth_pause() {
+    let sim = simulator(2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, users, log) = (
+        dir.path().join("logs"),
+        dir.path().join("users.jl"),
+        dir.path().join("pinger.log"),
+    );
+    let mut bad = user(0);
+    bad.user_pw = Secret::new("wrong");
+    let id = bad.cloud_id;
+    replace_users_file(&users, &[bad, user(1)]);
+    let pinger = Pinger::over_file(&users, sim.relay_url().as_str(), &data, &[], &log);
+    wait_for("the other meter polled", async || {
+        lines_for(&data, user(1).cloud_id) >= 2
+    })
+    .await;
+    // Rejected once, then paused for the default auth_backoff (15 min).
+    assert!(sim.requests_for(id) >= 1);
+    let before = sim.requests_for(id);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        sim.requests_for(id),
+        before,
+        "no pause after bad credentials"
+    );
+
+    replace_users_file(&users, &[user(0), user(1)]);
+    wait_within(
+        "polled OK within a few intervals of the fix",
+        RECOVERY,
+        async || lines_for(&data, id) >= 1,
+    )
+    .await;
+    assert!(pinger.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_file_caught_half_written_or_emptied_stops_no_meter() {
+    let sim = simulator(3).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, users, log) = (
+        dir.path().join("logs"),
+        dir.path().join("users.jl"),
+        dir.path().join("pinger.log"),
+    );
+    let all = [user(0), user(1), user(2)];
+    replace_users_file(&users, &all);
+    // Reloads once a second, so the test can act between two of them.
+    let pinger = Pinger::over_file(
+        &users,
+        sim.relay_url().as_str(),
+        &data,
+        &["--set", "user_reload_interval=1s"],
+        &log,
+    );
+    wait_for("every meter polled", async || {
+        all.iter().all(|u| lines_for(&data, u.cloud_id) >= 1)
+    })
+    .await;
+    let polled_before: Vec<u64> = all.iter().map(|u| sim.requests_for(u.cloud_id)).collect();
+
+    // Rewritten in place, as `python3 gen.py > users.jl` does: truncated,
+    // then half a line, then the whole file, each seen by a reload (and
+    // each older than a second by the next one).
+    let text = users_text(&all);
+    std::fs::write(&users, "").expect("truncate");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    std::fs::write(&users, &text[..text.len() / 2]).expect("half a file");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    std::fs::write(&users, &text).expect("whole file");
+    assert_eq!(reloads_that_stopped(&log), Vec::<String>::new());
+
+    // Emptied and left looking settled: a sudden drop to zero users is
+    // held back with a warning, and the file is restored in time.
+    const HELD_BACK: &str = "suddenly holds far fewer users";
+    let warned = log_count(&log, HELD_BACK);
+    std::fs::write(&users, "").expect("truncate");
+    std::fs::File::options()
+        .write(true)
+        .open(&users)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600)))
+        .expect("age the empty file");
+    wait_within("the drop held back", Duration::from_secs(5), async || {
+        log_count(&log, HELD_BACK) > warned
+    })
+    .await;
+    replace_users_file(&users, &all);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    assert_eq!(reloads_that_stopped(&log), Vec::<String>::new());
+    for (u, before) in all.iter().zip(polled_before) {
+        assert!(
+            sim.requests_for(u.cloud_id) >= before + 5,
+            "{} not polled on through the rewrites",
+            u.cloud_id
+        );
+    }
+
+    // A deliberate, stable change is still applied: a user removed...
+    replace_users_file(&users, &all[..2]);
+    wait_within(
+        "the removed meter stopped",
+        Duration::from_secs(5),
+        async || {
+            reloads_that_stopped(&log)
+                .iter()
+                .any(|l| l.contains("stopped=1"))
+        },
+    )
+    .await;
+    // ...and even every user, once the next reload reads the same file.
+    replace_users_file(&users, &[]);
+    wait_within("every meter stopped", Duration::from_secs(5), async || {
+        reloads_that_stopped(&log)
+            .iter()
+            .any(|l| l.contains("stopped=2"))
+    })
+    .await;
+    assert!(pinger.terminate().success());
 }

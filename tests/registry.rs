@@ -404,8 +404,8 @@ async fn stats_batch_is_written_in_one_call_and_events_accumulate() {
     reg.write_stats(&batch(2, 1_700_000_000.25)).await.unwrap();
     let mut second = batch(3, 1_700_000_100.0);
     second[1].last_error = Some(("timeout".into(), 1_700_000_101.5));
-    second[1].consecutive_failures = 2;
-    second[1].state = MeterState::Backoff;
+    second[1].consecutive_failures = Some(2);
+    second[1].state = Some(MeterState::Backoff);
     reg.write_stats(&second).await.unwrap();
 
     for i in ids {

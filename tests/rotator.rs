@@ -18,6 +18,7 @@ use rainforest::archive::{
     StaticCredentials,
 };
 use rainforest::backoff::Backoff;
+use rainforest::clock::Clock;
 use rainforest::cloud_id::CloudId;
 use rainforest::record::format_time;
 use rainforest::rotator::{Rotator, RotatorOptions};
@@ -715,4 +716,84 @@ async fn kill_9_during_uploads_then_restart_loses_and_duplicates_nothing() {
     for (k, lines) in &expected {
         assert_eq!(&object_lines(&s3, &bucket, k).await, lines, "{k}");
     }
+}
+
+/// A rotator over a directory archive (no server, so paused time works),
+/// with `grace` and a pass every minute, on `clock`.
+fn dir_rotator(data: &Path, archive: &Path, grace: Duration, clock: &Clock) -> Rotator {
+    let opts = RotatorOptions {
+        grace,
+        every: Duration::from_secs(60),
+        ..options(data)
+    };
+    Rotator::new(opts, Archive::Dir(DirArchive::new(archive.to_path_buf())))
+        .with_clock(clock.clone())
+}
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .expect("time")
+        .with_timezone(&Utc)
+}
+
+#[tokio::test]
+async fn an_hour_is_complete_exactly_when_the_clock_passes_its_end_and_the_grace() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, archive) = (dir.path().join("logs"), dir.path().join("archive"));
+    let m = id("00ce69");
+    let h = HourBucket::of(at("2025-01-15T12:30:00Z"));
+    let file = write_spool(&data, m, h, &[line(m, h, 1)], "");
+    let grace = Duration::from_secs(120);
+    // One second before 13:02, the hour end plus the grace.
+    let clock = Clock::starting_at(at("2025-01-15T13:01:59Z"));
+    let r = dir_rotator(&data, &archive, grace, &clock);
+    let report = r.run_once(&CancellationToken::new()).await;
+    assert_eq!(report.completed, 0, "{report:?}");
+    assert!(file.exists());
+    assert_eq!(r.plan().expect("plan").1, 1, "one file not completed yet");
+
+    clock.set(at("2025-01-15T13:02:00Z"));
+    let report = r.run_once(&CancellationToken::new()).await;
+    assert_eq!((report.completed, report.archived), (1, 1), "{report:?}");
+    assert!(!file.exists());
+    assert!(archive.join(key(m, h)).exists());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_running_rotator_ships_an_hour_once_the_test_clock_passes_hour_end_plus_grace() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, archive) = (dir.path().join("logs"), dir.path().join("archive"));
+    let m = id("00ce69");
+    let h = HourBucket::of(at("2025-01-15T12:30:00Z"));
+    write_spool(&data, m, h, &[line(m, h, 1)], "");
+    let object = archive.join(key(m, h));
+    let ready = at("2025-01-15T13:05:00Z");
+    // The hour is still being written; the rotator passes every minute.
+    let clock = Clock::starting_at(at("2025-01-15T12:58:30Z"));
+    let r = dir_rotator(&data, &archive, Duration::from_secs(300), &clock);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move { r.run(stop).await }
+    });
+    // Ten minutes of passes in paused time: never before `ready`, and
+    // within one pass after it.
+    let mut shipped_at = None;
+    while clock.now() < ready + chrono::Duration::minutes(5) {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        if shipped_at.is_none() && object.exists() {
+            shipped_at = Some(clock.now());
+        }
+    }
+    stop.cancel();
+    task.await.expect("rotator task");
+    let shipped_at = shipped_at.expect("the hour was never shipped");
+    assert!(
+        shipped_at >= ready,
+        "shipped at {shipped_at}, before {ready}"
+    );
+    assert!(
+        shipped_at <= ready + chrono::Duration::seconds(70),
+        "shipped at {shipped_at}, more than a pass after {ready}"
+    );
 }

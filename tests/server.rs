@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rainforest::pinger::{eagle_from_config, spool_from_config};
 use rainforest::poll::Poller;
-use rainforest::registry::{RedisRegistry, Registry, User};
+use rainforest::registry::{MeterState, RedisRegistry, Registry, StatsUpdate, User};
 use rainforest::secret::Secret;
 use rainforest::server::{AppState, AuthMode, ServerError};
 use rainforest::simulator::{self, SimulateArgs, Simulator};
@@ -712,6 +712,52 @@ async fn a_meter_slower_than_request_timeout_is_a_504_problem() {
         .await
         .problem(504);
     assert_eq!(p["type"], "urn:rainforest:problem:meter-timeout");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_on_demand_read_counts_the_reading_but_keeps_the_pingers_pause() {
+    let Some(s) = TestServer::redis().await else {
+        return;
+    };
+    // Two meters the pinger has paused: one with rejected credentials (that
+    // were fixed since, so the read succeeds), one backing off.
+    let paused = [
+        (simulator::meter_cloud_id(0), MeterState::AuthFailed, 4),
+        (simulator::meter_cloud_id(1), MeterState::Backoff, 7),
+    ];
+    for (i, &(id, state, streak)) in paused.iter().enumerate() {
+        s.post(
+            &format!("/api/users/{id}"),
+            Some(ADMIN),
+            &sim_user_body(i as u32),
+        )
+        .await;
+        s.registry
+            .write_stats(&[StatsUpdate {
+                last_error: Some(("auth".into(), 1_700_000_000.0)),
+                consecutive_failures: Some(streak),
+                state: Some(state),
+                last_demand_kw: Some(-99.0),
+                ..StatsUpdate::new(id)
+            }])
+            .await
+            .expect("write stats");
+    }
+    for &(id, state, streak) in &paused {
+        let a = s.get(&format!("/api/event/{id}"), Some(ADMIN)).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        let kw = a.json()["demand_kw"].as_f64().expect("demand_kw");
+        let stats = s.registry.stats(id).await.expect("stats").expect("some");
+        assert_eq!(stats.state, state, "{id}: the read must not end the pause");
+        assert_eq!(stats.consecutive_failures, streak, "{id}: streak kept");
+        assert_eq!(stats.last_demand_kw, Some(kw), "{id}: demand updated");
+        assert_eq!(stats.total_events_logged, 1);
+        assert!(stats.last_timestamp.is_some() && stats.first_timestamp.is_some());
+        let view = s.get(&format!("/api/users/{id}"), Some(ADMIN)).await.json();
+        assert_eq!(view["state"], state.as_str(), "{view}");
+        assert_eq!(view["statistics"]["consecutive_failures"], streak, "{view}");
+    }
     s.stop().await;
 }
 

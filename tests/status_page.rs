@@ -77,8 +77,8 @@ async fn served_with_hub(hub: Hub) -> TestServer {
     registry
         .write_stats(&[
             StatsUpdate {
-                consecutive_failures: 2,
-                state: MeterState::AuthFailed,
+                consecutive_failures: Some(2),
+                state: Some(MeterState::AuthFailed),
                 last_error: Some(("auth".into(), t - 30.0)),
                 ..StatsUpdate::new(id("a00001"))
             },
@@ -86,8 +86,8 @@ async fn served_with_hub(hub: Hub) -> TestServer {
                 events_logged: 40,
                 last_timestamp: Some(t - 660.0),
                 last_demand_kw: Some(0.5),
-                consecutive_failures: 9,
-                state: MeterState::Backoff,
+                consecutive_failures: Some(9),
+                state: Some(MeterState::Backoff),
                 last_error: Some(("timeout".into(), t - 5.0)),
                 ..StatsUpdate::new(id("b00002"))
             },

@@ -9,11 +9,27 @@
 //! The file is re-read on every [`FileRegistry::load_all`], so edits made by
 //! hand are picked up at the next reload. A rewrite keeps every other line
 //! as it was, including comments and lines that do not parse.
+//!
+//! The pinger reloads through [`FileRegistry::reload`] instead, which never
+//! acts on a file caught half-written (editors and `cmd > users.jl` rewrite
+//! in place, so a reload can read it empty or cut mid-line, and acting on
+//! that would stop every meter). It defers, keeping the current list, while
+//! the file changes during the read, was rewritten in place less than
+//! [`SETTLE`] ago, or ends in a line without its newline; and it treats a
+//! drop to fewer than half the users as suspicious: kept back with a
+//! warning, applied only if the next reload reads the same content. A file
+//! replaced by rename (a new inode) is complete the moment it appears, so
+//! it is read at once; that is how the README says to replace it.
+
+mod reload;
 
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+pub use self::reload::{Deferral, Reload, SETTLE};
+use self::reload::{ReloadState, Verdict, lock, read_with_metadata};
 
 use serde_json::Value;
 
@@ -55,6 +71,8 @@ struct Inner {
     /// Serialises read-modify-write cycles of the file within this process.
     write_lock: tokio::sync::Mutex<()>,
     problems: ProblemLog,
+    /// What the pinger's reloads have seen, see [`FileRegistry::reload`].
+    reload: Mutex<ReloadState>,
 }
 
 impl FileRegistry {
@@ -67,6 +85,7 @@ impl FileRegistry {
                 stats: Mutex::default(),
                 write_lock: tokio::sync::Mutex::new(()),
                 problems: ProblemLog::default(),
+                reload: Mutex::default(),
             }),
         }
     }
@@ -86,7 +105,59 @@ impl FileRegistry {
     /// invalid) and skipped.
     pub async fn load_all(&self) -> Result<Vec<User>, RegistryError> {
         let text = self.read().await?;
-        let (users, problems) = parse_users(&text);
+        Ok(self.users_logging_problems(&text))
+    }
+
+    /// The pinger's reload: like [`load_all`](Self::load_all), but never
+    /// acting on a file caught half-written or suddenly emptied (see the
+    /// module documentation). Call it from one task: it compares each read
+    /// with the previous one.
+    pub async fn reload(&self) -> Result<Reload, RegistryError> {
+        let path = self.inner.path.clone();
+        let read = tokio::task::spawn_blocking(move || read_with_metadata(&path))
+            .await
+            .map_err(|e| RegistryError::Unavailable {
+                target: self.target(),
+                reason: format!("the read did not finish: {e}"),
+                check: CHECK_FILE,
+            })?
+            .map_err(|e| self.unavailable("cannot read it", &e))?;
+        let (users, _) = parse_users(&read.text);
+        let seen = read.seen(users.len());
+        let verdict = lock(&self.inner.reload).judge(&seen);
+        match verdict {
+            Verdict::Apply { confirmed_drop } => {
+                if let Some(from) = confirmed_drop {
+                    tracing::warn!(
+                        path = %self.inner.path.display(),
+                        from,
+                        to = seen.users,
+                        "The users file still holds far fewer users; applying it."
+                    );
+                }
+                Ok(Reload::Users(self.users_logging_problems(&read.text)))
+            }
+            Verdict::Defer(why) => {
+                if let Deferral::SuddenDrop { from, to } = why {
+                    tracing::warn!(
+                        path = %self.inner.path.display(),
+                        from,
+                        to,
+                        "The users file suddenly holds far fewer users; keeping the current list. \
+                         It is applied if the next reload reads the same file; to replace the file, \
+                         write a temporary file in the same directory and rename it over the users file."
+                    );
+                } else {
+                    tracing::debug!(path = %self.inner.path.display(), why = ?why, "Users file not settled; keeping the current list.");
+                }
+                Ok(Reload::Deferred(why))
+            }
+        }
+    }
+
+    /// Parses `text`, logging invalid lines (once while they stay invalid).
+    fn users_logging_problems(&self, text: &str) -> Vec<User> {
+        let (users, problems) = parse_users(text);
         let keys: Vec<String> = problems
             .iter()
             .map(|p| format!("{}: {}", p.line, p.reason))
@@ -100,7 +171,7 @@ impl FileRegistry {
                 "Skipping an invalid line in the users file."
             );
         }
-        Ok(users)
+        users
     }
 
     /// One listing page of ids after `after`; the file is small by design,

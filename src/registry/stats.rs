@@ -79,10 +79,12 @@ pub struct StatsUpdate {
     /// [`crate::protocol::ErrorKind::as_str`]) and when it happened (unix
     /// seconds).
     pub last_error: Option<(String, f64)>,
-    /// Failures in a row; 0 after a success.
-    pub consecutive_failures: u32,
-    /// How the scheduler now treats the meter.
-    pub state: MeterState,
+    /// Failures in a row; 0 after a success. `None`: not in this update
+    /// (an on-demand read knows nothing of the scheduler's streak).
+    pub consecutive_failures: Option<u32>,
+    /// How the scheduler now treats the meter; `None`: not in this update,
+    /// so an on-demand read never clears a backoff or `auth_failed`.
+    pub state: Option<MeterState>,
     /// The latest reading's demand (kW), for the status page.
     pub last_demand_kw: Option<f64>,
     /// The last hour of demand, one value per minute oldest first. Sent
@@ -91,8 +93,8 @@ pub struct StatsUpdate {
 }
 
 impl StatsUpdate {
-    /// An update that changes nothing but the state fields; a starting point
-    /// for callers filling in what they know.
+    /// An update that changes nothing; a starting point for callers filling
+    /// in what they know.
     pub fn new(cloud_id: CloudId) -> Self {
         StatsUpdate {
             cloud_id,
@@ -100,8 +102,8 @@ impl StatsUpdate {
             first_timestamp: None,
             last_timestamp: None,
             last_error: None,
-            consecutive_failures: 0,
-            state: MeterState::Ok,
+            consecutive_failures: None,
+            state: None,
             last_demand_kw: None,
             spark: None,
         }
@@ -121,8 +123,12 @@ impl StatsUpdate {
         if later.last_error.is_some() {
             self.last_error = later.last_error;
         }
-        self.consecutive_failures = later.consecutive_failures;
-        self.state = later.state;
+        if later.consecutive_failures.is_some() {
+            self.consecutive_failures = later.consecutive_failures;
+        }
+        if later.state.is_some() {
+            self.state = later.state;
+        }
         if later.last_demand_kw.is_some() {
             self.last_demand_kw = later.last_demand_kw;
         }
@@ -172,8 +178,12 @@ impl UserStats {
             self.last_error_kind = Some(kind.clone());
             self.last_error_at = Some(*at);
         }
-        self.consecutive_failures = update.consecutive_failures;
-        self.state = update.state;
+        if let Some(n) = update.consecutive_failures {
+            self.consecutive_failures = n;
+        }
+        if let Some(state) = update.state {
+            self.state = state;
+        }
         if update.last_demand_kw.is_some() {
             self.last_demand_kw = update.last_demand_kw;
         }
@@ -210,7 +220,7 @@ mod tests {
             first_timestamp: Some(10.0),
             last_timestamp: Some(12.0),
             last_error: Some(("timeout".into(), 11.0)),
-            consecutive_failures: 0,
+            consecutive_failures: Some(0),
             ..StatsUpdate::new(id())
         };
         a.merge(StatsUpdate {
@@ -218,15 +228,27 @@ mod tests {
             first_timestamp: Some(20.0),
             last_timestamp: None,
             last_error: None,
-            consecutive_failures: 4,
-            state: MeterState::Backoff,
+            consecutive_failures: Some(4),
+            state: Some(MeterState::Backoff),
             ..StatsUpdate::new(id())
         });
         assert_eq!(a.events_logged, 5);
         assert_eq!(a.first_timestamp, Some(10.0));
         assert_eq!(a.last_timestamp, Some(12.0));
         assert_eq!(a.last_error, Some(("timeout".into(), 11.0)));
-        assert_eq!((a.consecutive_failures, a.state), (4, MeterState::Backoff));
+        assert_eq!(
+            (a.consecutive_failures, a.state),
+            (Some(4), Some(MeterState::Backoff))
+        );
+        // An update without a state (an on-demand read) keeps the one pending.
+        a.merge(StatsUpdate {
+            events_logged: 1,
+            ..StatsUpdate::new(id())
+        });
+        assert_eq!(
+            (a.consecutive_failures, a.state),
+            (Some(4), Some(MeterState::Backoff))
+        );
     }
 
     #[test]
@@ -242,8 +264,8 @@ mod tests {
         s.apply(&StatsUpdate {
             first_timestamp: Some(99.0),
             last_error: Some(("auth".into(), 13.0)),
-            state: MeterState::AuthFailed,
-            consecutive_failures: 1,
+            state: Some(MeterState::AuthFailed),
+            consecutive_failures: Some(1),
             ..u.clone()
         });
         assert_eq!(s.total_events_logged, 4);
@@ -251,5 +273,16 @@ mod tests {
         assert_eq!(s.last_error_kind.as_deref(), Some("auth"));
         assert_eq!(s.last_error_at, Some(13.0));
         assert_eq!(s.state, MeterState::AuthFailed);
+        // A reading without a state leaves the pause and the streak alone.
+        s.apply(&StatsUpdate {
+            events_logged: 1,
+            last_demand_kw: Some(1.5),
+            ..StatsUpdate::new(id())
+        });
+        assert_eq!(
+            (s.state, s.consecutive_failures),
+            (MeterState::AuthFailed, 1)
+        );
+        assert_eq!(s.last_demand_kw, Some(1.5));
     }
 }

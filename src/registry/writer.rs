@@ -196,8 +196,8 @@ mod tests {
             });
         }
         writer.record(StatsUpdate {
-            state: MeterState::Backoff,
-            consecutive_failures: 3,
+            state: Some(MeterState::Backoff),
+            consecutive_failures: Some(3),
             ..StatsUpdate::new(id(2))
         });
         assert_eq!(writer.pending(), 2);

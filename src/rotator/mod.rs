@@ -1,10 +1,12 @@
 //! The rotator: ships completed spool hours to the archive exactly once.
 //!
-//! Owns finding completed hour files (hour ended + `rotate_grace`), checking
-//! their lines (a torn last line is dropped, a file with no usable line is
-//! quarantined), gzip, the read-merge-write of the object, retries and
-//! backoff, and deleting a spool file once the archive acknowledged every
-//! one of its lines. It shares only the spool directory with the pinger and
+//! Owns finding completed hour files (hour ended + `rotate_grace`, read
+//! from the rotator's [`Clock`] so tests can set the hour, see
+//! [`Rotator::with_clock`]), checking their lines (a torn last line is
+//! dropped, a file with no usable line is quarantined), gzip, the
+//! read-merge-write of the object, retries and backoff (the shared
+//! [`Backoff`]), and deleting a spool file once the archive acknowledged
+//! every one of its lines. It shares only the spool directory with the pinger and
 //! must not write into a live hour, read the registry or touch an object's
 //! lines other than by the merge (union, ordered by `polled_at`, exact
 //! duplicates removed), so a retry, a restart or a second rotator can only
@@ -51,6 +53,7 @@ pub use stats::{RotatorStats, StatsSnapshot};
 
 use crate::archive::{Archive, ArchiveError, ObjectKey};
 use crate::backoff::Backoff;
+use crate::clock::Clock;
 use crate::config::Config;
 use ship::Outcome;
 
@@ -235,6 +238,9 @@ pub struct PlannedUpload {
 pub struct Rotator {
     opts: RotatorOptions,
     archive: Archive,
+    /// What time it is, for which hours are complete and how old the
+    /// backlog is; a test clock lets tests cross hour boundaries at will.
+    clock: Clock,
     stats: Arc<RotatorStats>,
     /// Serialises merges when the store ignores conditional writes.
     lock: Option<ArchiveLock>,
@@ -248,15 +254,26 @@ const PROBE_ENFORCED: u8 = 1;
 const PROBE_IGNORED: u8 = 2;
 
 impl Rotator {
-    /// A rotator for `archive`; nothing happens until a pass runs.
+    /// A rotator for `archive` on the system clock; nothing happens until a
+    /// pass runs.
     pub fn new(opts: RotatorOptions, archive: Archive) -> Rotator {
         Rotator {
             opts,
             archive,
+            clock: Clock::system(),
             stats: Arc::new(RotatorStats::default()),
             lock: None,
             conditional_writes: AtomicU8::new(PROBE_UNKNOWN),
         }
+    }
+
+    /// Reads the time from `clock` instead of the system clock: which hours
+    /// are complete (hour end + `rotate_grace`) and how old the oldest
+    /// pending hour is. For tests; intervals and backoffs keep using tokio's
+    /// timers, which a paused test runtime steps along with a test clock.
+    pub fn with_clock(mut self, clock: Clock) -> Rotator {
+        self.clock = clock;
+        self
     }
 
     /// Serialises each key's read-merge-write with `lock` whenever the
@@ -388,7 +405,7 @@ impl Rotator {
         completed_files(
             &self.opts.data_dir,
             &self.opts.file_prefix,
-            chrono::Utc::now(),
+            self.clock.now(),
             self.opts.grace,
         )
         .map_err(|source| RotatorError::Scan {
@@ -473,7 +490,7 @@ impl Rotator {
                 }
             }
             if let Some(oldest) = report.oldest_pending {
-                let age = (chrono::Utc::now() - oldest).to_std().unwrap_or_default();
+                let age = (self.clock.now() - oldest).to_std().unwrap_or_default();
                 if age > STALL_AGE && last_stall_log.is_none_or(|t| t.elapsed() > STALL_LOG_EVERY) {
                     last_stall_log = Some(Instant::now());
                     tracing::warn!(
@@ -518,10 +535,9 @@ impl Rotator {
             let this_dir = self.opts.data_dir.clone();
             let prefix = self.opts.file_prefix.clone();
             let grace = self.opts.grace;
-            tokio::task::spawn_blocking(move || {
-                completed_files(&this_dir, &prefix, chrono::Utc::now(), grace)
-            })
-            .await
+            let now = self.clock.now();
+            tokio::task::spawn_blocking(move || completed_files(&this_dir, &prefix, now, grace))
+                .await
         };
         let files = match scanned {
             Ok(Ok((files, _))) => files,
@@ -601,7 +617,7 @@ impl Rotator {
         RotatorStats::set(&self.stats.files_pending, pending);
         let age = report
             .oldest_pending
-            .map(|t| (chrono::Utc::now() - t).num_seconds().max(0) as u64)
+            .map(|t| (self.clock.now() - t).num_seconds().max(0) as u64)
             .unwrap_or(0);
         RotatorStats::set(&self.stats.oldest_pending_age_secs, age);
         if report.archived + report.quarantined + report.failed > 0 {

@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
+
 use super::lines::{archived_lines, check_spool, gunzip, gzip, merge};
 use super::lock::{LockError, LockGuard};
 use super::scan::SpoolFile;
@@ -228,7 +230,8 @@ impl Rotator {
 
     /// Moves an unusable file to `<data_dir>/quarantine/` with a `.why` note.
     fn quarantine(&self, file: &SpoolFile, reason: &str) -> Outcome {
-        match move_to_quarantine(&self.opts.data_dir, &file.path, reason) {
+        let now = self.clock.now();
+        match move_to_quarantine(&self.opts.data_dir, &file.path, reason, now) {
             Ok(dest) => {
                 RotatorStats::add(&self.stats.quarantined, 1);
                 tracing::error!(
@@ -341,7 +344,13 @@ fn merged_object(stored: &[u8], local: &[u8]) -> Result<Option<(Vec<u8>, usize)>
     Ok(Some((gz, m.added)))
 }
 
-fn move_to_quarantine(data_dir: &Path, path: &Path, reason: &str) -> std::io::Result<PathBuf> {
+/// `now` names a second copy of the same file apart from the first.
+fn move_to_quarantine(
+    data_dir: &Path,
+    path: &Path,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> std::io::Result<PathBuf> {
     let dir = data_dir.join("quarantine");
     std::fs::create_dir_all(&dir)?;
     let name = path
@@ -350,7 +359,7 @@ fn move_to_quarantine(data_dir: &Path, path: &Path, reason: &str) -> std::io::Re
         .unwrap_or_else(|| "unnamed".into());
     let mut dest = dir.join(&name);
     if dest.exists() {
-        let ms = chrono::Utc::now().timestamp_millis();
+        let ms = now.timestamp_millis();
         dest = dir.join(format!("{name}.{ms}"));
     }
     std::fs::rename(path, &dest)?;

@@ -1,11 +1,16 @@
 //! When each meter is polled: phases, slots, global caps, backoff.
 //!
-//! Owns one lightweight task per meter that sleeps until its next slot,
-//! takes a permit from the global concurrency and rate caps, and hands the
-//! actual reading to [`crate::poll::Poller`]. It decides what a failure
-//! means for the meter's cadence (exponential backoff with jitter, a long
-//! pause on bad credentials) and reports statistics, but it never reads the
-//! registry or writes files itself: the pinger feeds it user lists.
+//! Owns one lightweight task per meter that sleeps until its next slot
+//! ([`slots`]: pure slot arithmetic), takes a permit from the global
+//! concurrency and rate caps, and hands the actual reading to
+//! [`crate::poll::Poller`]. It decides what a failure means for the meter's
+//! cadence: ordinary failures wait with the shared [`crate::backoff::Backoff`]
+//! (one interval, doubling to `max_backoff`, jittered), rejected credentials
+//! pause the meter for `auth_backoff`, and a change of the user's
+//! credentials or address ends any pause at the next slot. It records each
+//! poll's statistics update (built by [`crate::poll`]) with the streak and
+//! state only it knows. It never reads the registry or writes files itself:
+//! the pinger feeds it user lists.
 
 pub mod counters;
 pub mod slots;
@@ -25,8 +30,10 @@ use tokio_util::task::TaskTracker;
 
 pub use counters::{Counters, Snapshot};
 
+use crate::backoff::{self, Backoff};
+use crate::clock::now_unix;
 use crate::cloud_id::CloudId;
-use crate::poll::{PollError, Poller};
+use crate::poll::{self, PollError, Polled, Poller};
 use crate::protocol::ErrorKind;
 use crate::registry::{MeterState, StatsUpdate, StatsWriter, User};
 
@@ -41,12 +48,15 @@ pub struct SchedulerOptions {
     pub max_per_second: u32,
     /// Longest backoff after ordinary failures.
     pub max_backoff: Duration,
-    /// Pause after rejected credentials.
+    /// Pause after rejected credentials; a change of the user's
+    /// credentials or address ends it at the next slot.
     pub auth_backoff: Duration,
 }
 
 struct Shared {
     opts: SchedulerOptions,
+    /// After ordinary failures: from one interval, doubling to `max_backoff`.
+    backoff: Backoff,
     origin: Instant,
     poller: Poller,
     stats: Option<StatsWriter>,
@@ -82,6 +92,7 @@ impl Scheduler {
         // A burst of a tenth of a second keeps the start of each slot smooth.
         let burst = NonZeroU32::new((opts.max_per_second / 10).max(1)).unwrap_or(NonZeroU32::MIN);
         let shared = Shared {
+            backoff: Backoff::new(opts.poll_interval, opts.max_backoff),
             origin: Instant::now(),
             permits: Semaphore::new(opts.max_concurrent.max(1)),
             rate: RateLimiter::direct(Quota::per_second(rps).allow_burst(burst)),
@@ -181,10 +192,21 @@ struct MeterRun {
     auth_failed: bool,
 }
 
+impl MeterRun {
+    /// Ends a pause early (counters kept in step); `false` if none was on.
+    fn end_pause(&mut self, counters: &Counters) -> bool {
+        if self.backoff_until.take().is_none() {
+            return false;
+        }
+        counters.meters_in_backoff.fetch_sub(1, Ordering::Relaxed);
+        true
+    }
+}
+
 async fn meter_task(
     shared: Arc<Shared>,
     id: CloudId,
-    user: watch::Receiver<User>,
+    mut user: watch::Receiver<User>,
     stop: CancellationToken,
 ) {
     let interval = shared.opts.poll_interval;
@@ -198,6 +220,12 @@ async fn meter_task(
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep_until(slot) => {}
         }
+        // The pause waited for the meter or for someone to fix its settings;
+        // new credentials (or a new address) deserve a try at once, or a
+        // password fixed through the API would wait out `auth_backoff`.
+        if user.has_changed().unwrap_or(false) && run.end_pause(counters) {
+            tracing::info!(cloud_id = %id, failures = run.failures, "Credentials changed; polling again now.");
+        }
         if run.backoff_until.is_some_and(|until| slot < until) {
             counters.backoff_skips.fetch_add(1, Ordering::Relaxed);
             k += 1;
@@ -210,7 +238,7 @@ async fn meter_task(
         shared.rate.until_ready().await;
         let started = Instant::now();
         counters.lag(started.saturating_duration_since(slot));
-        let current = user.borrow().clone();
+        let current = user.borrow_and_update().clone();
         let result = shared.poller.poll(&current).await;
         drop(permit);
         counters.latency(started.elapsed());
@@ -226,32 +254,22 @@ async fn meter_task(
             .fetch_add(next - k - 1, Ordering::Relaxed);
         k = next;
     }
-    if run.backoff_until.is_some() {
-        counters.meters_in_backoff.fetch_sub(1, Ordering::Relaxed);
-    }
+    run.end_pause(counters);
     if run.auth_failed {
         counters.meters_auth_failed.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-fn unix_now() -> f64 {
-    chrono::Utc::now().timestamp_micros() as f64 / 1e6
-}
-
-fn outcome(
-    shared: &Shared,
-    id: CloudId,
-    run: &mut MeterRun,
-    result: Result<crate::record::Record, PollError>,
-) {
+/// Counts a poll's result and decides the meter's pause. The statistics
+/// update comes from the poll ([`Polled::stats`], [`poll::failure_stats`]);
+/// this adds only what the scheduler knows: the streak and the state.
+fn outcome(shared: &Shared, id: CloudId, run: &mut MeterRun, result: Result<Polled, PollError>) {
     let counters = &shared.counters;
-    let now = unix_now();
     match result {
-        Ok(record) => {
+        Ok(polled) => {
             counters.polls_ok.fetch_add(1, Ordering::Relaxed);
-            let spark = run.spark.add(now, record.demand_kw);
-            if run.backoff_until.take().is_some() {
-                counters.meters_in_backoff.fetch_sub(1, Ordering::Relaxed);
+            let spark = run.spark.add(polled.at, polled.record.demand_kw);
+            if run.end_pause(counters) {
                 tracing::info!(cloud_id = %id, failures = run.failures, "Meter is answering again.");
             }
             if run.auth_failed {
@@ -261,15 +279,10 @@ fn outcome(
             run.failures = 0;
             if let Some(stats) = &shared.stats {
                 stats.record(StatsUpdate {
-                    cloud_id: id,
-                    events_logged: 1,
-                    first_timestamp: Some(now),
-                    last_timestamp: Some(now),
-                    last_error: None,
-                    consecutive_failures: 0,
-                    state: MeterState::Ok,
-                    last_demand_kw: Some(record.demand_kw),
+                    consecutive_failures: Some(0),
+                    state: Some(MeterState::Ok),
                     spark,
+                    ..polled.stats
                 });
             }
         }
@@ -281,16 +294,15 @@ fn outcome(
             counters.failure(kind);
             run.failures = run.failures.saturating_add(1);
             let auth = kind == ErrorKind::Auth;
-            let base = if auth {
-                shared.opts.auth_backoff
+            let delay = if auth {
+                // Credentials the relay rejected wait a fixed, much longer
+                // time: retrying soon only hammers the relay, and may lock
+                // the account, until someone fixes them (which ends the
+                // pause at once, see `meter_task`).
+                backoff::jitter(shared.opts.auth_backoff, rand::random::<f64>())
             } else {
-                slots::backoff_delay(
-                    run.failures,
-                    shared.opts.poll_interval,
-                    shared.opts.max_backoff,
-                )
+                shared.backoff.delay(run.failures)
             };
-            let delay = slots::jitter(base, rand::random::<f64>());
             if run.backoff_until.replace(Instant::now() + delay).is_none() {
                 counters.meters_in_backoff.fetch_add(1, Ordering::Relaxed);
             }
@@ -303,19 +315,13 @@ fn outcome(
             }
             if let Some(stats) = &shared.stats {
                 stats.record(StatsUpdate {
-                    cloud_id: id,
-                    events_logged: 0,
-                    first_timestamp: None,
-                    last_timestamp: None,
-                    last_error: Some((kind.as_str().to_string(), now)),
-                    consecutive_failures: run.failures,
-                    state: if auth {
+                    consecutive_failures: Some(run.failures),
+                    state: Some(if auth {
                         MeterState::AuthFailed
                     } else {
                         MeterState::Backoff
-                    },
-                    last_demand_kw: None,
-                    spark: None,
+                    }),
+                    ..poll::failure_stats(id, kind, now_unix())
                 });
             }
         }

@@ -1,4 +1,4 @@
-//! Slot arithmetic and backoff: pure functions, no clocks of their own.
+//! Slot arithmetic: pure functions, no clocks of their own.
 //!
 //! A meter's slots are `origin + phase + k * interval`. Computing each slot
 //! from the origin (instead of sleeping `interval` after each poll) is what
@@ -32,24 +32,6 @@ pub fn first_slot_at_or_after(elapsed: Duration, phase: Duration, interval: Dura
 /// Time from the origin to slot `k`.
 pub fn slot_offset(k: u64, phase: Duration, interval: Duration) -> Duration {
     phase + interval.saturating_mul(k.min(u64::from(u32::MAX)) as u32)
-}
-
-/// How long a meter waits after its `failures`-th consecutive ordinary
-/// failure, before jitter: one interval, then doubling, capped at `max`.
-///
-/// Credentials the relay rejected wait a fixed, much longer time instead
-/// (`auth_backoff`): retrying soon only hammers the relay, and may lock the
-/// account, until someone fixes them.
-pub fn backoff_delay(failures: u32, interval: Duration, max: Duration) -> Duration {
-    let doublings = failures.saturating_sub(1).min(20);
-    interval
-        .saturating_mul(1u32 << doublings)
-        .min(max.max(interval))
-}
-
-/// Applies ±20% jitter; `unit` is a uniform sample in [0, 1).
-pub fn jitter(d: Duration, unit: f64) -> Duration {
-    d.mul_f64(0.8 + 0.4 * unit.clamp(0.0, 1.0))
 }
 
 #[cfg(test)]
@@ -86,16 +68,5 @@ mod tests {
             3
         );
         assert_eq!(slot_offset(1000, phase, SIX), phase + SIX * 1000);
-    }
-
-    #[test]
-    fn backoff_doubles_then_caps() {
-        let max = Duration::from_secs(300);
-        let d: Vec<u64> = (1..=8)
-            .map(|n| backoff_delay(n, SIX, max).as_secs())
-            .collect();
-        assert_eq!(d, vec![6, 12, 24, 48, 96, 192, 300, 300]);
-        assert_eq!(jitter(Duration::from_secs(10), 0.0), Duration::from_secs(8));
-        assert!(jitter(Duration::from_secs(10), 0.999) <= Duration::from_secs(12));
     }
 }

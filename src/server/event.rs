@@ -1,8 +1,10 @@
 //! `GET /api/event/{cloud_id}`: read a meter now.
 //!
 //! The reading takes the same path as a scheduled poll ([`Poller::poll`]):
-//! the record is appended to the spool and counted in the meter's
-//! statistics. Because each call makes an outbound request with a user's
+//! the record is appended to the spool and the poll's statistics update is
+//! written as it comes. That update carries no state, so an on-demand read
+//! never ends a backoff or an `auth_failed` pause the pinger decided on.
+//! Because each call makes an outbound request with a user's
 //! stored credentials, it is rate limited per meter ([`EventLimiter`]), so
 //! the API cannot be used to hammer the relay or someone's EAGLE.
 //!
@@ -13,7 +15,6 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use chrono::{DateTime, Utc};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::Serialize;
@@ -26,7 +27,6 @@ use super::users::CloudIdPath;
 use crate::cloud_id::CloudId;
 use crate::poll::PollError;
 use crate::record::Record;
-use crate::registry::StatsUpdate;
 use crate::tokens::Scope;
 
 /// Keys kept by the limiter before idle ones are dropped; bounds its memory
@@ -137,8 +137,8 @@ pub async fn read_meter(
             cloud_id: id.to_string(),
             retry_after,
         })?;
-    let record = match state.poller().poll(&user).await {
-        Ok(r) => r,
+    let polled = match state.poller().poll(&user).await {
+        Ok(p) => p,
         Err(PollError::Protocol(source)) => {
             tracing::info!(%id, kind = source.kind().as_str(), error = %source, "On-demand read failed.");
             return Err(ApiError::Meter {
@@ -152,27 +152,14 @@ pub async fn read_meter(
             });
         }
     };
-    count_event(&state, id, &record).await;
-    tracing::info!(%id, token = %caller.0.name, "On-demand read written to the spool.");
-    Ok(Json(record))
-}
-
-/// Counts the line in the meter's statistics, as the scheduler would. The
-/// line is already in the spool, so a failure here is logged, not returned.
-async fn count_event(state: &AppState, id: CloudId, record: &Record) {
-    let at = DateTime::parse_from_rfc3339(&record.polled_at)
-        .map(|t| t.with_timezone(&Utc))
-        .unwrap_or_else(|_| Utc::now());
-    let ts = at.timestamp_millis() as f64 / 1000.0;
-    let update = StatsUpdate {
-        events_logged: 1,
-        first_timestamp: Some(ts),
-        last_timestamp: Some(ts),
-        ..StatsUpdate::new(id)
-    };
-    if let Err(e) = state.registry().write_stats(&[update]).await {
+    // The poll's own update: the event, its time and demand, but no state,
+    // so a meter the pinger has paused stays paused. The line is already in
+    // the spool, so a failure here is logged, not returned.
+    if let Err(e) = state.registry().write_stats(&[polled.stats]).await {
         tracing::warn!(%id, error = %e, "On-demand read not counted in the statistics.");
     }
+    tracing::info!(%id, token = %caller.0.name, "On-demand read written to the spool.");
+    Ok(Json(polled.record))
 }
 
 #[cfg(test)]

@@ -1,13 +1,18 @@
 //! Injected imperfection: latency specs and the cheap per-request random
 //! numbers that decide delays, relay errors and garbage answers.
 //!
-//! The random numbers are a SplitMix64 stream keyed by `(seed, request
-//! number)`, so the hot path needs no lock, no thread-local RNG and no
-//! allocation, and a run with one client replays identically for one seed.
+//! The random numbers come from rand's Xoshiro256++ seeded from a key such
+//! as `(seed, request number)` ([`stream`]), so the hot path needs no lock,
+//! no thread-local RNG and no allocation, and a run with one client replays
+//! identically for one seed. Xoshiro256++ rather than `SmallRng`, because
+//! rand promises its output stays the same across releases.
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
+
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{Rng, RngExt, SeedableRng};
 
 /// A response delay: `mean` plus or minus up to `spread`, uniformly.
 ///
@@ -96,38 +101,43 @@ impl fmt::Display for LatencySpec {
     }
 }
 
-/// SplitMix64's output function: a fast, well-mixed hash of one `u64`.
-pub(crate) fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+/// A random stream fully determined by `key`: the same key always gives
+/// the same numbers, different keys independent-looking ones (the seed is
+/// expanded by SplitMix64 inside `seed_from_u64`, so nearby keys are fine).
+pub(crate) fn stream(key: u64) -> Xoshiro256PlusPlus {
+    Xoshiro256PlusPlus::seed_from_u64(key)
 }
 
-/// Maps 53 random bits to a float in `[0, 1)`.
-pub(crate) fn unit(x: u64) -> f64 {
-    (x >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+/// A key for `(a, b)`: for a fixed `a`, distinct `b`s give distinct keys
+/// (multiplying by an odd constant is a bijection), spread over all bits.
+pub(crate) fn key(a: u64, b: u64) -> u64 {
+    a ^ b.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// A float in `[0, 1)` drawn from `key`'s stream; a stateless hash for
+/// values that must agree whenever they are asked for (noise per second).
+pub(crate) fn unit_for(key: u64) -> f64 {
+    stream(key).random::<f64>()
 }
 
 /// A tiny per-request random stream; lives on the stack of one request.
 #[derive(Debug, Clone)]
-pub(crate) struct RequestRng(u64);
+pub(crate) struct RequestRng(Xoshiro256PlusPlus);
 
 impl RequestRng {
     /// The stream for request number `n` of a simulator started with `seed`.
     pub(crate) fn new(seed: u64, n: u64) -> Self {
-        RequestRng(mix(seed ^ mix(n ^ 0x5151_5151_5151_5151)))
+        RequestRng(stream(key(seed, n ^ 0x5151_5151_5151_5151)))
     }
 
     /// Next raw 64 bits.
     pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        mix(self.0)
+        self.0.next_u64()
     }
 
     /// Next float in `[0, 1)`.
     pub(crate) fn next_unit(&mut self) -> f64 {
-        unit(self.next_u64())
+        self.0.random::<f64>()
     }
 
     /// True with probability `p` (always draws, so later draws stay aligned).
@@ -167,6 +177,9 @@ mod tests {
         let a: Vec<u64> = (0..4).map(|n| RequestRng::new(1, n).next_u64()).collect();
         let b: Vec<u64> = (0..4).map(|n| RequestRng::new(1, n).next_u64()).collect();
         assert_eq!(a, b);
+        let c: Vec<u64> = (0..4).map(|n| RequestRng::new(2, n).next_u64()).collect();
+        assert_ne!(a, c);
+        assert_ne!(a[0], a[1]);
         let mut r = RequestRng::new(9, 9);
         let hits = (0..10_000).filter(|_| r.chance(0.25)).count();
         assert!((2_200..2_800).contains(&hits), "{hits}");

@@ -7,7 +7,9 @@
 use std::sync::RwLock;
 use std::sync::atomic::AtomicU64;
 
-use super::faults::{mix, unit};
+use rand::{Rng, RngExt};
+
+use super::faults::{key, stream, unit_for};
 use crate::cloud_id::CloudId;
 
 /// Cloud id of meter 0; meter `i` is `FIRST_ID + i`.
@@ -73,7 +75,8 @@ pub(crate) fn device_mac(id: CloudId) -> u64 {
 /// The meter's MAC for `id`: a fixed prefix plus 32 hashed bits, stable
 /// across seeds (a meter keeps its hardware whatever the run).
 pub(crate) fn meter_mac(id: CloudId) -> u64 {
-    0x0013_5001_0000_0000 | (mix(u64::from(id.as_u32()) ^ 0x004d_4554_4552) & 0xffff_ffff)
+    0x0013_5001_0000_0000
+        | (stream(key(0x004d_4554_4552, u64::from(id.as_u32()))).next_u64() & 0xffff_ffff)
 }
 
 /// How one household uses power; drawn once per meter from `(index, seed)`.
@@ -100,11 +103,8 @@ pub(crate) struct Profile {
 impl Profile {
     /// The profile of meter `index` for `seed`; about one meter in five has solar.
     pub(crate) fn new(index: u32, seed: u64) -> Self {
-        let mut state = mix(seed ^ mix(u64::from(index) ^ 0xa11c_e5ee_d000_0000));
-        let mut draw = |lo: f64, hi: f64| {
-            state = mix(state);
-            (lo + (hi - lo) * unit(state)) as f32
-        };
+        let mut rng = stream(key(seed ^ 0xa11c_e5ee_d000_0000, u64::from(index)));
+        let mut draw = |lo: f64, hi: f64| (lo + (hi - lo) * rng.random::<f64>()) as f32;
         let base_w = draw(150.0, 700.0);
         let morning_w = draw(200.0, 1200.0);
         let morning_h = draw(6.0, 8.5);
@@ -153,10 +153,10 @@ impl Profile {
         // The EAGLE epoch is a UTC midnight, so this is the UTC time of day.
         let h = f64::from(eagle_secs % 86_400) / 3600.0;
         let load = self.load_w(h);
-        let jitter = unit(mix(seed
-            ^ (u64::from(index) << 32)
-            ^ u64::from(eagle_secs)
-            ^ 0x6e01_5e00));
+        let jitter = unit_for(key(
+            seed ^ 0x6e01_5e00,
+            (u64::from(index) << 32) | u64::from(eagle_secs),
+        ));
         let noise = (2.0 * jitter - 1.0) * f64::from(self.noise) * load;
         let w = (load + noise - self.solar_at(h)).round();
         w.clamp(-8_388_608.0, 8_388_607.0) as i32

@@ -16,6 +16,8 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, Engine, GeneralPurpose, GeneralPurposeConfig};
 
 use super::SimulateArgs;
 use super::faults::{LatencySpec, RequestRng};
@@ -408,32 +410,17 @@ fn basic_credentials<'a>(value: &[u8], buf: &'a mut [u8]) -> Option<(&'a str, &'
     text.split_once(':')
 }
 
-/// Standard-alphabet base64 into `out`; `None` on bad input or overflow.
+/// Standard-alphabet base64, padded or not (as the old hand-written
+/// decoder accepted), for the `Authorization: Basic` header.
+const BASIC: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Decodes into `out` without allocating; `None` on bad input or overflow.
 fn base64_decode<'a>(input: &[u8], out: &'a mut [u8]) -> Option<&'a [u8]> {
-    let input = input
-        .strip_suffix(b"==")
-        .or_else(|| input.strip_suffix(b"="))
-        .unwrap_or(input);
-    let (mut acc, mut bits, mut len) = (0u32, 0u32, 0usize);
-    for &c in input {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            *out.get_mut(len)? = (acc >> bits) as u8;
-            len += 1;
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(&out[..len])
+    let len = BASIC.decode_slice(input, out).ok()?;
+    out.get(..len)
 }
 
 #[cfg(test)]
@@ -463,6 +450,7 @@ mod tests {
             Some(("a00000", "ic-a00000"))
         );
         assert_eq!(basic_credentials(b"Basic YTo=", &mut buf), Some(("a", "")));
+        assert_eq!(basic_credentials(b"Basic YTo", &mut buf), Some(("a", "")));
         assert_eq!(basic_credentials(b"Bearer xyz", &mut buf), None);
         assert_eq!(basic_credentials(b"Basic !!!", &mut buf), None);
         let mut tiny = [0u8; 2];

@@ -121,7 +121,12 @@ end
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[2], 'last_error_kind', ARGV[5], 'last_error_at', ARGV[6])
 end
-redis.call('HSET', KEYS[2], 'consecutive_failures', ARGV[7], 'state', ARGV[8])
+if ARGV[7] ~= '' then
+  redis.call('HSET', KEYS[2], 'consecutive_failures', ARGV[7])
+end
+if ARGV[8] ~= '' then
+  redis.call('HSET', KEYS[2], 'state', ARGV[8])
+end
 if ARGV[9] ~= '' then
   redis.call('HSET', KEYS[2], 'last_demand_kw', ARGV[9])
 end
@@ -472,8 +477,12 @@ impl RedisRegistry {
                 .arg(u.last_timestamp.map(format_ts).unwrap_or_default())
                 .arg(kind)
                 .arg(at)
-                .arg(u.consecutive_failures)
-                .arg(u.state.as_str())
+                .arg(
+                    u.consecutive_failures
+                        .map(|n| n.to_string())
+                        .unwrap_or_default(),
+                )
+                .arg(u.state.map(super::MeterState::as_str).unwrap_or_default())
                 .arg(u.last_demand_kw.map(format_ts).unwrap_or_default())
                 .arg(
                     u.spark
