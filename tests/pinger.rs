@@ -5,7 +5,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use rainforest::cloud_id::CloudId;
@@ -13,15 +13,14 @@ use rainforest::registry::{MeterState, RedisRegistry, Registry, User};
 use rainforest::secret::Secret;
 use rainforest::simulator::{self, SimulateArgs, Simulator};
 use support::RedisServer;
+use support::process::{Proc, rainforest};
 
 /// How soon a fixed password must show as a line: the reload (300 ms), the
 /// next slot (300 ms) and slack for a busy machine; far below the default
 /// `auth_backoff` of 15 minutes the fix used to wait out.
 const RECOVERY: Duration = Duration::from_secs(3);
 
-struct Pinger {
-    child: Child,
-}
+struct Pinger(Proc);
 
 impl Pinger {
     /// The pinger over the users in Redis under `namespace`.
@@ -56,12 +55,7 @@ impl Pinger {
         extra: &[&str],
         log: Option<&Path>,
     ) -> Pinger {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rainforest"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("RAINFOREST_") {
-                cmd.env_remove(k);
-            }
-        }
+        let mut cmd = rainforest();
         let stderr = match log {
             Some(path) => Stdio::from(std::fs::File::create(path).expect("create log file")),
             None => Stdio::inherit(),
@@ -80,45 +74,20 @@ impl Pinger {
             ])
             .args(["--set", "request_timeout=250ms", "--set", "max_backoff=1s"])
             .args(extra)
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
-        Pinger {
-            child: cmd.spawn().expect("start rainforest pinger"),
-        }
+        Pinger(Proc::spawn(&mut cmd, "rainforest pinger"))
     }
 
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-    }
-
-    /// SIGTERM, then the exit status (which must come within a few seconds).
+    /// SIGTERM, then the exit status (which must come within 10 s).
     fn terminate(mut self) -> std::process::ExitStatus {
-        self.signal("-TERM");
-        for _ in 0..100 {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        panic!("pinger did not exit within 10 s of SIGTERM");
+        self.0
+            .terminate(Duration::from_secs(10))
+            .expect("pinger exits within 10 s of SIGTERM")
     }
 
     fn kill9(mut self) {
-        self.signal("-KILL");
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Pinger {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.kill9();
     }
 }
 

@@ -24,6 +24,7 @@ use rainforest::record::format_time;
 use rainforest::rotator::{Rotator, RotatorOptions};
 use rainforest::secret::Secret;
 use rainforest::spool::{HourBucket, hour_file};
+use support::process::Proc;
 use support::s3::S3Server;
 use tokio_util::sync::CancellationToken;
 
@@ -180,19 +181,9 @@ fn spool_files(data_dir: &Path) -> Vec<PathBuf> {
 /// `rainforest rotator` with a clean environment: no RAINFOREST_* or AWS_*
 /// variables from the caller, the server's keys, no instance metadata.
 fn rotator_command(s3: &S3Server, bucket: &str, data_dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rainforest"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("RAINFOREST_") || k.starts_with("AWS_") {
-            cmd.env_remove(k);
-        }
-    }
-    let nowhere = data_dir.join("no-such-aws-file");
+    let mut cmd =
+        support::process::rainforest_with_s3_keys(&s3.access_key(), &s3.secret_key(), data_dir);
     cmd.current_dir(data_dir.parent().unwrap_or(data_dir))
-        .env("AWS_ACCESS_KEY_ID", s3.access_key())
-        .env("AWS_SECRET_ACCESS_KEY", s3.secret_key())
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", &nowhere)
-        .env("AWS_SHARED_CREDENTIALS_FILE", &nowhere)
         .arg("rotator")
         .args(args)
         .arg("--data-dir")
@@ -680,11 +671,12 @@ async fn kill_9_during_uploads_then_restart_loses_and_duplicates_nothing() {
     }
     let premerged = s3.keys(&bucket).await.len();
 
-    let mut child = rotator_command(&s3, &bucket, &data, &["--set", "upload_concurrency=8"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start rotator");
+    let mut child = Proc::spawn(
+        rotator_command(&s3, &bucket, &data, &["--set", "upload_concurrency=8"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+        "rotator",
+    );
     // Kill it mid-drain: some objects written, not all.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -698,12 +690,7 @@ async fn kill_9_during_uploads_then_restart_loses_and_duplicates_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let killed = Command::new("kill")
-        .args(["-KILL", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let _ = child.wait();
+    child.kill9();
     let left = spool_files(&data).len();
     assert!(left > 0, "the kill came too late to test anything");
     eprintln!("killed with {left} of {files} files left");

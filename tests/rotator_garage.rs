@@ -468,20 +468,13 @@ fn rotator_command(
     namespace: &str,
     data_dir: &Path,
 ) -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rainforest"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("RAINFOREST_") || k.starts_with("AWS_") {
-            cmd.env_remove(k);
-        }
-    }
-    let nowhere = data_dir.join("no-such-aws-file");
+    let mut cmd = support::process::rainforest_with_s3_keys(
+        &garage.access_key(),
+        &garage.secret_key(),
+        data_dir,
+    );
     let set = |k: &str, v: String| ["--set".to_string(), format!("{k}={v}")];
     cmd.current_dir(data_dir.parent().unwrap_or(data_dir))
-        .env("AWS_ACCESS_KEY_ID", garage.access_key())
-        .env("AWS_SECRET_ACCESS_KEY", garage.secret_key())
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", &nowhere)
-        .env("AWS_SHARED_CREDENTIALS_FILE", &nowhere)
         .args(["rotator", "--once", "--data-dir"])
         .arg(data_dir)
         .args(set("s3_bucket", garage.bucket()))
@@ -489,8 +482,7 @@ fn rotator_command(
         .args(set("s3_region", garage.region()))
         .args(set("redis_url", redis.url()))
         .args(set("redis_namespace", namespace.to_string()))
-        .args(set("rotate_grace", "1ms".into()))
-        .stdin(std::process::Stdio::null());
+        .args(set("rotate_grace", "1ms".into()));
     cmd
 }
 

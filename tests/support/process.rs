@@ -7,6 +7,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,26 @@ pub fn clean(mut cmd: Command) -> Command {
         }
     }
     cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// The binary set up for an S3-compatible test server: no `AWS_*`
+/// variables from the caller, the server's keys, no shared config or
+/// credentials file (they point at `scratch/no-such-aws-file`), and no
+/// instance metadata lookups, so a test never reaches a real AWS account.
+pub fn rainforest_with_s3_keys(access_key: &str, secret_key: &str, scratch: &Path) -> Command {
+    let mut cmd = rainforest();
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    let nowhere = scratch.join("no-such-aws-file");
+    cmd.env("AWS_ACCESS_KEY_ID", access_key)
+        .env("AWS_SECRET_ACCESS_KEY", secret_key)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", &nowhere)
+        .env("AWS_SHARED_CREDENTIALS_FILE", &nowhere);
     cmd
 }
 
