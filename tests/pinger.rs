@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -13,7 +13,8 @@ use rainforest::registry::{MeterState, RedisRegistry, Registry, User};
 use rainforest::secret::Secret;
 use rainforest::simulator::{self, SimulateArgs, Simulator};
 use support::RedisServer;
-use support::process::{Proc, rainforest};
+use support::process::{Proc, rainforest, wait_for, wait_within};
+use support::spool::spool_lines;
 
 /// How soon a fixed password must show as a line: the reload (300 ms), the
 /// next slot (300 ms) and slack for a busy machine; far below the default
@@ -155,54 +156,11 @@ fn log_count(log: &Path, text: &str) -> usize {
     std::fs::read_to_string(log).map_or(0, |t| t.matches(text).count())
 }
 
-/// Every line of every spool file under `dir`, parsed; panics on a line
-/// that is not a complete JSON object.
-fn all_lines(dir: &Path) -> Vec<(PathBuf, serde_json::Value)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "jl") {
-                let text = std::fs::read_to_string(&p).expect("read spool file");
-                for line in text.lines() {
-                    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| {
-                        panic!("{}: unparseable line {line:?}: {e}", p.display())
-                    });
-                    out.push((p.clone(), v));
-                }
-            }
-        }
-    }
-    out
-}
-
 fn lines_for(dir: &Path, id: CloudId) -> usize {
-    all_lines(dir)
+    spool_lines(dir)
         .iter()
         .filter(|(_, v)| v["cloud_id"] == id.as_str())
         .count()
-}
-
-async fn wait_for(what: &str, cond: impl AsyncFnMut() -> bool) {
-    wait_within(what, Duration::from_secs(10), cond).await;
-}
-
-/// Waits until `cond` holds, failing the test after `limit`.
-async fn wait_within(what: &str, limit: Duration, mut cond: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !cond().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not within {limit:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,7 +228,7 @@ async fn users_in_redis_are_polled_into_the_right_files_and_removed_users_stop()
     // The fourth meter is not a user: never polled.
     assert_eq!(sim.requests_for(simulator::meter_cloud_id(3)), 0);
 
-    for (path, v) in all_lines(&data) {
+    for (path, v) in spool_lines(&data) {
         let id = v["cloud_id"].as_str().expect("cloud_id");
         let polled_at = v["polled_at"].as_str().expect("polled_at");
         // 2026-11-27T09:20:25.929Z -> 2026-11-27-09
@@ -431,16 +389,16 @@ async fn spool_survives_kill_9_with_every_line_parseable() {
     })
     .await;
     pinger.kill9();
-    let before = all_lines(&data).len();
+    let before = spool_lines(&data).len();
     assert!(before >= 20);
     // A restart appends after whatever the crash left, still whole lines.
     let again = Pinger::start(&redis.url(), &ns, sim.relay_url().as_str(), &data, &[]);
     wait_for("more lines after restart", async || {
-        all_lines(&data).len() >= before + 20
+        spool_lines(&data).len() >= before + 20
     })
     .await;
     assert!(again.terminate().success());
-    let lines = all_lines(&data);
+    let lines = spool_lines(&data);
     assert!(lines.iter().all(|(_, v)| v.is_object()));
 }
 

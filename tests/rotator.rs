@@ -6,8 +6,6 @@
 
 mod support;
 
-use std::collections::BTreeSet;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -20,69 +18,16 @@ use rainforest::archive::{
 use rainforest::backoff::Backoff;
 use rainforest::clock::Clock;
 use rainforest::cloud_id::CloudId;
-use rainforest::record::format_time;
 use rainforest::rotator::{Rotator, RotatorOptions};
 use rainforest::secret::Secret;
 use rainforest::spool::{HourBucket, hour_file};
 use support::process::Proc;
 use support::s3::S3Server;
+use support::spool::{KEY_PREFIX, PREFIX, canonical, gunzip, hours_ago, key, line, write_spool};
 use tokio_util::sync::CancellationToken;
-
-const PREFIX: &str = "iseif-rainforest";
-const KEY_PREFIX: &str = "rainforest-logs";
 
 fn id(s: &str) -> CloudId {
     CloudId::parse(s).expect("cloud id")
-}
-
-/// The hour `n` hours before the current one.
-fn hours_ago(n: i64) -> HourBucket {
-    HourBucket(HourBucket::of(Utc::now()).0 - n)
-}
-
-/// A record line (no newline) polled `second` seconds into `hour`.
-fn line(cloud_id: CloudId, hour: HourBucket, second: u32) -> String {
-    let t: DateTime<Utc> =
-        hour.start() + chrono::Duration::milliseconds(i64::from(second) * 1000 + 123);
-    serde_json::json!({
-        "cloud_id": cloud_id.as_str(),
-        "polled_at": format_time(t),
-        "demand_kw": f64::from(second) / 1000.0,
-        "latency_ms": 42,
-        "source": "relay",
-    })
-    .to_string()
-}
-
-/// Writes a spool file with `lines` (each followed by a newline) and then
-/// `tail` verbatim.
-fn write_spool(
-    data_dir: &Path,
-    cloud_id: CloudId,
-    hour: HourBucket,
-    lines: &[String],
-    tail: &str,
-) -> PathBuf {
-    let path = hour_file(data_dir, PREFIX, cloud_id, hour);
-    std::fs::create_dir_all(path.parent().expect("hour dir")).expect("mkdir");
-    let mut text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    text.push_str(tail);
-    std::fs::write(&path, text).expect("write spool file");
-    path
-}
-
-fn key(cloud_id: CloudId, hour: HourBucket) -> String {
-    ObjectKey::for_hour(KEY_PREFIX, PREFIX, cloud_id, hour)
-        .as_str()
-        .to_string()
-}
-
-fn gunzip(gz: &[u8]) -> String {
-    let mut out = String::new();
-    flate2::read::MultiGzDecoder::new(gz)
-        .read_to_string(&mut out)
-        .expect("object is gzip of UTF-8");
-    out
 }
 
 fn gzip(text: &str) -> Vec<u8> {
@@ -108,18 +53,6 @@ async fn object_lines(s3: &S3Server, bucket: &str, key: &str) -> Vec<String> {
             l.to_string()
         })
         .collect()
-}
-
-/// `lines` as the archive stores them: ordered by `polled_at`, no duplicates.
-fn canonical(lines: &[String]) -> Vec<String> {
-    let set: BTreeSet<(String, String)> = lines
-        .iter()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("json");
-            (v["polled_at"].as_str().unwrap_or("").to_string(), l.clone())
-        })
-        .collect();
-    set.into_iter().map(|(_, l)| l).collect()
 }
 
 fn options(data_dir: &Path) -> RotatorOptions {

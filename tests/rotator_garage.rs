@@ -8,80 +8,26 @@
 
 mod support;
 
-use std::collections::BTreeSet;
-use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use rainforest::archive::{Archive, ObjectKey, S3Archive, S3Settings, StaticCredentials};
 use rainforest::backoff::Backoff;
 use rainforest::cloud_id::CloudId;
-use rainforest::record::format_time;
 use rainforest::rotator::{ArchiveLock, LockError, Rotator, RotatorOptions};
 use rainforest::secret::Secret;
-use rainforest::spool::{HourBucket, hour_file};
+use rainforest::spool::hour_file;
 use support::RedisServer;
 use support::garage::GarageServer;
+use support::spool::{KEY_PREFIX, PREFIX, canonical, gunzip, hours_ago, key, line, write_spool};
 use tokio_util::sync::CancellationToken;
-
-const PREFIX: &str = "iseif-rainforest";
-const KEY_PREFIX: &str = "rainforest-logs";
-
-/// The hour `n` hours before the current one.
-fn hours_ago(n: i64) -> HourBucket {
-    HourBucket(HourBucket::of(Utc::now()).0 - n)
-}
-
-/// A record line (no newline) polled `second` seconds into `hour`.
-fn line(cloud_id: CloudId, hour: HourBucket, second: u32) -> String {
-    let t: DateTime<Utc> =
-        hour.start() + chrono::Duration::milliseconds(i64::from(second) * 1000 + 123);
-    serde_json::json!({
-        "cloud_id": cloud_id.as_str(),
-        "polled_at": format_time(t),
-        "demand_kw": f64::from(second) / 1000.0,
-        "latency_ms": 42,
-        "source": "relay",
-    })
-    .to_string()
-}
-
-fn write_spool(data_dir: &Path, cloud_id: CloudId, hour: HourBucket, lines: &[String]) {
-    let path = hour_file(data_dir, PREFIX, cloud_id, hour);
-    std::fs::create_dir_all(path.parent().expect("hour dir")).expect("mkdir");
-    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    std::fs::write(&path, text).expect("write spool file");
-}
-
-fn key(cloud_id: CloudId, hour: HourBucket) -> String {
-    ObjectKey::for_hour(KEY_PREFIX, PREFIX, cloud_id, hour)
-        .as_str()
-        .to_string()
-}
-
-/// `lines` as the archive stores them: ordered by `polled_at`, no duplicates.
-fn canonical(lines: &[String]) -> Vec<String> {
-    let set: BTreeSet<(String, String)> = lines
-        .iter()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("json");
-            (v["polled_at"].as_str().unwrap_or("").to_string(), l.clone())
-        })
-        .collect();
-    set.into_iter().map(|(_, l)| l).collect()
-}
 
 /// The object's lines, or an empty list when it does not exist.
 async fn object_lines(garage: &GarageServer, key: &str) -> Vec<String> {
     let Some(gz) = garage.get(key).await else {
         return Vec::new();
     };
-    let mut text = String::new();
-    flate2::read::MultiGzDecoder::new(gz.as_slice())
-        .read_to_string(&mut text)
-        .expect("object is gzip of UTF-8");
-    text.lines().map(str::to_string).collect()
+    gunzip(&gz).lines().map(str::to_string).collect()
 }
 
 fn options(data_dir: &Path) -> RotatorOptions {
@@ -135,8 +81,8 @@ fn two_hosts_same_keys(d1: &Path, d2: &Path) -> Vec<(String, Vec<String>)> {
             .chain(100..110)
             .map(|s| line(m, h, s))
             .collect();
-        write_spool(d1, m, h, &one);
-        write_spool(d2, m, h, &two);
+        write_spool(d1, m, h, &one, "");
+        write_spool(d2, m, h, &two, "");
         let mut all = one;
         all.extend(two);
         expected.push((key(m, h), canonical(&all)));
@@ -260,7 +206,7 @@ async fn without_redis_nothing_is_uploaded_to_a_store_that_ignores_conditional_w
     let dir = tempfile::tempdir().expect("tempdir");
     let m = CloudId::from_index(7);
     let h = hours_ago(3);
-    write_spool(dir.path(), m, h, &[line(m, h, 1), line(m, h, 2)]);
+    write_spool(dir.path(), m, h, &[line(m, h, 1), line(m, h, 2)], "");
     let lock = ArchiveLock::new(&redis.url(), &redis.namespace()).expect("lock");
     let r = Rotator::new(options(dir.path()), garage_archive(&garage).await).with_lock(lock);
     r.preflight().await.expect("preflight");

@@ -11,29 +11,15 @@ use std::time::{Duration, Instant};
 use rainforest::stats::HubSnapshot;
 use support::RedisServer;
 use support::process::{Proc, rainforest};
+use support::spool::spool_lines;
 
+/// Spool lines under `dir`, each a whole record with a demand.
 fn count_lines(dir: &std::path::Path) -> usize {
-    let mut n = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "jl") {
-                let text = std::fs::read_to_string(&p).expect("read");
-                for line in text.lines() {
-                    let v: serde_json::Value = serde_json::from_str(line).expect("whole JSON line");
-                    assert!(v["demand_kw"].is_number());
-                    n += 1;
-                }
-            }
-        }
+    let lines = spool_lines(dir);
+    for (path, v) in &lines {
+        assert!(v["demand_kw"].is_number(), "{}: {v}", path.display());
     }
-    n
+    lines.len()
 }
 
 #[test]

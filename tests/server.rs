@@ -7,7 +7,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -24,6 +23,7 @@ use serde_json::{Value, json};
 use support::RedisServer;
 use support::process::{Proc, rainforest, wait_for};
 use support::server::{ADMIN, Answer, Backend, TestServer, base_config, serve, set_redis};
+use support::spool::spool_lines;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Sends `request` as is over a fresh connection (for paths reqwest would
@@ -628,7 +628,7 @@ async fn event_reads_the_meter_into_the_spool_once_per_second_at_most() {
     wait_for("the record in a spool file", async || {
         spool_lines(&data)
             .iter()
-            .any(|l| l["polled_at"] == polled_at.as_str())
+            .any(|(_, l)| l["polled_at"] == polled_at.as_str())
     })
     .await;
     let stats = s.get(&format!("/api/users/{id}"), Some(ADMIN)).await.json();
@@ -759,25 +759,6 @@ async fn an_on_demand_read_counts_the_reading_but_keeps_the_pingers_pause() {
         assert_eq!(view["statistics"]["consecutive_failures"], streak, "{view}");
     }
     s.stop().await;
-}
-
-fn spool_lines(dir: &Path) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(text) = std::fs::read_to_string(&p) {
-                out.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,6 +21,7 @@ pub mod garage;
 pub mod process;
 pub mod s3;
 pub mod server;
+pub mod spool;
 
 use std::io::{self, Write};
 use std::net::TcpListener;

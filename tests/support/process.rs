@@ -156,14 +156,21 @@ pub fn wait_200(url: &str, timeout: Duration) -> bool {
     false
 }
 
-/// Polls an async condition every 100 ms for up to 15 s; panics naming
-/// `what` when it never holds.
-pub async fn wait_for(what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    for _ in 0..150 {
-        if cond().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+/// Waits up to 15 s for an async condition; panics naming `what` when it
+/// never holds.
+pub async fn wait_for(what: &str, cond: impl AsyncFnMut() -> bool) {
+    wait_within(what, Duration::from_secs(15), cond).await;
+}
+
+/// Waits until `cond` holds (checked every 50 ms), failing the test after
+/// `limit`.
+pub async fn wait_within(what: &str, limit: Duration, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {limit:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("timed out waiting for: {what}");
 }

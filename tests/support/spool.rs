@@ -1,0 +1,110 @@
+//! Spool and archive fixtures: record lines, spool files written as the
+//! pinger writes them, object keys, and reading lines back from a spool
+//! directory or a gzipped object.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use rainforest::archive::ObjectKey;
+use rainforest::cloud_id::CloudId;
+use rainforest::record::format_time;
+use rainforest::spool::{HourBucket, hour_file};
+
+/// The default spool file prefix (`file_prefix`).
+pub const PREFIX: &str = "iseif-rainforest";
+/// The default archive key prefix (`s3_prefix`).
+pub const KEY_PREFIX: &str = "rainforest-logs";
+
+/// The hour `n` hours before the current one.
+pub fn hours_ago(n: i64) -> HourBucket {
+    HourBucket(HourBucket::of(Utc::now()).0 - n)
+}
+
+/// A record line (no newline) polled `second` seconds into `hour`.
+pub fn line(cloud_id: CloudId, hour: HourBucket, second: u32) -> String {
+    let t: DateTime<Utc> =
+        hour.start() + chrono::Duration::milliseconds(i64::from(second) * 1000 + 123);
+    serde_json::json!({
+        "cloud_id": cloud_id.as_str(),
+        "polled_at": format_time(t),
+        "demand_kw": f64::from(second) / 1000.0,
+        "latency_ms": 42,
+        "source": "relay",
+    })
+    .to_string()
+}
+
+/// Writes a spool file with `lines` (each followed by a newline) and then
+/// `tail` verbatim (a torn last line, say); returns its path.
+pub fn write_spool(
+    data_dir: &Path,
+    cloud_id: CloudId,
+    hour: HourBucket,
+    lines: &[String],
+    tail: &str,
+) -> PathBuf {
+    let path = hour_file(data_dir, PREFIX, cloud_id, hour);
+    std::fs::create_dir_all(path.parent().expect("hour dir")).expect("mkdir");
+    let mut text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    text.push_str(tail);
+    std::fs::write(&path, text).expect("write spool file");
+    path
+}
+
+/// The archive key of one meter's hour under the default prefixes.
+pub fn key(cloud_id: CloudId, hour: HourBucket) -> String {
+    ObjectKey::for_hour(KEY_PREFIX, PREFIX, cloud_id, hour)
+        .as_str()
+        .to_string()
+}
+
+/// `lines` as the archive stores them: ordered by `polled_at`, no duplicates.
+pub fn canonical(lines: &[String]) -> Vec<String> {
+    let set: BTreeSet<(String, String)> = lines
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            (v["polled_at"].as_str().unwrap_or("").to_string(), l.clone())
+        })
+        .collect();
+    set.into_iter().map(|(_, l)| l).collect()
+}
+
+/// The text of a gzipped object (several members allowed).
+pub fn gunzip(gz: &[u8]) -> String {
+    let mut out = String::new();
+    flate2::read::MultiGzDecoder::new(gz)
+        .read_to_string(&mut out)
+        .expect("object is gzip of UTF-8");
+    out
+}
+
+/// Every line of every `.jl` spool file under `dir`, with its file, parsed;
+/// panics on a line that is not a complete JSON value.
+pub fn spool_lines(dir: &Path) -> Vec<(PathBuf, serde_json::Value)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "jl") {
+                let text = std::fs::read_to_string(&p).expect("read spool file");
+                for line in text.lines() {
+                    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| {
+                        panic!("{}: unparseable line {line:?}: {e}", p.display())
+                    });
+                    out.push((p.clone(), v));
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
