@@ -6,9 +6,12 @@
 //! Data flows one way, and the modules are named after the stages:
 //!
 //! ```text
-//! registry (Redis | users file) -> scheduler -> protocol (relay | EAGLE-200) -> record
-//!                                        -> spool (hour files) -> rotator -> archive (S3 | dir)
+//! registry (Redis | users file) -> scheduler -> poll -> protocol (relay | EAGLE-200) -> record
+//!                                                  -> spool (hour files) -> rotator -> archive (S3 | dir)
 //! ```
+//!
+//! The server reads the registry and the live statistics; an on-demand read
+//! goes through the same [`poll`] as a scheduled one.
 //!
 //! - [`cloud_id`], [`secret`]: the validated id and the redacting secret type
 //!   every other module uses.
@@ -23,18 +26,22 @@
 //! - [`record`]: the JSON line written per reading.
 //! - [`registry`]: users and their statistics, in Redis or a JSON-lines file.
 //! - [`scheduler`]: per-meter slots, global caps, backoff.
-//! - [`poll`]: one reading from the wire to the spool.
+//! - [`poll`]: one reading from the wire to the spool, and the statistics
+//!   update it makes (the scheduler and on-demand reads share it).
 //! - [`pinger`]: the polling service wired together.
 //! - [`spool`]: hour-bucketed JSON-lines files, one writer thread.
 //! - [`rotator`]: ships completed hours to the archive exactly once
 //!   (gzip, merge, retries, quarantine).
 //! - [`archive`]: where completed hours live: S3 (or S3-compatible) or a
 //!   local directory, with conditional writes.
-//! - [`server`]: the HTTP API (users, on-demand reads, health, OpenAPI),
+//! - [`server`]: the HTTP API (users, on-demand reads, health, OpenAPI,
+//!   and the status page, `/api/stats` and `/metrics` in `server::status`),
 //!   behind bearer tokens from [`tokens`].
-//! - [`importer`]: bulk loading of users (JSON lines, the old Redis layout).
+//! - [`importer`]: bulk loading of users (JSON lines through the server or
+//!   straight into the registry, the old Redis layout, progress reports).
 //! - [`tokens`]: API tokens in Redis, hashed, with scopes and expiry.
-//! - [`stats`]: live counters of the services as JSON and Prometheus text.
+//! - [`stats`]: live counters of the services as typed snapshots, folded
+//!   across processes, encoded for Prometheus.
 //! - [`simulator`]: a fake relay and EAGLE-200 for tests, demos, benchmarks.
 //! - [`runner`]: pinger, rotator and server in one process (`rainforest run`).
 //! - [`cli`]: the `rainforest` subcommands; `main.rs` only calls [`cli::main`].
