@@ -8,7 +8,8 @@
 //! let in-flight polls finish, flush statistics, flush and close every
 //! file). The pieces themselves live in their own modules: the scheduler
 //! decides when each meter is polled and hands changed credentials to its
-//! task, which ends any pause at once.
+//! task, which ends any pause at the meter's next slot after the reload
+//! that brought them.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -156,3 +156,64 @@ fn a_standalone_pinger_withdraws_its_published_statistics_when_it_stops() {
         redis.delete_namespace(&ns);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_reads_published_snapshots_and_drops_expired_entries() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let ns = redis.namespace();
+    let keys = rainforest::db::Keys::new(&ns).expect("namespace");
+    let db = rainforest::db::Redis::connect(&redis.url())
+        .await
+        .expect("redis");
+    let index = keys.services();
+    let live = keys.service("pinger", "host-a-1");
+    let gone = keys.service("pinger", "host-b-2");
+    let published = serde_json::json!({
+        "uptime_s": 9, "version": "test",
+        "pinger": {"meters": 7, "ok_total": 70, "polls_per_s": 1.5},
+    });
+    let mut pipe = redis::pipe();
+    pipe.cmd("SET")
+        .arg(&live)
+        .arg(published.to_string())
+        .arg("EX")
+        .arg(30)
+        .ignore()
+        // The publisher's clock may be far behind the reader's: only the
+        // snapshot's expiry decides whether it is live.
+        .cmd("ZADD")
+        .arg(&index)
+        .arg(1)
+        .arg(&live)
+        .ignore()
+        // An entry whose snapshot already expired.
+        .cmd("ZADD")
+        .arg(&index)
+        .arg(1)
+        .arg(&gone)
+        .ignore();
+    db.send::<()>("seed", &pipe).await.expect("seed");
+
+    let hub = rainforest::stats::Hub::new();
+    let tasks = tokio_util::task::TaskTracker::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    rainforest::stats::remote::spawn_reader(&tasks, hub.clone(), (db.clone(), keys), stop.clone());
+    support::process::wait_for("the published pinger in the hub", async || {
+        hub.snapshot().instances == Some(1)
+    })
+    .await;
+    let pinger = hub.snapshot().pinger.expect("the remote pinger");
+    assert_eq!((pinger.meters, pinger.ok_total), (7, 70));
+    let mut range = redis::cmd("ZRANGE");
+    range.arg(&index).arg(0).arg(-1);
+    let left: Vec<String> = db.send("ZRANGE", &range).await.expect("ZRANGE");
+    assert_eq!(left, [live], "the expired entry is dropped from the index");
+    stop.cancel();
+    tasks.close();
+    tasks.wait().await;
+    if !redis.can_restart() {
+        redis.delete_namespace(&ns);
+    }
+}

@@ -167,18 +167,25 @@ async fn the_server_reaches_redis_only_through_the_registry_connection() {
     let before = redis_clients(&mut raw).await;
 
     let (addr, shutdown, task) = serve(&config, Registry::Redis(registry), Hub::new()).await;
-    let page = reqwest::Client::new()
-        .get(format!("http://{addr}/api/users?limit=10"))
-        .bearer_auth(token.expose())
-        .send()
-        .await
-        .expect("GET /api/users");
-    assert_eq!(page.status(), StatusCode::OK);
+    for path in [
+        "/api/users?limit=10",
+        "/api/status",
+        "/api/stats",
+        "/metrics",
+    ] {
+        let answer = reqwest::Client::new()
+            .get(format!("http://{addr}{path}"))
+            .bearer_auth(token.expose())
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(answer.status(), StatusCode::OK, "{path}");
+    }
 
     assert_eq!(
         redis_clients(&mut raw).await,
         before,
-        "token checks and paging use the registry's connection, not new ones"
+        "token checks, paging and the status overview use the registry's connection, not new ones"
     );
     shutdown.cancel();
     let _ = task.await;

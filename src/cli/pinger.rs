@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::db::{Keys, Redis};
 use crate::pinger::{self, Pinger};
 use crate::registry::Registry;
 use crate::runner;
@@ -46,11 +47,12 @@ pub async fn run(
         poll_interval = ?config.poll_interval,
         "Pinger starting."
     );
+    let shared = stats::remote::shared_redis(&config, Some(&registry));
     let stop = shutdown.child_token();
     let pinger = Pinger::start(&config, registry, eagle, spool.clone(), stop.clone());
     let hub = Hub::new();
     hub.attach_pinger(pinger.counters(), spool);
-    let exposure = match Exposure::start(&hub, &config, "pinger", &shutdown).await {
+    let exposure = match Exposure::start(&hub, &config, "pinger", shared).await {
         Ok(e) => e,
         Err(e) => {
             // Stopped in order, so the spool is closed before the error.
@@ -69,8 +71,10 @@ pub async fn run(
 
 /// What a standalone service shows of itself: `/metrics` on
 /// `metrics_listen`, and its snapshot in Redis for the server's status
-/// page. Its tasks belong to one tracker, stopped and awaited by
-/// [`Exposure::stop`] once the service has stopped.
+/// page. Its tasks belong to one tracker and keep running while the
+/// service drains after SIGTERM (so the last counts stay visible); the
+/// caller stops and awaits them with [`Exposure::stop`] once the service
+/// has stopped.
 pub(super) struct Exposure {
     tasks: TaskTracker,
     stop: CancellationToken,
@@ -81,30 +85,23 @@ pub(super) struct Exposure {
 const EXPOSURE_GRACE: Duration = Duration::from_secs(5);
 
 impl Exposure {
-    /// Starts serving `hub` for `service` until [`Exposure::stop`] (or
-    /// `shutdown`).
+    /// Starts serving `hub` for `service` until [`Exposure::stop`],
+    /// publishing through `shared` (see [`stats::remote::shared_redis`]).
     pub(super) async fn start(
         hub: &Hub,
         config: &Config,
         service: &'static str,
-        shutdown: &CancellationToken,
+        shared: Option<(Redis, Keys)>,
     ) -> anyhow::Result<Exposure> {
         let tasks = TaskTracker::new();
-        let stop = shutdown.child_token();
+        let stop = CancellationToken::new();
         if let Some(addr) = config.metrics_listen {
             stats::prometheus::serve_metrics(addr, hub.clone(), &tasks, stop.clone())
                 .await
                 .with_context(|| format!("cannot serve metrics on {addr} (metrics_listen)"))?;
         }
-        if let Some(url) = &config.redis_url {
-            stats::remote::spawn_publisher(
-                &tasks,
-                hub.clone(),
-                url.to_string(),
-                config.redis_namespace.clone(),
-                service,
-                stop.clone(),
-            );
+        if let Some(shared) = shared {
+            stats::remote::spawn_publisher(&tasks, hub.clone(), shared, service, stop.clone());
         }
         Ok(Exposure { tasks, stop })
     }

@@ -68,7 +68,8 @@ pub async fn run(
     }
     let hub = Hub::new();
     hub.attach_rotator(rotator.stats());
-    let exposure = Exposure::start(&hub, config, "rotator", &shutdown).await?;
+    let shared = crate::stats::remote::shared_redis(config, None);
+    let exposure = Exposure::start(&hub, config, "rotator", shared).await?;
     rotator.run(shutdown).await;
     exposure.stop().await;
     Ok(ExitCode::SUCCESS)

@@ -58,25 +58,19 @@ pub async fn run(
         }
         Err(e) => return Err(e).context("cannot start the server"),
     };
+    let addr = args.listen.unwrap_or(config.listen);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (in use? set `listen` or --listen)"))?;
     // A split deployment's pinger and rotator publish their snapshots in
     // Redis; the status page and /api/stats show them through this hub.
     let hub = Hub::new();
     let tasks = TaskTracker::new();
     let reader_stop = shutdown.child_token();
-    if let Some(url) = &config.redis_url {
-        stats::remote::spawn_reader(
-            &tasks,
-            hub.clone(),
-            url.to_string(),
-            config.redis_namespace.clone(),
-            reader_stop.clone(),
-        );
+    if let Some(shared) = stats::remote::shared_redis(config, Some(state.registry())) {
+        stats::remote::spawn_reader(&tasks, hub.clone(), shared, reader_stop.clone());
     }
     let state = state.with_hub(hub);
-    let addr = args.listen.unwrap_or(config.listen);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} (in use? set `listen` or --listen)"))?;
     let result = server::run(listener, state, shutdown).await;
     reader_stop.cancel();
     tasks.close();

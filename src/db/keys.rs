@@ -19,12 +19,21 @@
 //! | `<ns>:members` | ZSET | fleet (reserved) | live pinger instances, scored by unix seconds |
 //! | `<ns>:member:<instance>` | STRING | fleet (reserved) | one instance's membership record (expires) |
 //!
+//! One foreign layout is read, never written: the old Python system kept
+//! each user as a JSON string under its bare cloud id, with no namespace;
+//! [`LEGACY_USER_PATTERN`] finds those keys for `users import
+//! --from-legacy-redis`.
+//!
 //! The fields of each hash are documented by the module that owns it
 //! ([`crate::registry::redis`], [`crate::tokens`]).
 
 use crate::cloud_id::CloudId;
 
 use super::DbError;
+
+/// `SCAN MATCH` pattern of the old system's user keys: six characters, the
+/// bare cloud id (each candidate is checked as a cloud id after the scan).
+pub const LEGACY_USER_PATTERN: &str = "??????";
 
 /// The namespace production uses; every key starts with `rainforest:`.
 pub const DEFAULT_NAMESPACE: &str = "rainforest";

@@ -14,7 +14,8 @@
 //! What it must not do: business logic. The data a key holds, the Lua
 //! scripts that change it and the rules around it stay with the module
 //! that owns the key (named in the table in [`keys`]). No other module
-//! opens a Redis client (`tests/db.rs` checks).
+//! opens a Redis client: the crate's client constructor is called only in
+//! [`conn`] (`tests/db.rs` checks the source for it).
 
 pub mod conn;
 pub mod error;

@@ -106,7 +106,7 @@ pub async fn import_legacy(legacy_url: &str, registry: &Registry, reporter: &Rep
         let mut scan = redis::cmd("SCAN");
         scan.arg(cursor)
             .arg("MATCH")
-            .arg("??????")
+            .arg(crate::db::keys::LEGACY_USER_PATTERN)
             .arg("COUNT")
             .arg(LEGACY_SCAN_COUNT);
         let (next, keys): (u64, Vec<String>) = match legacy.send("SCAN", &scan).await {

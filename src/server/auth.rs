@@ -17,7 +17,6 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::error::ApiError;
-use crate::clock::now_unix;
 use crate::tokens::{BOOTSTRAP_NAME, Principal, Scope};
 
 /// Query parameters that carry credentials: the old server's `pw`, and the
@@ -84,7 +83,7 @@ pub async fn require_token(
                 Ok(t) => t,
                 Err(e) => return e.into_response(),
             };
-            match auth.verify(&presented, now_unix()).await {
+            match auth.verify(&presented).await {
                 Ok(p) => p,
                 Err(e) => return ApiError::from(e).into_response(),
             }

@@ -7,8 +7,10 @@
 //! them, computes rates when a snapshot is taken) -> [`HubSnapshot`]
 //! (serde structs, one per service) -> JSON, or -> [`prometheus`] (a
 //! prometheus-client collector). Other processes' snapshots arrive through
-//! [`remote`] and are added up by [`fold`]. This module reads counters; it
-//! changes nothing, and it holds no meter id, e-mail or secret.
+//! [`remote`] and are added up by [`fold`]. The counters are only read;
+//! the one thing written anywhere is this process's own snapshot, which
+//! [`remote`] publishes in (and withdraws from) Redis. No meter id, e-mail
+//! or secret is held or published.
 //!
 //! # Layout
 //! - [`snapshot`]: the snapshot types, whose JSON names are an interface.

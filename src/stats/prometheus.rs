@@ -6,8 +6,7 @@
 //! Everything Prometheus sees goes through one prometheus-client
 //! [`Registry`] per scrape: the API server registers its registry gauges
 //! (a collector of its own) next to this one, so the text is produced in one
-//! pass, never pieced together by hand. Read-only, like the rest of
-//! [`crate::stats`].
+//! pass, never pieced together by hand. It only reads counters.
 
 use std::net::SocketAddr;
 

@@ -10,7 +10,9 @@
 //! deletes both before the process exits, so a stopped service vanishes at
 //! once instead of lingering for the expiry. The server's reader
 //! deserialises them and hands them to its [`Hub`], which folds them in
-//! (see [`super::fold`]). Only counts travel this way.
+//! (see [`super::fold`]); it drops index entries whose snapshot expired,
+//! so liveness never depends on the hosts' clocks agreeing. Only counts
+//! travel this way, over the registry's connection when there is one.
 //!
 //! Both loops run as tasks of a [`TaskTracker`] the caller owns and awaits
 //! at shutdown, so the publisher's clean-up is part of stopping, not a
@@ -23,7 +25,9 @@ use tokio_util::task::TaskTracker;
 
 use super::{Hub, HubSnapshot};
 use crate::clock::now_unix;
-use crate::db::{Keys, Redis};
+use crate::config::Config;
+use crate::db::{DbError, Keys, Redis};
+use crate::registry::Registry;
 
 /// How often snapshots are published and read.
 const EVERY: Duration = Duration::from_secs(5);
@@ -42,11 +46,17 @@ fn instance() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// The Redis layer and key names for `redis_url` and `namespace`, or `None`
-/// (logged) when the settings cannot be used; statistics sharing is then
-/// off, nothing else stops.
-fn open(redis_url: &str, namespace: &str) -> Option<(Redis, Keys)> {
-    match Redis::open(redis_url).and_then(|db| Ok((db, Keys::new(namespace)?))) {
+/// The Redis layer and key names statistics are shared through: the
+/// registry's connection when the registry is in Redis (so the process
+/// opens no second one), else one opened from `redis_url`; `None` without
+/// Redis, or (logged) when the settings cannot be used, and then sharing is
+/// off while nothing else stops.
+pub fn shared_redis(config: &Config, registry: Option<&Registry>) -> Option<(Redis, Keys)> {
+    if let Some(Registry::Redis(r)) = registry {
+        return Some((r.db().clone(), r.keys().clone()));
+    }
+    let url = config.redis_url.as_ref()?;
+    match Redis::open(url.as_str()).and_then(|db| Ok((db, Keys::new(&config.redis_namespace)?))) {
         Ok(pair) => Some(pair),
         Err(e) => {
             tracing::warn!(error = %e, "Not sharing service statistics through Redis.");
@@ -61,15 +71,11 @@ fn open(redis_url: &str, namespace: &str) -> Option<(Redis, Keys)> {
 pub fn spawn_publisher(
     tasks: &TaskTracker,
     hub: Hub,
-    redis_url: String,
-    namespace: String,
+    (db, keys): (Redis, Keys),
     service: &'static str,
     shutdown: CancellationToken,
 ) {
     tasks.spawn(async move {
-        let Some((db, keys)) = open(&redis_url, &namespace) else {
-            return;
-        };
         let key = keys.service(service, &instance());
         let index = keys.services();
         let mut published = false;
@@ -126,56 +132,77 @@ pub fn spawn_publisher(
 
 /// Reads every published service snapshot into `hub` until `shutdown`, as
 /// a task of `tasks`.
+///
+/// Liveness comes from the snapshots' own expiry, not from comparing the
+/// index scores with this host's clock (a publisher whose clock is behind
+/// would vanish): an index entry whose snapshot has expired is dropped.
+/// While Redis cannot be read, no remote snapshot is shown rather than an
+/// old one.
 pub fn spawn_reader(
     tasks: &TaskTracker,
     hub: Hub,
-    redis_url: String,
-    namespace: String,
+    (db, keys): (Redis, Keys),
     shutdown: CancellationToken,
 ) {
     tasks.spawn(async move {
-        let Some((db, keys)) = open(&redis_url, &namespace) else {
-            return;
-        };
         let index = keys.services();
+        let mut failing = false;
         let mut tick = tokio::time::interval(EVERY);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let oldest = now_unix() as i64 - TTL_SECS as i64;
-            let mut pipe = redis::pipe();
-            pipe.zrembyscore(&index, "-inf", oldest)
-                .ignore()
-                .zrangebyscore(&index, oldest, "+inf");
-            let (keys_now,): (Vec<String>,) =
-                match db.send(&format!("ZRANGEBYSCORE {index}"), &pipe).await {
-                    Ok(k) => k,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "Cannot read service statistics from Redis; retrying.");
-                        continue;
+            match read_snapshots(&db, &index).await {
+                Ok(remote) => {
+                    if failing {
+                        failing = false;
+                        tracing::info!("Reading service statistics from Redis again.");
                     }
-                };
-            let mut remote = Vec::new();
-            if !keys_now.is_empty() {
-                let mut mget = redis::cmd("MGET");
-                mget.arg(&keys_now);
-                let values: Vec<Option<String>> = db
-                    .send("MGET (service snapshots)", &mget)
-                    .await
-                    .unwrap_or_default();
-                for (key, v) in keys_now.iter().zip(values) {
-                    let Some(v) = v else { continue };
-                    match serde_json::from_str::<HubSnapshot>(&v) {
-                        Ok(s) => remote.push(s),
-                        Err(e) => {
-                            tracing::debug!(%key, error = %e, "Skipping a service snapshot that does not parse.");
-                        }
+                    hub.set_remote(remote);
+                }
+                Err(e) => {
+                    if !failing {
+                        failing = true;
+                        tracing::warn!(error = %e, "Cannot read service statistics from Redis; showing none until it answers.");
                     }
+                    hub.set_remote(Vec::new());
                 }
             }
-            hub.set_remote(remote);
         }
     });
+}
+
+/// The live snapshots listed in `index`; entries whose snapshot expired
+/// are removed from it, and snapshots that do not parse are skipped.
+async fn read_snapshots(db: &Redis, index: &str) -> Result<Vec<HubSnapshot>, DbError> {
+    let mut range = redis::cmd("ZRANGE");
+    range.arg(index).arg(0).arg(-1);
+    let keys: Vec<String> = db.send(&format!("ZRANGE {index}"), &range).await?;
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut mget = redis::cmd("MGET");
+    mget.arg(&keys);
+    let values: Vec<Option<String>> = db.send("MGET (service snapshots)", &mget).await?;
+    let mut remote = Vec::new();
+    let mut expired = Vec::new();
+    for (key, v) in keys.iter().zip(values) {
+        let Some(v) = v else {
+            expired.push(key);
+            continue;
+        };
+        match serde_json::from_str::<HubSnapshot>(&v) {
+            Ok(s) => remote.push(s),
+            Err(e) => {
+                tracing::debug!(%key, error = %e, "Skipping a service snapshot that does not parse.");
+            }
+        }
+    }
+    if !expired.is_empty() {
+        let mut zrem = redis::cmd("ZREM");
+        zrem.arg(index).arg(&expired);
+        db.send::<()>(&format!("ZREM {index}"), &zrem).await?;
+    }
+    Ok(remote)
 }

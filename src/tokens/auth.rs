@@ -114,9 +114,10 @@ impl Authenticator {
         self.bootstrap.is_some()
     }
 
-    /// Who `presented` belongs to at `now` (unix seconds). The bootstrap
-    /// token is checked first, so it keeps working while Redis is down.
-    pub async fn verify(&self, presented: &str, now: f64) -> Result<Principal, AuthError> {
+    /// Who `presented` belongs to now, by the store's clock (the one that
+    /// stamped the token's expiry). The bootstrap token is checked first,
+    /// so it keeps working while Redis is down.
+    pub async fn verify(&self, presented: &str) -> Result<Principal, AuthError> {
         if presented.is_empty() || presented.len() > MAX_PRESENTED_LEN {
             return Err(AuthError::Invalid);
         }
@@ -133,7 +134,9 @@ impl Authenticator {
             return Err(AuthError::Invalid);
         };
         match store.lookup(&hash).await {
-            Ok(Some(info)) if info.is_expired(now) => Err(AuthError::Expired { name: info.name }),
+            Ok(Some(info)) if info.is_expired(store.now()) => {
+                Err(AuthError::Expired { name: info.name })
+            }
             Ok(Some(info)) => Ok(Principal {
                 name: info.name,
                 scope: info.scope,
@@ -156,16 +159,13 @@ mod tests {
     #[tokio::test]
     async fn bootstrap_token_is_admin_and_nothing_else_passes_without_a_store() {
         let auth = Authenticator::new(Some(&Secret::new("bootstrap-token-123456")), None);
-        let p = auth.verify("bootstrap-token-123456", 0.0).await.unwrap();
+        let p = auth.verify("bootstrap-token-123456").await.unwrap();
         assert_eq!(p.scope, Scope::Admin);
         assert!(matches!(
-            auth.verify("bootstrap-token-12345", 0.0).await,
+            auth.verify("bootstrap-token-12345").await,
             Err(AuthError::Invalid)
         ));
-        assert!(matches!(
-            auth.verify("", 0.0).await,
-            Err(AuthError::Invalid)
-        ));
+        assert!(matches!(auth.verify("").await, Err(AuthError::Invalid)));
     }
 
     #[test]

@@ -123,6 +123,12 @@ impl TokenStore {
         }
     }
 
+    /// Now by this store's clock, in unix seconds: the time token expiry is
+    /// judged by.
+    pub fn now(&self) -> f64 {
+        self.clock.unix()
+    }
+
     /// This store telling time by `clock` (tests step it past an expiry).
     pub fn with_clock(mut self, clock: Clock) -> TokenStore {
         self.clock = clock;

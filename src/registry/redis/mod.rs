@@ -283,19 +283,13 @@ impl RedisRegistry {
         after: Option<CloudId>,
         limit: usize,
     ) -> Result<IdPage, RegistryError> {
-        let keep = limit.saturating_add(1);
-        // A max-heap of the smallest ids seen: the top is the one to drop.
-        let mut heap: BinaryHeap<CloudId> = BinaryHeap::with_capacity(keep.min(SCAN_COUNT) + 1);
+        let mut smallest = Smallest::new(limit.saturating_add(1));
         let mut cursor: u64 = 0;
         loop {
             let step = self.scan_index(cursor).await?;
             for id in step.ids {
-                if after.is_some_and(|a| id <= a) {
-                    continue;
-                }
-                heap.push(id);
-                if heap.len() > keep {
-                    heap.pop();
+                if after.is_none_or(|a| id > a) {
+                    smallest.offer(id);
                 }
             }
             if step.next == 0 {
@@ -303,15 +297,19 @@ impl RedisRegistry {
             }
             cursor = step.next;
         }
-        Ok(IdPage::from_candidates(heap.into_vec(), limit))
+        Ok(IdPage::from_candidates(smallest.into_vec(), limit))
     }
 
-    /// The ids of active users, sorted, without reading credentials: the
-    /// index walked with `SSCAN`, then per batch one pipelined round trip
-    /// of `EXISTS` and `HGET <user> active`. An absent `active` field means
-    /// active (as [`user_from_hash`] reads it); an index entry whose hash is
-    /// gone is skipped, and so is an `active` that is neither `1` nor `0`
-    /// ([`load_all`](Self::load_all) reports that user).
+    /// Active ids and the number of users, without reading credentials:
+    /// the index walked with `SSCAN`, then per batch one pipelined round
+    /// trip of `HMGET <user> active source user_email host` and `HEXISTS
+    /// <user> install_code` (never `user_pw` or the install code itself).
+    ///
+    /// It counts what the pinger would poll: a hash that is gone, lacks its
+    /// e-mail or a known `source` (and, for a local user, its host or
+    /// install code), or has an `active` other than `1`/`0`, is no user
+    /// here either ([`load_all`](Self::load_all) skips and reports it). An
+    /// absent `active` means active, as [`user_from_hash`] reads it.
     pub async fn census(&self) -> Result<Census, RegistryError> {
         let mut seen: HashSet<CloudId> = HashSet::new();
         let mut active = Vec::new();
@@ -324,15 +322,32 @@ impl RedisRegistry {
                 let mut pipe = ::redis::pipe();
                 for id in chunk {
                     let key = self.keys.user(*id);
-                    pipe.cmd("EXISTS").arg(&key);
-                    pipe.cmd("HGET").arg(&key).arg("active");
+                    pipe.cmd("HMGET")
+                        .arg(&key)
+                        .arg(&["active", "source", "user_email", "host"]);
+                    pipe.cmd("HEXISTS").arg(&key).arg("install_code");
                 }
-                let replies: Vec<(bool, Option<String>)> = self
-                    .send("EXISTS/HGET active (batch of user hashes)", &pipe)
+                type Fields = (
+                    Option<String>,
+                    Option<String>,
+                    Option<String>,
+                    Option<String>,
+                );
+                let replies: Vec<(Fields, bool)> = self
+                    .send("HMGET/HEXISTS (batch of user hashes)", &pipe)
                     .await?;
-                for (id, (exists, flag)) in chunk.iter().zip(replies) {
-                    users += usize::from(exists);
-                    if exists && matches!(flag.as_deref(), None | Some("1")) {
+                for (id, ((flag, source, email, host), has_code)) in chunk.iter().zip(replies) {
+                    let source_ok = match source.as_deref() {
+                        Some("relay") => true,
+                        Some("local") => host.is_some() && has_code,
+                        _ => false,
+                    };
+                    let flag_ok = matches!(flag.as_deref(), None | Some("1") | Some("0"));
+                    if email.is_none() || !source_ok || !flag_ok {
+                        continue;
+                    }
+                    users += 1;
+                    if flag.as_deref() != Some("0") {
                         active.push(*id);
                     }
                 }
@@ -559,4 +574,57 @@ struct IndexStep {
     ids: Vec<CloudId>,
     /// Members that are not cloud ids, and why.
     invalid: Vec<(String, String)>,
+}
+
+/// The `keep` smallest distinct ids offered, in bounded memory: `SSCAN` may
+/// return an id twice (while Redis rehashes), and a duplicate must not take
+/// the place of another id, or a listing would end a page early.
+struct Smallest {
+    keep: usize,
+    // A max-heap of the smallest ids seen: the top is the one to drop.
+    heap: BinaryHeap<CloudId>,
+    members: HashSet<CloudId>,
+}
+
+impl Smallest {
+    fn new(keep: usize) -> Smallest {
+        Smallest {
+            keep,
+            heap: BinaryHeap::with_capacity(keep.min(SCAN_COUNT) + 1),
+            members: HashSet::new(),
+        }
+    }
+
+    fn offer(&mut self, id: CloudId) {
+        if !self.members.insert(id) {
+            return;
+        }
+        self.heap.push(id);
+        if self.heap.len() > self.keep
+            && let Some(dropped) = self.heap.pop()
+        {
+            self.members.remove(&dropped);
+        }
+    }
+
+    fn into_vec(self) -> Vec<CloudId> {
+        self.heap.into_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_id_does_not_push_another_out_of_the_page() {
+        let ids: Vec<CloudId> = (1..=4).map(CloudId::from_index).collect();
+        let mut s = Smallest::new(3);
+        for id in [ids[0], ids[1], ids[0], ids[1], ids[2], ids[3], ids[0]] {
+            s.offer(id);
+        }
+        let mut got = s.into_vec();
+        got.sort();
+        assert_eq!(got, ids[..3]);
+    }
 }

@@ -336,3 +336,15 @@ pub async fn api_stats(
         meters: select(&overview, &View::DEFAULT, 0, limit, now).rows,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::overview::STALE_MINUTES;
+
+    #[test]
+    fn the_stale_fields_of_api_stats_are_the_thresholds_metrics_use() {
+        // `RegistryCounts` names one field per threshold; a threshold added
+        // or changed without its field would silently report 0.
+        assert_eq!(STALE_MINUTES, [5, 10, 60]);
+    }
+}
