@@ -334,7 +334,7 @@ async fn a_redis_restart_mid_run_loses_no_polls() {
         return;
     };
     if !redis.can_restart() {
-        eprintln!("skipping: TEST_REDIS_URL points at a Redis this test cannot restart");
+        support::skipped("TEST_REDIS_URL points at a Redis this test cannot restart");
         return;
     }
     let data = dir.path().join("logs");

@@ -136,7 +136,7 @@ async fn the_server_reaches_redis_only_through_the_registry_connection() {
         return;
     };
     if !redis.can_restart() {
-        eprintln!("skipping: other tests' clients share the external Redis from TEST_REDIS_URL");
+        support::skipped("other tests' clients share the external Redis from TEST_REDIS_URL");
         return;
     }
     let ns = support::unique_namespace();
@@ -774,7 +774,7 @@ async fn redis_outage_gives_503_and_the_server_recovers_without_a_restart() {
         return;
     };
     if !s.redis_server().can_restart() {
-        eprintln!("skipping: TEST_REDIS_URL's Redis cannot be stopped");
+        support::skipped("TEST_REDIS_URL's Redis cannot be stopped");
         return;
     }
     let reader = s.token("reader", Scope::Read, None).await;

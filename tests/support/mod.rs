@@ -11,9 +11,14 @@
 //!    stopped, see [`RedisServer::can_restart`];
 //! 2. `redis-server` on `PATH`: a private server per test on a free port,
 //!    with its data in a temporary directory, stoppable and restartable;
-//! 3. neither: [`RedisServer::start`] panics when `CI` is set (a silently
-//!    skipped suite is a broken suite), else prints why and returns `None`
-//!    so the test can return early.
+//! 3. neither: the test fails, saying how to install it ([`missing`]).
+//!
+//! A missing service fails the run, in CI and on a laptop alike: a suite
+//! that shows green having done nothing is worse than none. A developer
+//! who deliberately runs without a service sets
+//! `RAINFOREST_TEST_ALLOW_SKIP=1`; each skipped test then says why on its
+//! output and is listed in a summary that `scripts/test` prints at the end
+//! (see [`skipped`]).
 
 #![allow(dead_code)]
 
@@ -286,13 +291,48 @@ fn ping(url: &str) -> bool {
 }
 
 fn unavailable() -> Option<RedisServer> {
-    let msg = "no Redis for integration tests: install redis-server (e.g. `apt-get install redis-server`) \
-               or set TEST_REDIS_URL=redis://host:port/";
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg}");
-    }
-    eprintln!("skipping: {msg}");
+    missing(
+        "no Redis for integration tests: install redis-server (e.g. `apt-get install redis-server`) \
+         or set TEST_REDIS_URL=redis://host:port/",
+    );
     None
+}
+
+/// The variable that lets tests skip, instead of fail, when a service they
+/// need is missing.
+pub const ALLOW_SKIP: &str = "RAINFOREST_TEST_ALLOW_SKIP";
+
+/// A service the test needs is missing: fails the test with `msg` (how to
+/// install it), unless [`ALLOW_SKIP`] is set, in which case the skip is
+/// recorded ([`skipped`]) and the caller returns early.
+pub fn missing(msg: &str) {
+    if std::env::var_os(ALLOW_SKIP).is_none_or(|v| v.is_empty() || v == "0") {
+        panic!("{msg}\n(to skip such tests deliberately, set {ALLOW_SKIP}=1)");
+    }
+    skipped(msg);
+}
+
+/// Records that the current test does not run (part of) its check, and
+/// why: printed now, and appended to `target/test-skips.txt`, which
+/// `scripts/test` lists after the run. Every early return goes through
+/// here, so none is silent.
+pub fn skipped(why: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unknown test")
+        .to_string();
+    eprintln!("skipping: {why}");
+    let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let log = tmp.parent().unwrap_or(tmp).join("test-skips.txt");
+    let line = format!("{} {test}: {why}\n", env!("CARGO_CRATE_NAME"));
+    let appended = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = appended {
+        eprintln!("cannot record the skip in {}: {e}", log.display());
+    }
 }
 
 /// A key namespace no other test (or test run) uses: `t-` and 16 random hex
