@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ArchiveSetting, Config, Origin};
+use crate::config::{ArchiveSetting, Config, Origin, redact_url};
 use crate::pinger::{self, Pinger};
 use crate::poll::Poller;
 use crate::registry::{Registry, User};
@@ -75,7 +75,7 @@ pub async fn start_demo(n: u32, config: &mut Config) -> anyhow::Result<Simulator
         config.listen = DEMO_LISTEN.into();
     }
     config.relay_url = sim.relay_url();
-    tracing::info!(meters = n, relay = %config.relay_url, users_file = %path.display(), "Demo: simulated meters ready.");
+    tracing::info!(meters = n, relay = %redact_url(config.relay_url.as_str()), users_file = %path.display(), "Demo: simulated meters ready.");
     Ok(sim)
 }
 

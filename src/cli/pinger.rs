@@ -6,7 +6,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, redact_url};
 use crate::pinger::{self, Pinger};
 use crate::registry::Registry;
 use crate::runner;
@@ -42,7 +42,7 @@ pub async fn run(
     tracing::info!(
         registry = %registry.describe(),
         data_dir = %config.data_dir.display(),
-        relay = %config.relay_url,
+        relay = %redact_url(config.relay_url.as_str()),
         poll_interval = ?config.poll_interval,
         "Pinger starting."
     );
