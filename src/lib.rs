@@ -25,6 +25,8 @@
 //! - [`protocol`]: EAGLE relay and EAGLE-200 clients and parsers.
 //! - [`record`]: the JSON line written per reading.
 //! - [`registry`]: users and their statistics, in Redis or a JSON-lines file.
+//! - [`vault`]: the credentials key, and the sealing of passwords and install
+//!   codes before they reach Redis.
 //! - [`scheduler`]: per-meter slots, global caps, backoff.
 //! - [`poll`]: one reading from the wire to the spool, and the statistics
 //!   update it makes (the scheduler and on-demand reads share it).
@@ -70,3 +72,4 @@ pub mod spool;
 pub mod stats;
 pub mod telemetry;
 pub mod tokens;
+pub mod vault;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ArchiveSetting, Config};
+use crate::config::{ArchiveSetting, Config, Origin, redact_url};
 use crate::pinger::{self, Pinger};
 use crate::poll::Poller;
 use crate::registry::{Registry, User};
@@ -33,8 +33,14 @@ pub fn base_dir(config: &Config) -> PathBuf {
     }
 }
 
+/// Where a demo listens when the operator did not set `listen`: loopback,
+/// since a demo prints an admin token and serves users' data.
+pub const DEMO_LISTEN: ([u8; 4], u16) = ([127, 0, 0, 1], 8000);
+
 /// Starts an in-process simulator with `n` meters, writes their users to
-/// `<base>/demo-users.jl` and points the configuration at both.
+/// `<base>/demo-users.jl` and points the configuration at both. The demo
+/// listens on loopback ([`DEMO_LISTEN`]) unless `listen` was set; its users
+/// file keeps the simulated passwords in clear.
 pub async fn start_demo(n: u32, config: &mut Config) -> anyhow::Result<Simulator> {
     let sim = Simulator::start(SimulateArgs {
         listen: ([127, 0, 0, 1], 0).into(),
@@ -65,8 +71,11 @@ pub async fn start_demo(n: u32, config: &mut Config) -> anyhow::Result<Simulator
         .with_context(|| format!("cannot write {}", path.display()))?;
     config.redis_url = None;
     config.users_file = Some(path.clone());
+    if config.origin("listen") == Origin::Default {
+        config.listen = DEMO_LISTEN.into();
+    }
     config.relay_url = sim.relay_url();
-    tracing::info!(meters = n, relay = %config.relay_url, users_file = %path.display(), "Demo: simulated meters ready.");
+    tracing::info!(meters = n, relay = %redact_url(config.relay_url.as_str()), users_file = %path.display(), "Demo: simulated meters ready.");
     Ok(sim)
 }
 

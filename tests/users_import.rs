@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use rainforest::cloud_id::CloudId;
-use rainforest::registry::{RedisRegistry, Registry};
+use rainforest::registry::Registry;
 use rainforest::simulator::{self, SimulateArgs, Simulator};
 use support::RedisServer;
 use support::process::{Proc, clean, rainforest};
@@ -32,12 +32,9 @@ fn text(out: &Output) -> (String, String) {
     )
 }
 
+/// The registry as the binary writes it: sealed with the tests' key.
 async fn registry(redis: &RedisServer, ns: &str) -> Registry {
-    Registry::Redis(
-        RedisRegistry::connect(&redis.url(), ns)
-            .await
-            .expect("registry"),
-    )
+    Registry::Redis(support::sealed_registry(&redis.url(), ns).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

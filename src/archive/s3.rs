@@ -103,8 +103,8 @@ impl S3Archive {
     fn endpoint(&self) -> String {
         self.settings
             .endpoint
-            .clone()
-            .unwrap_or_else(|| "AWS".into())
+            .as_deref()
+            .map_or_else(|| "AWS".into(), crate::config::redact_url)
     }
 
     /// `s3://bucket (endpoint …, region …)`.

@@ -190,9 +190,24 @@ async fn dispatch(cli: Cli, config: Config) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if is_config_error(&e) {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// Whether a failure is the set-up's fault (say, a Redis registry with no
+/// credentials key), which exits [`EXIT_CONFIG`] like a bad setting.
+fn is_config_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<crate::registry::RegistryError>(),
+            Some(crate::registry::RegistryError::Config { .. })
+        )
+    })
 }
 
 /// A token cancelled on the first SIGINT or SIGTERM; every long-running task

@@ -6,7 +6,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, redact_url};
 use crate::db::{Keys, Redis};
 use crate::pinger::{self, Pinger};
 use crate::registry::Registry;
@@ -43,7 +43,7 @@ pub async fn run(
     tracing::info!(
         registry = %registry.describe(),
         data_dir = %config.data_dir.display(),
-        relay = %config.relay_url,
+        relay = %redact_url(config.relay_url.as_str()),
         poll_interval = ?config.poll_interval,
         "Pinger starting."
     );

@@ -10,6 +10,7 @@ use crate::runner::{self, RunOptions};
 pub struct Args {
     /// Demo mode: an in-process simulator with N meters (default 30) whose
     /// users are created automatically; no Redis, S3 or real meters needed.
+    /// Listens on 127.0.0.1:8000 unless `listen` is set.
     #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "30")]
     demo: Option<u32>,
     /// Serve the API without authentication (logged as a warning).

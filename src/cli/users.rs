@@ -2,9 +2,10 @@
 //!
 //! `import` goes through a running server (`--server URL`) or straight into
 //! the registry (`--direct`); `list`, `add` and `remove` always work on the
-//! configured registry (`redis_url` or `users_file`). Passwords come from
-//! files or environment variables, never from flags, so they stay out of
-//! shell history and `ps`.
+//! configured registry (`redis_url` or `users_file`); `rekey` re-seals every
+//! credential in Redis under the current credentials key. Passwords and keys
+//! come from files or environment variables, never from flags, so they stay
+//! out of shell history and `ps`.
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
@@ -17,9 +18,10 @@ use url::Url;
 use crate::cloud_id::CloudId;
 use crate::config::Config;
 use crate::importer::{self, Report, Reporter, ServerClient, Target};
-use crate::registry::{LocalSource, Registry, User};
+use crate::registry::{LocalSource, RedisRegistry, Registry, RegistryError, User};
 use crate::secret::Secret;
 use crate::tokens;
+use crate::vault::{CredentialKey, HOW_TO_MAKE_A_KEY, Vault};
 
 /// Arguments of `rainforest users`.
 #[derive(Debug, clap::Args)]
@@ -42,6 +44,17 @@ enum UsersCommand {
         /// The meter's cloud id (6 hex digits).
         #[arg(value_parser = parse_cloud_id)]
         cloud_id: CloudId,
+    },
+    /// Re-seal every password and install code in Redis under the current
+    /// credentials key (or --new-key-file), sealing any still in clear.
+    /// Values under credentials_old_key are opened with it. Re-running
+    /// changes nothing.
+    Rekey {
+        /// Seal under the key in this file (its first line, 64 hex
+        /// characters) instead of credentials_key, which is then still
+        /// accepted for reading.
+        #[arg(long, value_name = "FILE")]
+        new_key_file: Option<PathBuf>,
     },
 }
 
@@ -106,6 +119,7 @@ pub async fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
         UsersCommand::Import(a) => import(a, config).await,
         UsersCommand::List => list(config).await,
         UsersCommand::Add(a) => add(a, config).await,
+        UsersCommand::Rekey { new_key_file } => rekey(new_key_file.as_deref(), config).await,
         UsersCommand::Remove { cloud_id } => {
             let registry = open_registry(config).await?;
             if registry.remove(cloud_id).await? {
@@ -252,4 +266,53 @@ async fn add(args: AddArgs, config: &Config) -> anyhow::Result<ExitCode> {
     let outcome = registry.put(&user).await?;
     eprintln!("{} {}.", outcome, user.cloud_id);
     Ok(ExitCode::SUCCESS)
+}
+
+/// `users rekey`: see [`crate::registry::redis::rekey`] for the protocol.
+/// Exits 2 without a key or a Redis registry, 1 when a user was left as it
+/// was.
+async fn rekey(
+    new_key_file: Option<&std::path::Path>,
+    config: &Config,
+) -> anyhow::Result<ExitCode> {
+    let config_error = |reason: String| anyhow::Error::new(RegistryError::Config { reason });
+    let configured = Vault::from_config(config).map_err(|e| config_error(e.to_string()))?;
+    let target = match (configured, new_key_file) {
+        (Some(vault), None) => vault,
+        (Some(vault), Some(path)) => vault.rotated_to(
+            CredentialKey::from_file(path, "--new-key-file")
+                .map_err(|e| config_error(e.to_string()))?,
+        ),
+        (None, Some(path)) => Vault::new(
+            CredentialKey::from_file(path, "--new-key-file")
+                .map_err(|e| config_error(e.to_string()))?,
+            vec![],
+        ),
+        (None, None) => {
+            return Err(config_error(format!(
+                "rekey needs the key to seal with: {HOW_TO_MAKE_A_KEY}, or pass --new-key-file"
+            )));
+        }
+    };
+    let Some(url) = &config.redis_url else {
+        return Err(config_error(
+            "rekey works on a Redis registry (redis_url); the users file keeps credentials in clear"
+                .into(),
+        ));
+    };
+    // Connected without the configured vault: the target vault is handed to
+    // rekey, so this also works for a deployment turning encryption on.
+    let registry = RedisRegistry::connect(url.as_str(), &config.redis_namespace)
+        .await
+        .context("cannot open the user registry")?;
+    let report = registry.rekey(&target).await?;
+    for (key, reason) in &report.failed {
+        eprintln!("error: {key}: {reason}");
+    }
+    println!("{}", report.summary(target.current_id()));
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -84,6 +84,33 @@ pub const KEYS: &[Key] = &[
         "rainforest",
         "Prefix of every Redis key, so several deployments can share one Redis",
     ),
+    Key {
+        name: "credentials_key",
+        default: "",
+        help: "Key sealing meter passwords and install codes in Redis: 64 hex characters, from openssl rand -hex 32 (prefer credentials_key_file)",
+        secret: true,
+    },
+    key(
+        "credentials_key_file",
+        "",
+        "File whose first line is credentials_key; instead of credentials_key",
+    ),
+    Key {
+        name: "credentials_old_key",
+        default: "",
+        help: "The previous credentials key, still accepted for reading while `rainforest users rekey` moves values to the new one",
+        secret: true,
+    },
+    key(
+        "credentials_old_key_file",
+        "",
+        "File whose first line is credentials_old_key; instead of credentials_old_key",
+    ),
+    key(
+        "allow_plaintext_credentials",
+        "false",
+        "Let a Redis registry keep passwords in clear when no credentials key is set (not for production)",
+    ),
     key(
         "max_concurrent_requests",
         "4096",

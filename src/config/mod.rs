@@ -7,6 +7,10 @@
 //! outside this module reads the environment for settings.
 
 pub mod keys;
+mod redact;
+mod render;
+
+pub use self::redact::redact_url;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,7 +20,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::secret::{REDACTED, Secret};
+use crate::secret::Secret;
 
 /// Where a value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +169,11 @@ impl Layers {
             max_backoff: p.duration("max_backoff"),
             auth_backoff: p.duration("auth_backoff"),
             redis_namespace: p.file_prefix("redis_namespace"),
+            credentials_key: p.opt_string("credentials_key").map(Secret::new),
+            credentials_key_file: p.opt_path("credentials_key_file"),
+            credentials_old_key: p.opt_string("credentials_old_key").map(Secret::new),
+            credentials_old_key_file: p.opt_path("credentials_old_key_file"),
+            allow_plaintext_credentials: p.bool("allow_plaintext_credentials"),
             max_concurrent_requests: p.number("max_concurrent_requests"),
             max_requests_per_second: p.number("max_requests_per_second"),
             file_prefix: p.file_prefix("file_prefix"),
@@ -358,17 +367,6 @@ fn unreachable_url() -> Url {
     Url::parse("http://localhost/").expect("constant URL parses")
 }
 
-/// Hides the password of a URL such as `redis://:pw@host/0`.
-pub fn redact_url(url: &str) -> String {
-    match Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some(REDACTED));
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
-}
-
 /// Where the rotator archives completed hours (key `archive`).
 ///
 /// Kept as the operator's choice rather than resolved here, because only the
@@ -394,8 +392,9 @@ impl fmt::Display for ArchiveSetting {
     }
 }
 
-/// The program's settings, typed and checked.
-#[derive(Debug, Clone)]
+/// The program's settings, typed and checked. `Debug` (in [`render`])
+/// shows URLs and secrets redacted.
+#[derive(Clone)]
 pub struct Config {
     /// Redis with users and statistics; `None` selects the users file.
     pub redis_url: Option<Url>,
@@ -421,6 +420,17 @@ pub struct Config {
     pub auth_backoff: Duration,
     /// Prefix of every Redis key.
     pub redis_namespace: String,
+    /// The key sealing credentials in Redis, 64 hex characters (see
+    /// [`crate::vault`]).
+    pub credentials_key: Option<Secret>,
+    /// File whose first line is that key.
+    pub credentials_key_file: Option<PathBuf>,
+    /// The previous key, still accepted for reading while a rekey runs.
+    pub credentials_old_key: Option<Secret>,
+    /// File whose first line is the previous key.
+    pub credentials_old_key_file: Option<PathBuf>,
+    /// Let a Redis registry keep credentials in clear (no key needed).
+    pub allow_plaintext_credentials: bool,
     /// Global cap on requests in flight.
     pub max_concurrent_requests: usize,
     /// Global cap on requests started per second.
@@ -492,80 +502,6 @@ impl Config {
     /// Where a key's value came from.
     pub fn origin(&self, key: &str) -> Origin {
         self.origins.get(key).cloned().unwrap_or(Origin::Default)
-    }
-
-    /// The effective configuration as TOML-like text, secrets redacted, each
-    /// line annotated with its origin.
-    pub fn render(&self) -> String {
-        let d = |d: Duration| humantime::format_duration(d).to_string();
-        let opt = |v: Option<String>| v.unwrap_or_default();
-        let pairs: Vec<(&str, String)> = vec![
-            (
-                "redis_url",
-                opt(self.redis_url.as_ref().map(|u| redact_url(u.as_str()))),
-            ),
-            (
-                "users_file",
-                opt(self.users_file.as_ref().map(|p| p.display().to_string())),
-            ),
-            ("data_dir", self.data_dir.display().to_string()),
-            (
-                "log_dir",
-                opt(self.log_dir.as_ref().map(|p| p.display().to_string())),
-            ),
-            ("relay_url", self.relay_url.to_string()),
-            ("relay_insecure_tls", self.relay_insecure_tls.to_string()),
-            ("poll_interval", d(self.poll_interval)),
-            ("request_timeout", d(self.request_timeout)),
-            ("user_reload_interval", d(self.user_reload_interval)),
-            ("max_backoff", d(self.max_backoff)),
-            ("auth_backoff", d(self.auth_backoff)),
-            ("redis_namespace", self.redis_namespace.clone()),
-            (
-                "max_concurrent_requests",
-                self.max_concurrent_requests.to_string(),
-            ),
-            (
-                "max_requests_per_second",
-                self.max_requests_per_second.to_string(),
-            ),
-            ("file_prefix", self.file_prefix.clone()),
-            ("open_files", self.open_files.to_string()),
-            ("s3_bucket", opt(self.s3_bucket.clone())),
-            ("s3_prefix", self.s3_prefix.clone()),
-            (
-                "s3_endpoint",
-                opt(self.s3_endpoint.as_ref().map(|u| u.to_string())),
-            ),
-            ("s3_region", opt(self.s3_region.clone())),
-            ("archive", self.archive.to_string()),
-            ("rotate_grace", d(self.rotate_grace)),
-            ("rotate_every", d(self.rotate_every)),
-            ("upload_concurrency", self.upload_concurrency.to_string()),
-            ("listen", self.listen.to_string()),
-            (
-                "metrics_listen",
-                opt(self.metrics_listen.map(|a| a.to_string())),
-            ),
-            (
-                "api_token",
-                opt(self.api_token.as_ref().map(|t| t.to_string())),
-            ),
-            (
-                "api_token_file",
-                opt(self
-                    .api_token_file
-                    .as_ref()
-                    .map(|p| p.display().to_string())),
-            ),
-            ("request_body_limit", self.request_body_limit.to_string()),
-            ("api_timeout", d(self.api_timeout)),
-        ];
-        let mut out = String::new();
-        for (k, v) in pairs {
-            out.push_str(&format!("{k} = {v:?}  # {}\n", self.origin(k)));
-        }
-        out
     }
 }
 

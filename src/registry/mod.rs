@@ -32,6 +32,7 @@ use std::sync::Mutex;
 use crate::cloud_id::CloudId;
 use crate::config::Config;
 use crate::db::{CHECK_REDIS, DbError};
+use crate::vault::{HOW_TO_MAKE_A_KEY, Vault};
 
 pub use self::file::FileRegistry;
 pub use self::redis::{DEFAULT_NAMESPACE, RedisRegistry};
@@ -206,11 +207,38 @@ impl Registry {
     /// `redis_url` is set (namespace [`DEFAULT_NAMESPACE`]), else the users
     /// file. Fails with [`RegistryError::Unavailable`] if Redis cannot be
     /// reached now.
+    ///
+    /// Redis gets the credentials key ([`Vault::from_config`]) so every
+    /// password and install code is sealed before it is sent; without a key
+    /// this is a [`RegistryError::Config`] saying how to make one, unless
+    /// `allow_plaintext_credentials` is set. The users file keeps them in
+    /// clear (it is a local file the operator already protects).
     pub async fn from_config(config: &Config) -> Result<Registry, RegistryError> {
         match (&config.redis_url, &config.users_file) {
-            (Some(url), _) => Ok(Registry::Redis(
-                RedisRegistry::connect(url.as_str(), &config.redis_namespace).await?,
-            )),
+            (Some(url), _) => {
+                let vault = Vault::from_config(config).map_err(|e| RegistryError::Config {
+                    reason: e.to_string(),
+                })?;
+                if vault.is_none() && !config.allow_plaintext_credentials {
+                    return Err(RegistryError::Config {
+                        reason: format!(
+                            "no credentials key: the Redis registry seals meter passwords with one; {HOW_TO_MAKE_A_KEY}. To keep them in clear instead (not for production), set allow_plaintext_credentials = true"
+                        ),
+                    });
+                }
+                let registry =
+                    RedisRegistry::connect(url.as_str(), &config.redis_namespace).await?;
+                Ok(Registry::Redis(match vault {
+                    Some(v) => registry.with_vault(v),
+                    None => {
+                        tracing::warn!(
+                            registry = %registry.target(),
+                            "Storing meter passwords in clear (allow_plaintext_credentials)."
+                        );
+                        registry
+                    }
+                }))
+            }
             (None, Some(path)) => Ok(Registry::File(FileRegistry::new(path.clone()))),
             (None, None) => Err(RegistryError::Config {
                 reason: "neither `redis_url` nor `users_file` is set; set one of them".into(),

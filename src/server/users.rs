@@ -150,7 +150,8 @@ pub struct UserView {
     /// Six lower-case hex digits.
     #[schema(value_type = String, example = "00ce69")]
     pub cloud_id: CloudId,
-    /// The EAGLE account's e-mail.
+    /// The EAGLE account's e-mail; masked (`s*****e@example.org`) for a
+    /// `read` token, whole for `write` and `admin`.
     pub user_email: String,
     /// Whether the pinger polls this meter.
     pub active: bool,
@@ -200,13 +201,44 @@ pub struct LastErrorView {
     pub at: Option<f64>,
 }
 
+/// A `read` token is for dashboards and monitoring: it sees enough of an
+/// e-mail to tell users apart, not enough to contact or phish them. `write`
+/// tokens set e-mails, so they see them whole, as `admin` does.
+fn email_for(email: &str, scope: Scope) -> String {
+    if scope.allows(Scope::Write) {
+        email.to_string()
+    } else {
+        mask_email(email)
+    }
+}
+
+/// `someone@example.org` -> `s*****e@example.org`: the first and last
+/// character of the local part and a fixed run of stars, so the length is
+/// not revealed either. Text without `@` is masked whole.
+pub fn mask_email(email: &str) -> String {
+    const STARS: &str = "*****";
+    let (local, domain) = email.rsplit_once('@').unwrap_or((email, ""));
+    let mut chars = local.chars();
+    let shown = match (chars.next(), chars.next_back()) {
+        (Some(first), Some(last)) if local.chars().count() > 2 => format!("{first}{STARS}{last}"),
+        (Some(first), _) => format!("{first}{STARS}"),
+        (None, _) => STARS.to_string(),
+    };
+    if domain.is_empty() {
+        shown
+    } else {
+        format!("{shown}@{domain}")
+    }
+}
+
 impl UserView {
-    /// The view of `user` with `stats` (none yet: zeros, state ok).
-    pub fn new(user: &User, stats: Option<UserStats>) -> UserView {
+    /// The view of `user` with `stats` (none yet: zeros, state ok) for a
+    /// caller of `scope` (which decides how much of the e-mail it sees).
+    pub fn new(user: &User, stats: Option<UserStats>, scope: Scope) -> UserView {
         let stats = stats.unwrap_or_default();
         UserView {
             cloud_id: user.cloud_id,
-            user_email: user.user_email.clone(),
+            user_email: email_for(&user.user_email, scope),
             active: user.active,
             has_password: !user.user_pw.is_empty(),
             source: if user.local.is_some() {
@@ -308,7 +340,7 @@ pub async fn put_user(
     tracing::info!(%id, outcome = %outcome, token = %caller.0.name, "User stored through the API.");
     let response = PutResponse {
         outcome: outcome.as_str(),
-        user: UserView::new(&user, stats),
+        user: UserView::new(&user, stats, caller.0.scope),
     };
     Ok((status, Json(response)).into_response())
 }
@@ -343,7 +375,7 @@ pub async fn get_user(
         .await?
         .ok_or_else(|| no_such_user(id))?;
     let stats = stats_or_default(state.registry(), id).await?;
-    Ok(Json(UserView::new(&user, stats)))
+    Ok(Json(UserView::new(&user, stats, caller.0.scope)))
 }
 
 /// Delete a user and its statistics.
@@ -419,6 +451,7 @@ pub async fn list_users(
         ));
     }
     let registry = state.registry().clone();
+    let scope = caller.0.scope;
     // The registry keeps listing cheap (Redis: a pass over the index only,
     // memory bounded by the page); the users shown are fetched below.
     let IdPage { ids, more } = registry.page_ids(after, limit).await?;
@@ -444,7 +477,7 @@ pub async fn list_users(
                     Err(e) => return Err(ApiError::from(e)),
                 };
                 let stats = stats_or_default(&registry, id).await?;
-                Ok(Some(UserView::new(&user, stats)))
+                Ok(Some(UserView::new(&user, stats, scope)))
             }
         })
         .buffered(FETCH_CONCURRENCY)
@@ -605,12 +638,28 @@ mod tests {
             br#"{"user_email": "a@b.org", "user_pw": "hunter2", "local": {"host": "10.0.0.2", "install_code": "s3cret"}}"#,
         )
         .unwrap();
-        let text = serde_json::to_string(&UserView::new(&u, None)).unwrap();
+        let text = serde_json::to_string(&UserView::new(&u, None, Scope::Admin)).unwrap();
         assert!(
             !text.contains("hunter2") && !text.contains("s3cret"),
             "{text}"
         );
         assert!(text.contains("\"has_password\":true"), "{text}");
+    }
+
+    #[test]
+    fn read_tokens_see_masked_emails_and_writers_see_them_whole() {
+        let u = user_from_body(
+            id(),
+            br#"{"user_email": "someone@example.org", "user_pw": "x"}"#,
+        )
+        .unwrap();
+        let email = |scope| UserView::new(&u, None, scope).user_email;
+        assert_eq!(email(Scope::Read), "s*****e@example.org");
+        assert_eq!(email(Scope::Write), "someone@example.org");
+        assert_eq!(email(Scope::Admin), "someone@example.org");
+        assert_eq!(mask_email("ab@x.org"), "a*****@x.org");
+        assert_eq!(mask_email("no-at-sign"), "n*****n");
+        assert_eq!(mask_email("@x.org"), "*****@x.org");
     }
 
     #[test]

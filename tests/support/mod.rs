@@ -335,6 +335,32 @@ pub fn skipped(why: &str) {
     }
 }
 
+/// The credentials key of every test: the binary gets it through
+/// [`process::rainforest`], in-process servers and registries through
+/// [`test_vault`], so what one seals the other opens. Tests of running
+/// without a key remove it explicitly.
+pub const TEST_CREDENTIALS_KEY: &str =
+    "7465737420637265640000000000000000000000000000000000000000000001";
+
+/// The vault holding [`TEST_CREDENTIALS_KEY`].
+pub fn test_vault() -> rainforest::vault::Vault {
+    let key = rainforest::vault::CredentialKey::from_hex(
+        &rainforest::secret::Secret::new(TEST_CREDENTIALS_KEY),
+        "TEST_CREDENTIALS_KEY",
+    )
+    .expect("test key is 64 hex characters");
+    rainforest::vault::Vault::new(key, vec![])
+}
+
+/// The Redis registry at `url` under `ns`, sealing with [`test_vault`] as
+/// the binary started by the tests does.
+pub async fn sealed_registry(url: &str, ns: &str) -> rainforest::registry::RedisRegistry {
+    rainforest::registry::RedisRegistry::connect(url, ns)
+        .await
+        .expect("connect registry")
+        .with_vault(test_vault())
+}
+
 /// A key namespace no other test (or test run) uses: `t-` and 16 random hex
 /// digits.
 pub fn unique_namespace() -> String {

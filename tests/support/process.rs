@@ -12,9 +12,13 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// The binary, with no `RAINFOREST_*` variables from the test's environment
-/// and no standard input.
+/// but the tests' credentials key ([`super::TEST_CREDENTIALS_KEY`], so a
+/// Redis registry starts and seals as in production), and no standard
+/// input.
 pub fn rainforest() -> Command {
-    clean(Command::new(env!("CARGO_BIN_EXE_rainforest")))
+    let mut cmd = clean(Command::new(env!("CARGO_BIN_EXE_rainforest")));
+    cmd.env("RAINFOREST_CREDENTIALS_KEY", super::TEST_CREDENTIALS_KEY);
+    cmd
 }
 
 /// `cmd` (the binary, or a script that runs it) without `RAINFOREST_*` or

@@ -15,7 +15,7 @@ use std::time::Duration;
 use rainforest::config::Config;
 use rainforest::pinger::{eagle_from_config, spool_from_config};
 use rainforest::poll::Poller;
-use rainforest::registry::{FileRegistry, RedisRegistry, Registry};
+use rainforest::registry::{FileRegistry, Registry};
 use rainforest::secret::Secret;
 use rainforest::server::{self, AppState, AuthMode};
 use rainforest::simulator::{SimulateArgs, Simulator};
@@ -115,11 +115,7 @@ impl TestServer {
         adjust(&mut config);
         let (registry, tokens) = match &redis {
             Some(r) => (
-                Registry::Redis(
-                    RedisRegistry::connect(&r.url(), &ns)
-                        .await
-                        .expect("connect registry"),
-                ),
+                Registry::Redis(super::sealed_registry(&r.url(), &ns).await),
                 Some(
                     TokenStore::connect(&r.url(), &ns)
                         .await
@@ -289,6 +285,7 @@ pub fn base_config(sim: &Simulator, dir: &Path) -> Config {
 pub fn set_redis(config: &mut Config, url: &str, ns: &str) {
     config.redis_url = Some(url::Url::parse(url).expect("redis url"));
     config.redis_namespace = ns.to_string();
+    config.credentials_key = Some(Secret::new(super::TEST_CREDENTIALS_KEY));
 }
 
 /// A response, read whole.

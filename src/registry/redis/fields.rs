@@ -4,11 +4,19 @@
 //! `rainforest:user:<id>` fields, all strings:
 //!
 //! - `user_email`: account e-mail (the relay's `User` header);
-//! - `user_pw`: account password, in clear (absent for a local user without one);
+//! - `user_pw`: account password, sealed (absent for a local user without one);
 //! - `active`: `1` to poll the meter, `0` to keep but not poll it;
 //! - `source`: `relay` (the vendor's cloud relay) or `local` (an EAGLE-200 on the LAN);
-//! - `host`, `install_code`: only when `source` is `local`;
+//! - `host`, `install_code`: only when `source` is `local`; `install_code`
+//!   is sealed;
 //! - `updated_at`: when the settings last changed, unix seconds (e.g. `1718000000.25`).
+//!
+//! "Sealed" means `v1:<key id>:<base64 nonce ‖ ciphertext>`, XChaCha20-Poly1305
+//! under the credentials key named by its id and bound to this cloud id and
+//! field ([`crate::vault`] has the format). A registry given no key (only
+//! with `allow_plaintext_credentials`, the users file, or tests) writes them
+//! in clear; a clear value written so still reads under a key, until
+//! `rainforest users rekey` seals it.
 //!
 //! `rainforest:stats:<id>` fields, all strings; absent until first known:
 //!
@@ -34,6 +42,10 @@ use crate::registry::RegistryError;
 use crate::registry::stats::{MeterState, UserStats};
 use crate::registry::user::{LocalSource, User};
 use crate::secret::Secret;
+use crate::vault::{self, Sealing, Vault};
+
+/// The hash fields that hold credentials, sealed when a key is configured.
+pub const SEALED_FIELDS: [&str; 2] = ["user_pw", "install_code"];
 
 /// Converts an `HGETALL` reply to field -> value, reporting non-text data
 /// against the key.
@@ -49,33 +61,60 @@ pub(super) fn hash_fields(
 }
 
 /// The stored form of a user's settings (without `updated_at`), in a fixed
-/// order. Secrets are exposed here because this is a write to the store.
-pub fn user_to_hash(user: &User) -> Vec<(&'static str, String)> {
+/// order, credentials sealed under `vault` (in clear without one). Secrets
+/// are exposed here because this is a write to the store.
+pub fn user_to_hash(user: &User, vault: Option<&Vault>) -> Vec<(&'static str, String)> {
+    let store = |field: &'static str, value: &Secret| match vault {
+        Some(v) => v.seal(user.cloud_id, field, value),
+        None => value.expose().to_string(),
+    };
     let mut fields = vec![
         ("user_email", user.user_email.clone()),
         ("active", if user.active { "1" } else { "0" }.to_string()),
     ];
     if !user.user_pw.is_empty() {
-        fields.push(("user_pw", user.user_pw.expose().to_string()));
+        fields.push(("user_pw", store("user_pw", &user.user_pw)));
     }
     match &user.local {
         None => fields.push(("source", "relay".into())),
         Some(local) => {
             fields.push(("source", "local".into()));
             fields.push(("host", local.host.clone()));
-            fields.push(("install_code", local.install_code.expose().to_string()));
+            fields.push(("install_code", store("install_code", &local.install_code)));
         }
     }
     fields
 }
 
-/// Reads a user back from its hash and validates it; problems name `key`
-/// and the field. Fields this version does not know are ignored.
+/// Opens one stored credential of user `id`, reporting a value this process
+/// cannot open against `key` and `field` (never the value), and how it was
+/// stored.
+pub fn open_field(
+    vault: Option<&Vault>,
+    id: CloudId,
+    key: &str,
+    field: &str,
+    stored: &str,
+) -> Result<(Secret, Sealing), RegistryError> {
+    vault::open(vault, id, field, stored).map_err(|e| RegistryError::Invalid {
+        key: key.to_string(),
+        field: field.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Reads a user back from its hash, opening its credentials with `vault`,
+/// and validates it; problems name `key` and the field. Fields this version
+/// does not know are ignored.
 pub fn user_from_hash(
     id: CloudId,
     key: &str,
     fields: &HashMap<String, String>,
+    vault: Option<&Vault>,
 ) -> Result<User, RegistryError> {
+    let open = |field: &str, stored: &str| -> Result<Secret, RegistryError> {
+        open_field(vault, id, key, field, stored).map(|(secret, _)| secret)
+    };
     let invalid = |field: &str, reason: &str| RegistryError::Invalid {
         key: key.to_string(),
         field: field.to_string(),
@@ -90,7 +129,10 @@ pub fn user_from_hash(
         Some("0") => false,
         Some(_) => return Err(invalid("active", "must be 1 or 0")),
     };
-    let user_pw = Secret::new(fields.get("user_pw").cloned().unwrap_or_default());
+    let user_pw = match fields.get("user_pw") {
+        Some(stored) => open("user_pw", stored)?,
+        None => Secret::new(""),
+    };
     let local = match fields.get("source").map(String::as_str) {
         Some("relay") => None,
         Some("local") => Some(LocalSource {
@@ -98,9 +140,12 @@ pub fn user_from_hash(
                 .get("host")
                 .cloned()
                 .ok_or_else(|| invalid("host", "is missing (required when source is local)"))?,
-            install_code: Secret::new(fields.get("install_code").cloned().ok_or_else(|| {
-                invalid("install_code", "is missing (required when source is local)")
-            })?),
+            install_code: open(
+                "install_code",
+                fields.get("install_code").ok_or_else(|| {
+                    invalid("install_code", "is missing (required when source is local)")
+                })?,
+            )?,
         }),
         Some(_) => return Err(invalid("source", "must be relay or local")),
         None => return Err(invalid("source", "is missing")),
@@ -212,7 +257,7 @@ mod tests {
         let relay = relay_user();
         let key = "rainforest:user:00ce69";
         assert_eq!(
-            user_from_hash(id(), key, &as_map(user_to_hash(&relay))).unwrap(),
+            user_from_hash(id(), key, &as_map(user_to_hash(&relay, None)), None).unwrap(),
             relay
         );
         let local = User {
@@ -224,17 +269,17 @@ mod tests {
             }),
             ..relay
         };
-        let fields = as_map(user_to_hash(&local));
+        let fields = as_map(user_to_hash(&local, None));
         assert!(!fields.contains_key("user_pw"));
         assert_eq!(fields["source"], "local");
-        assert_eq!(user_from_hash(id(), key, &fields).unwrap(), local);
+        assert_eq!(user_from_hash(id(), key, &fields, None).unwrap(), local);
     }
 
     #[test]
     fn invalid_hash_names_key_and_field() {
-        let mut fields = as_map(user_to_hash(&relay_user()));
+        let mut fields = as_map(user_to_hash(&relay_user(), None));
         fields.insert("source".into(), "carrier-pigeon".into());
-        let e = user_from_hash(id(), "ns:user:00ce69", &fields).unwrap_err();
+        let e = user_from_hash(id(), "ns:user:00ce69", &fields, None).unwrap_err();
         let text = e.to_string();
         assert!(
             text.contains("ns:user:00ce69") && text.contains("`source`"),
@@ -242,11 +287,57 @@ mod tests {
         );
         fields.insert("source".into(), "relay".into());
         fields.remove("user_pw");
-        let e = user_from_hash(id(), "ns:user:00ce69", &fields).unwrap_err();
+        let e = user_from_hash(id(), "ns:user:00ce69", &fields, None).unwrap_err();
         assert!(
             matches!(e, RegistryError::Invalid { ref field, .. } if field == "user_pw"),
             "{e}"
         );
+    }
+
+    fn vault() -> Vault {
+        let hex = Secret::new("42".repeat(32));
+        Vault::new(
+            vault::CredentialKey::from_hex(&hex, "test").unwrap(),
+            vec![],
+        )
+    }
+
+    #[test]
+    fn credentials_are_sealed_in_the_hash_and_open_only_for_their_user() {
+        let v = vault();
+        let local = User {
+            local: Some(LocalSource {
+                host: "10.0.0.2".into(),
+                install_code: Secret::new("c0de-1234"),
+            }),
+            ..relay_user()
+        };
+        let key = "rainforest:user:00ce69";
+        let fields = as_map(user_to_hash(&local, Some(&v)));
+        for field in SEALED_FIELDS {
+            assert!(
+                fields[field].starts_with("v1:"),
+                "{field}: {}",
+                fields[field]
+            );
+        }
+        assert!(!fields.values().any(|f| f.contains("c0de") || f == "pw"));
+        assert_eq!(user_from_hash(id(), key, &fields, Some(&v)).unwrap(), local);
+        // Without the key the sealed value is an error naming the key id.
+        let e = user_from_hash(id(), key, &fields, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(v.current_id()) && e.contains("`user_pw`"), "{e}");
+        // Copied to another user, it does not open.
+        let other = CloudId::parse("00ce6a").unwrap();
+        let e = user_from_hash(other, "rainforest:user:00ce6a", &fields, Some(&v)).unwrap_err();
+        assert!(
+            matches!(e, RegistryError::Invalid { ref field, .. } if field == "user_pw"),
+            "{e}"
+        );
+        // A value written in clear before the key existed still reads.
+        let clear = as_map(user_to_hash(&local, None));
+        assert_eq!(user_from_hash(id(), key, &clear, Some(&v)).unwrap(), local);
     }
 
     #[test]

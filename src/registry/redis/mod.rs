@@ -10,7 +10,9 @@
 //! a cloud id, six lower-case hex digits such as `00ce69`.
 //!
 //! The fields of each hash, and their conversion to and from [`User`] and
-//! [`UserStats`], are in [`fields`].
+//! [`UserStats`], are in [`fields`]. Passwords and install codes are sealed
+//! with the registry's [`Vault`] before they are sent (see [`fields`] for
+//! the stored form); [`rekey`] moves them to a new key.
 //!
 //! # Operations
 //!
@@ -37,6 +39,7 @@
 //! [`RegistryError::Unavailable`].
 
 pub mod fields;
+pub mod rekey;
 
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::fmt;
@@ -50,6 +53,7 @@ use super::{Census, IdPage, ProblemLog, PutOutcome, RegistryError};
 use crate::clock::now_unix;
 use crate::cloud_id::CloudId;
 use crate::db::{Keys, Redis, Request};
+use crate::vault::Vault;
 
 pub use self::fields::{stats_from_hash, user_from_hash, user_to_hash};
 pub use crate::db::DEFAULT_NAMESPACE;
@@ -146,6 +150,8 @@ pub struct RedisRegistry {
     put_script: ::redis::Script,
     stats_script: ::redis::Script,
     problems: Arc<ProblemLog>,
+    /// Seals and opens credentials; `None` stores them in clear.
+    vault: Option<Arc<Vault>>,
 }
 
 impl fmt::Debug for RedisRegistry {
@@ -153,6 +159,10 @@ impl fmt::Debug for RedisRegistry {
         f.debug_struct("RedisRegistry")
             .field("target", &self.db.target())
             .field("namespace", &self.keys.namespace())
+            .field(
+                "credentials_key_id",
+                &self.vault.as_ref().map(|v| v.current_id().to_string()),
+            )
             .finish()
     }
 }
@@ -180,7 +190,21 @@ impl RedisRegistry {
             put_script: ::redis::Script::new(PUT_LUA),
             stats_script: ::redis::Script::new(STATS_LUA),
             problems: Arc::default(),
+            vault: None,
         }
+    }
+
+    /// This registry sealing credentials with `vault` before they reach
+    /// Redis, and opening them with it. Without one (the default, for tests
+    /// and `allow_plaintext_credentials`), credentials are stored in clear.
+    pub fn with_vault(mut self, vault: Vault) -> RedisRegistry {
+        self.vault = Some(Arc::new(vault));
+        self
+    }
+
+    /// The keys credentials are sealed and opened with, if any.
+    pub fn vault(&self) -> Option<&Vault> {
+        self.vault.as_deref()
     }
 
     /// The key names this registry uses.
@@ -250,7 +274,7 @@ impl RedisRegistry {
                         );
                         continue;
                     }
-                    match user_from_hash(*id, &key, &fields) {
+                    match user_from_hash(*id, &key, &fields, self.vault()) {
                         Ok(u) => users.push(u),
                         Err(e) => problems.push((key, e)),
                     }
@@ -369,7 +393,7 @@ impl RedisRegistry {
         if fields.is_empty() {
             return Ok(None);
         }
-        user_from_hash(id, &key, &fields).map(Some)
+        user_from_hash(id, &key, &fields, self.vault()).map(Some)
     }
 
     /// Stores a user atomically unless it is stored exactly so already; the
@@ -387,7 +411,7 @@ impl RedisRegistry {
             .arg(self.keys.users())
             .arg(user.cloud_id.as_str())
             .arg(format_ts(now_unix()));
-        for (field, value) in user_to_hash(user) {
+        for (field, value) in user_to_hash(user, self.vault()) {
             call.arg(field).arg(value);
         }
         let (code,): (i64,) = self.send(&format!("put {key}"), &pipe).await?;

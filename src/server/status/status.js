@@ -17,7 +17,7 @@
 
   const $ = (id) => document.getElementById(id);
   const view = { page: 1, sort: 'state', order: null, state: '', q: '' };
-  let memoryToken = null; // when localStorage is unavailable
+  let memoryToken = null; // when sessionStorage is unavailable
   let last = null;        // the latest answer
   let clockOffset = 0;    // server clock minus ours, in seconds
   let fetchedAt = 0;
@@ -26,15 +26,19 @@
 
   // --- token -------------------------------------------------------------
 
+  // sessionStorage, not localStorage: the token ends with the tab instead
+  // of staying on the disk of every browser that ever signed in.
   function getToken() {
-    try { return localStorage.getItem(TOKEN_KEY) || memoryToken; } catch (_) { return memoryToken; }
+    try { return sessionStorage.getItem(TOKEN_KEY) || memoryToken; } catch (_) { return memoryToken; }
   }
   function setToken(t) {
     memoryToken = t;
     try {
-      if (t) localStorage.setItem(TOKEN_KEY, t); else localStorage.removeItem(TOKEN_KEY);
-    } catch (_) { /* private mode: the in-memory copy lasts this visit */ }
+      if (t) sessionStorage.setItem(TOKEN_KEY, t); else sessionStorage.removeItem(TOKEN_KEY);
+    } catch (_) { /* storage disabled: the in-memory copy lasts this visit */ }
   }
+  // Earlier versions kept the token in localStorage for good; drop it.
+  try { localStorage.removeItem(TOKEN_KEY); } catch (_) { /* nothing to drop */ }
   // `#token=...` (e.g. the link `rainforest run --demo` prints): keep it,
   // then take it out of the address bar and history.
   function tokenFromFragment() {
