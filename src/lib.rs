@@ -22,12 +22,13 @@
 //! - [`db`]: the one Redis layer (connection, error classes, every key name)
 //!   that the registry, tokens, archive lock and importer share.
 //! - [`telemetry`]: tracing set-up (stderr, JSON, per-service log files).
-//! - [`protocol`]: EAGLE relay and EAGLE-200 clients and parsers.
+//! - [`protocol`]: EAGLE relay and EAGLE-200 clients and parsers, where an
+//!   EAGLE-200 may be (`local_networks`), device pace and the global caps.
 //! - [`record`]: the JSON line written per reading.
 //! - [`registry`]: users and their statistics, in Redis or a JSON-lines file.
 //! - [`vault`]: the credentials key, and the sealing of passwords and install
 //!   codes before they reach Redis.
-//! - [`scheduler`]: per-meter slots, global caps, backoff.
+//! - [`scheduler`]: per-meter slots and backoff.
 //! - [`poll`]: one reading from the wire to the spool, and the statistics
 //!   update it makes (the scheduler and on-demand reads share it).
 //! - [`pinger`]: the polling service wired together.

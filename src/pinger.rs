@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::poll::Poller;
-use crate::protocol::{Eagle, EagleOptions};
+use crate::protocol::{AddressPolicy, Eagle, EagleOptions};
 use crate::registry::file::Reload;
 use crate::registry::{Registry, StatsWriter};
 use crate::scheduler::{Counters, Scheduler, SchedulerOptions, Snapshot};
@@ -28,13 +28,18 @@ use crate::spool::{Spool, SpoolOptions};
 /// How often batched statistics are written to the registry.
 const STATS_FLUSH: Duration = Duration::from_secs(1);
 
-/// Builds the EAGLE client from the configuration.
+/// Builds the EAGLE client from the configuration, with its own global caps
+/// (`max_concurrent_requests`, `max_requests_per_second`) and address
+/// policy (`local_networks`); everything sharing this client shares them.
 pub fn eagle_from_config(config: &Config, trace_http: bool) -> anyhow::Result<Eagle> {
     Eagle::new(EagleOptions {
         relay_url: config.relay_url.clone(),
         request_timeout: config.request_timeout,
         insecure_tls: config.relay_insecure_tls,
         trace_http,
+        local_networks: AddressPolicy::new(config.local_networks.clone()),
+        max_concurrent: config.max_concurrent_requests,
+        max_per_second: config.max_requests_per_second,
     })
     .context("cannot set up the HTTP client")
 }
@@ -111,8 +116,6 @@ impl Pinger {
         let scheduler = Scheduler::new(
             SchedulerOptions {
                 poll_interval: config.poll_interval,
-                max_concurrent: config.max_concurrent_requests,
-                max_per_second: config.max_requests_per_second,
                 max_backoff: config.max_backoff,
                 auth_backoff: config.auth_backoff,
             },

@@ -87,7 +87,9 @@ async fn fetch_local_eagle_200_reads_demand() {
             "--install-code-env",
             "IC",
         ])
-        .env("IC", simulator::meter_install_code(id)))
+        .env("IC", simulator::meter_install_code(id))
+        // The simulator is on loopback, which only an explicit opt-in opens.
+        .env("RAINFOREST_LOCAL_NETWORKS", "127.0.0.0/8"))
     .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");

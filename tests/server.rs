@@ -356,7 +356,9 @@ async fn missing_wrong_expired_revoked_and_under_scoped_tokens_are_refused() {
     s.delete("/api/users/00ce69", Some(&reader))
         .await
         .problem(403);
-    s.get("/api/event/00ce69", Some(&reader)).await.problem(403);
+    s.post_empty("/api/event/00ce69", Some(&reader))
+        .await
+        .problem(403);
     // Write can write.
     assert_eq!(
         s.post("/api/users/00ce69", Some(&writer), &body)
@@ -615,7 +617,7 @@ async fn event_reads_the_meter_into_the_spool_once_per_second_at_most() {
         .await;
     let before = s.sim.requests_for(id);
 
-    let a = s.get(&format!("/api/event/{id}"), Some(ADMIN)).await;
+    let a = s.post_empty(&format!("/api/event/{id}"), Some(ADMIN)).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     let record = a.json();
     assert_eq!(record["cloud_id"], id.as_str());
@@ -624,7 +626,7 @@ async fn event_reads_the_meter_into_the_spool_once_per_second_at_most() {
     assert_eq!(s.sim.requests_for(id), before + 1);
 
     // A second read within the second is refused without calling out.
-    let a = s.get(&format!("/api/event/{id}"), Some(ADMIN)).await;
+    let a = s.post_empty(&format!("/api/event/{id}"), Some(ADMIN)).await;
     a.problem(429);
     assert!(a.headers.get("retry-after").is_some());
     assert_eq!(s.sim.requests_for(id), before + 1);
@@ -643,12 +645,16 @@ async fn event_reads_the_meter_into_the_spool_once_per_second_at_most() {
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
-        s.get(&format!("/api/event/{id}"), Some(ADMIN)).await.status,
+        s.post_empty(&format!("/api/event/{id}"), Some(ADMIN))
+            .await
+            .status,
         StatusCode::OK
     );
 
     // Unknown users are 404 and call nobody; wrong credentials are 502.
-    s.get("/api/event/00ce69", Some(ADMIN)).await.problem(404);
+    s.post_empty("/api/event/00ce69", Some(ADMIN))
+        .await
+        .problem(404);
     let other = simulator::meter_cloud_id(1);
     s.post(
         &format!("/api/users/{other}"),
@@ -657,7 +663,7 @@ async fn event_reads_the_meter_into_the_spool_once_per_second_at_most() {
     )
     .await;
     let p = s
-        .get(&format!("/api/event/{other}"), Some(ADMIN))
+        .post_empty(&format!("/api/event/{other}"), Some(ADMIN))
         .await
         .problem(502);
     assert_eq!(p["type"], "urn:rainforest:problem:meter-auth-failed");
@@ -683,7 +689,7 @@ async fn slow_requests_are_cut_off_with_a_503_problem() {
         .await;
     let started = std::time::Instant::now();
     let p = s
-        .get(&format!("/api/event/{id}"), Some(ADMIN))
+        .post_empty(&format!("/api/event/{id}"), Some(ADMIN))
         .await
         .problem(503);
     assert!(
@@ -715,7 +721,7 @@ async fn a_meter_slower_than_request_timeout_is_a_504_problem() {
     s.post(&format!("/api/users/{id}"), Some(ADMIN), &sim_user_body(0))
         .await;
     let p = s
-        .get(&format!("/api/event/{id}"), Some(ADMIN))
+        .post_empty(&format!("/api/event/{id}"), Some(ADMIN))
         .await
         .problem(504);
     assert_eq!(p["type"], "urn:rainforest:problem:meter-timeout");
@@ -752,7 +758,7 @@ async fn an_on_demand_read_counts_the_reading_but_keeps_the_pingers_pause() {
             .expect("write stats");
     }
     for &(id, state, streak) in &paused {
-        let a = s.get(&format!("/api/event/{id}"), Some(ADMIN)).await;
+        let a = s.post_empty(&format!("/api/event/{id}"), Some(ADMIN)).await;
         assert_eq!(a.status, StatusCode::OK, "{}", a.body);
         let kw = a.json()["demand_kw"].as_f64().expect("demand_kw");
         let stats = s.registry.stats(id).await.expect("stats").expect("some");
@@ -844,7 +850,7 @@ async fn openapi_document_lists_every_route_with_bearer_auth() {
     for (path, methods) in [
         ("/api/users", &["get"][..]),
         ("/api/users/{cloud_id}", &["get", "post", "delete"][..]),
-        ("/api/event/{cloud_id}", &["get"][..]),
+        ("/api/event/{cloud_id}", &["post"][..]),
         ("/api/openapi.json", &["get"][..]),
         ("/healthz", &["get"][..]),
         ("/readyz", &["get"][..]),
@@ -884,7 +890,7 @@ async fn openapi_document_lists_every_route_with_bearer_auth() {
             "POST does not document {status}"
         );
     }
-    assert!(doc["paths"]["/api/event/{cloud_id}"]["get"]["responses"]["429"].is_object());
+    assert!(doc["paths"]["/api/event/{cloud_id}"]["post"]["responses"]["429"].is_object());
     assert_eq!(
         doc["components"]["schemas"]["UserBody"]["additionalProperties"],
         false

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use clap::Parser;
 use rainforest::cloud_id::CloudId;
-use rainforest::protocol::{Command, Eagle, EagleOptions, ErrorKind, ProtocolError, Source, parse};
+use rainforest::protocol::{
+    AddressPolicy, Command, Eagle, EagleOptions, ErrorKind, ProtocolError, Source, parse,
+};
 use rainforest::secret::Secret;
 use rainforest::simulator::{
     self, LatencySpec, SimulateArgs, Simulator, meter_cloud_id, meter_email, meter_install_code,
@@ -32,6 +34,10 @@ fn eagle(sim: &Simulator, timeout: Duration) -> Eagle {
         request_timeout: timeout,
         insecure_tls: false,
         trace_http: false,
+        // The simulator's EAGLE-200 side is on loopback: opted in here.
+        local_networks: AddressPolicy::loopback(),
+        max_concurrent: 64,
+        max_per_second: 10_000,
     })
     .expect("client builds")
 }

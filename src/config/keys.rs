@@ -58,6 +58,11 @@ pub const KEYS: &[Key] = &[
         "false",
         "Skip TLS certificate checks on the relay (dangerous; logged as a warning)",
     ),
+    key(
+        "local_networks",
+        "",
+        "CIDRs EAGLE-200s may be in, comma-separated, e.g. 192.168.1.0/24 (empty: public addresses only)",
+    ),
     key("poll_interval", "6s", "How often each meter is read"),
     key(
         "request_timeout",

@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use url::Url;
 
 use crate::secret::Secret;
@@ -163,6 +164,7 @@ impl Layers {
             log_dir: p.opt_path("log_dir"),
             relay_url: p.url("relay_url", &["http", "https"]),
             relay_insecure_tls: p.bool("relay_insecure_tls"),
+            local_networks: p.networks("local_networks"),
             poll_interval: p.duration("poll_interval"),
             request_timeout: p.duration("request_timeout"),
             user_reload_interval: p.duration("user_reload_interval"),
@@ -341,6 +343,25 @@ impl Parser<'_> {
         }
     }
 
+    /// CIDRs separated by commas or spaces; a bare address is one host.
+    fn networks(&mut self, key: &str) -> Vec<IpNet> {
+        let v = self.string(key);
+        let mut out = Vec::new();
+        for item in v.split([',', ' ']).filter(|s| !s.is_empty()) {
+            let parsed = item
+                .parse::<IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(net) => out.push(net.trunc()),
+                Err(_) => self.fail::<()>(
+                    key,
+                    format!("{item:?} is not a network like 192.168.1.0/24 or fd00::/8"),
+                ),
+            }
+        }
+        out
+    }
+
     fn opt_socket(&mut self, key: &str) -> Option<SocketAddr> {
         if self.string(key).is_empty() {
             None
@@ -408,6 +429,9 @@ pub struct Config {
     pub relay_url: Url,
     /// Skip TLS verification for the relay.
     pub relay_insecure_tls: bool,
+    /// Networks EAGLE-200s may be in (private ranges are refused otherwise;
+    /// see [`crate::protocol::address`]).
+    pub local_networks: Vec<IpNet>,
     /// Poll cadence per meter.
     pub poll_interval: Duration,
     /// Timeout per EAGLE request.
@@ -596,6 +620,43 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("api_token = \"[redacted]\""), "{out}");
+    }
+
+    #[test]
+    fn local_networks_parse_as_cidrs_and_bad_ones_are_named() {
+        let c = Layers::defaults()
+            .env(env(&[(
+                "RAINFOREST_LOCAL_NETWORKS",
+                "192.168.1.7/24, fd00::/8 10.0.0.5",
+            )]))
+            .build()
+            .unwrap();
+        let shown: Vec<String> = c.local_networks.iter().map(|n| n.to_string()).collect();
+        assert_eq!(shown, ["192.168.1.0/24", "fd00::/8", "10.0.0.5/32"]);
+        assert!(Config::defaults().unwrap().local_networks.is_empty());
+        let err = Layers::defaults()
+            .env(env(&[("RAINFOREST_LOCAL_NETWORKS", "10.0.0.0/8,lan")]))
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`local_networks`") && err.contains("\"lan\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn readme_table_names_every_key() {
+        let readme = include_str!("../../README.md");
+        let missing: Vec<&str> = keys::KEYS
+            .iter()
+            .map(|k| k.name)
+            .filter(|name| !readme.contains(&format!("`{name}`")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "README.md does not describe {missing:?}"
+        );
     }
 
     #[test]

@@ -29,6 +29,14 @@ impl Config {
             ("log_dir", path(self.log_dir.as_deref())),
             ("relay_url", url(Some(&self.relay_url))),
             ("relay_insecure_tls", self.relay_insecure_tls.to_string()),
+            (
+                "local_networks",
+                self.local_networks
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
             ("poll_interval", d(self.poll_interval)),
             ("request_timeout", d(self.request_timeout)),
             ("user_reload_interval", d(self.user_reload_interval)),

@@ -1,22 +1,37 @@
-//! The HTTP side of the protocol: one shared `reqwest` client for every meter.
+//! The HTTP side of the protocol: the clients every meter is read with.
 //!
-//! One client means one keep-alive pool and one TLS configuration for the
-//! whole process; certificates are verified unless the operator opts out
-//! explicitly. Local EAGLE-200 devices are paced to one request per second
-//! each, because they are small embedded boxes.
+//! Two `reqwest` clients, shared by the whole process: one for the
+//! operator's relay (`relay_url`) and one for customers' EAGLE-200s, whose
+//! addresses come from API users. The second one resolves names through
+//! [`FencedResolver`] and checks IP-literal hosts against the same
+//! [`AddressPolicy`], ignores proxy settings (a proxy would resolve the name
+//! itself), and so reaches only where an EAGLE-200 may be. The relay URL is
+//! not fenced: the operator sets it, and the simulator and tests run it on
+//! loopback. Neither client follows redirects (a redirect would carry the
+//! relay password or install code to whoever the `Location` names); a 3xx is
+//! [`ProtocolError::Redirect`]. Answers are read up to [`MAX_BODY`] bytes
+//! and the read stops past that. Every request waits for its device's pace,
+//! then for the global caps ([`super::pacing`]). Certificates are verified
+//! unless the operator opts out explicitly.
 
-use std::collections::HashMap;
-use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use tokio::time::Instant;
 use url::Url;
 
+use super::address::{AddressPolicy, LocalHost};
+use super::devices::MeterAddresses;
+use super::pacing::{Caps, DevicePace};
+use super::resolve::{self, AddressRefused, FencedResolver};
+use super::trace::Curl;
 use super::{Command, ProtocolError, Reading, Source, parse};
 use crate::cloud_id::CloudId;
+
+/// Largest answer read from a relay or EAGLE-200; a demand notification is
+/// well under 2 KiB, a device list a few.
+pub const MAX_BODY: usize = 64 * 1024;
 
 /// Settings for [`Eagle`], taken from the configuration.
 #[derive(Debug, Clone)]
@@ -29,16 +44,23 @@ pub struct EagleOptions {
     pub insecure_tls: bool,
     /// Log each request as a reproducible curl command.
     pub trace_http: bool,
+    /// Which addresses an EAGLE-200 may have (`local_networks`).
+    pub local_networks: AddressPolicy,
+    /// Global cap on requests in flight (`max_concurrent_requests`).
+    pub max_concurrent: usize,
+    /// Global cap on requests started per second (`max_requests_per_second`).
+    pub max_per_second: u32,
 }
 
 /// The EAGLE client shared by every poll in the process.
 #[derive(Clone)]
 pub struct Eagle {
-    http: reqwest::Client,
+    relay_http: reqwest::Client,
+    local_http: reqwest::Client,
     opts: Arc<EagleOptions>,
-    local_pace: Arc<DefaultKeyedRateLimiter<String>>,
-    /// Hardware address of each local device's meter, found once by `device_list`.
-    local_meters: Arc<Mutex<HashMap<String, String>>>,
+    caps: Arc<Caps>,
+    local_pace: Arc<DevicePace>,
+    local_meters: Arc<MeterAddresses>,
 }
 
 impl std::fmt::Debug for Eagle {
@@ -49,8 +71,12 @@ impl std::fmt::Debug for Eagle {
 
 const USER_AGENT: &str = concat!("rainforest/", env!("CARGO_PKG_VERSION"));
 
+/// Names of the variables the `--trace-http` lines read secrets from.
+const PASSWORD_VAR: &str = "EAGLE_PASSWORD";
+const INSTALL_CODE_VAR: &str = "EAGLE_INSTALL_CODE";
+
 impl Eagle {
-    /// Builds the shared client.
+    /// Builds the shared clients and caps.
     pub fn new(opts: EagleOptions) -> Result<Self, ProtocolError> {
         if opts.insecure_tls {
             tracing::warn!(
@@ -58,23 +84,35 @@ impl Eagle {
                 "TLS certificate checks are OFF (relay_insecure_tls = true). Anyone on the path can read meter passwords."
             );
         }
-        let http = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .timeout(opts.request_timeout)
-            .connect_timeout(opts.request_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
+        let base = || {
+            reqwest::Client::builder()
+                .user_agent(USER_AGENT)
+                .timeout(opts.request_timeout)
+                .connect_timeout(opts.request_timeout)
+                .pool_idle_timeout(Duration::from_secs(90))
+                .tcp_nodelay(true)
+                .redirect(reqwest::redirect::Policy::none())
+        };
+        let build_error = |e: reqwest::Error| ProtocolError::Connect {
+            message: format!("cannot build HTTP client: {e}"),
+        };
+        let relay_http = base()
             .tls_danger_accept_invalid_certs(opts.insecure_tls)
             .build()
-            .map_err(|e| ProtocolError::Connect {
-                message: format!("cannot build HTTP client: {e}"),
-            })?;
-        let one_per_second = Quota::per_second(NonZeroU32::MIN);
+            .map_err(build_error)?;
+        let policy = Arc::new(opts.local_networks.clone());
+        let local_http = base()
+            .no_proxy()
+            .dns_resolver(Arc::new(FencedResolver::new(policy)))
+            .build()
+            .map_err(build_error)?;
         Ok(Eagle {
-            http,
+            relay_http,
+            local_http,
+            caps: Arc::new(Caps::new(opts.max_concurrent, opts.max_per_second)),
             opts: Arc::new(opts),
-            local_pace: Arc::new(RateLimiter::keyed(one_per_second)),
-            local_meters: Arc::new(Mutex::new(HashMap::new())),
+            local_pace: Arc::new(DevicePace::new()),
+            local_meters: Arc::new(MeterAddresses::default()),
         })
     }
 
@@ -143,17 +181,20 @@ impl Eagle {
         headers.insert("Password", pw);
         let url = self.opts.relay_url.clone();
         let trace = self.opts.trace_http.then(|| {
-            format!(
-                "curl -sS -X POST '{url}' -H 'Content-Type: text/xml' -H 'Cloud-ID: {cloud_id}' -H {} -H \"Password: $EAGLE_PASSWORD\" --data-binary {}",
-                shell_quote(&format!("User: {user}")),
-                shell_quote(&body)
-            )
+            Curl::post(&url)
+                .header("Content-Type", "text/xml")
+                .header("Cloud-ID", cloud_id.as_str())
+                .header("User", user)
+                .header_from_env("Password", PASSWORD_VAR)
+                .body(&body)
+                .line()
         });
-        let request = self.http.post(url).headers(headers).body(body);
+        let request = self.relay_http.post(url).headers(headers).body(body);
         self.send(cloud_id, request, trace).await
     }
 
-    /// Sends a raw command body to a local EAGLE-200, paced per device.
+    /// Sends a raw command body to a local EAGLE-200: first its pace, then
+    /// the global caps, and only to an address the policy allows.
     pub async fn local(
         &self,
         cloud_id: CloudId,
@@ -165,21 +206,40 @@ impl Eagle {
                 reason: "local command sent to a relay source".into(),
             });
         };
-        let url = local_url(host)?;
-        self.local_pace.until_key_ready(&url.to_string()).await;
+        let host = self.allowed_host(host)?;
+        let url = host.command_url();
+        self.local_pace.until_ready(&host.to_string()).await;
         let trace = self.opts.trace_http.then(|| {
-            format!(
-                "curl -sS -X POST '{url}' -u \"{cloud_id}:$EAGLE_INSTALL_CODE\" -H 'Content-Type: text/xml' --data-binary {}",
-                shell_quote(body)
-            )
+            Curl::post(&url)
+                .basic_auth_from_env(cloud_id.as_str(), INSTALL_CODE_VAR)
+                .header("Content-Type", "text/xml")
+                .body(body)
+                .line()
         });
         let request = self
-            .http
+            .local_http
             .post(url)
             .basic_auth(cloud_id.as_str(), Some(install_code.expose()))
             .header(CONTENT_TYPE, "text/xml")
             .body(body.to_string());
         self.send(cloud_id, request, trace).await
+    }
+
+    /// The stored host, parsed, and refused when it is an IP literal the
+    /// policy does not allow (names are checked by the resolver).
+    fn allowed_host(&self, host: &str) -> Result<LocalHost, ProtocolError> {
+        let parsed = LocalHost::parse(host).map_err(|e| ProtocolError::Refused {
+            message: format!("EAGLE-200 host {host:?} {e}"),
+        })?;
+        if let Some(ip) = parsed.ip() {
+            let addr = std::net::SocketAddr::new(ip, 0);
+            resolve::filter(&parsed.to_string(), [addr], &self.opts.local_networks).map_err(
+                |e| ProtocolError::Refused {
+                    message: e.to_string(),
+                },
+            )?;
+        }
+        Ok(parsed)
     }
 
     /// Lists an EAGLE-200's devices.
@@ -205,7 +265,7 @@ impl Eagle {
         host: &str,
     ) -> Result<String, ProtocolError> {
         let key = format!("{cloud_id}@{host}");
-        if let Some(addr) = self.cached_meter(&key) {
+        if let Some(addr) = self.local_meters.get(&key) {
             return Ok(addr);
         }
         let devices = self.local_devices(cloud_id, source).await?;
@@ -215,14 +275,9 @@ impl Eagle {
             .ok_or_else(|| ProtocolError::Malformed {
                 reason: format!("EAGLE-200 at {host} lists no electric_meter device"),
             })?;
-        if let Ok(mut cache) = self.local_meters.lock() {
-            cache.insert(key, meter.hardware_address.clone());
-        }
+        self.local_meters
+            .insert(key, meter.hardware_address.clone());
         Ok(meter.hardware_address.clone())
-    }
-
-    fn cached_meter(&self, key: &str) -> Option<String> {
-        self.local_meters.lock().ok()?.get(key).cloned()
     }
 
     async fn send(
@@ -231,6 +286,7 @@ impl Eagle {
         request: reqwest::RequestBuilder,
         trace: Option<String>,
     ) -> Result<Vec<u8>, ProtocolError> {
+        let _permit = self.caps.admit().await;
         let started = Instant::now();
         let result = self.send_inner(request).await;
         if let Some(curl) = trace {
@@ -252,11 +308,16 @@ impl Eagle {
         request: reqwest::RequestBuilder,
     ) -> Result<(u16, Vec<u8>), ProtocolError> {
         let after_ms = self.opts.request_timeout.as_millis() as u64;
-        let response = request
+        let mut response = request
             .send()
             .await
             .map_err(|e| transport_error(e, after_ms))?;
         let status = response.status();
+        if status.is_redirection() {
+            return Err(ProtocolError::Redirect {
+                status: status.as_u16(),
+            });
+        }
         if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
             return Err(ProtocolError::BadCredentials {
                 message: format!("HTTP {}", status.as_u16()),
@@ -267,16 +328,37 @@ impl Eagle {
                 status: status.as_u16(),
             });
         }
-        let body = response
-            .bytes()
+        let too_large = || ProtocolError::Malformed {
+            reason: format!("the answer is larger than {} KiB", MAX_BODY / 1024),
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_BODY as u64)
+        {
+            return Err(too_large());
+        }
+        // Chunk by chunk: a length header may lie, or be absent.
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| transport_error(e, after_ms))?;
-        Ok((status.as_u16(), body.to_vec()))
+            .map_err(|e| transport_error(e, after_ms))?
+        {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((status.as_u16(), body))
     }
 }
 
 fn transport_error(e: reqwest::Error, after_ms: u64) -> ProtocolError {
-    if e.is_timeout() {
+    if let Some(refused) = find_source::<AddressRefused>(&e) {
+        ProtocolError::Refused {
+            message: refused.to_string(),
+        }
+    } else if e.is_timeout() {
         ProtocolError::Timeout { after_ms }
     } else if e.is_connect() {
         ProtocolError::Connect {
@@ -293,57 +375,28 @@ fn transport_error(e: reqwest::Error, after_ms: u64) -> ProtocolError {
     }
 }
 
+/// The first error of type `T` in `e`'s source chain.
+fn find_source<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(found) = err.downcast_ref::<T>() {
+            return Some(found);
+        }
+        cur = err.source();
+    }
+    None
+}
+
 fn header_value(value: &str, what: &str) -> Result<HeaderValue, ProtocolError> {
     HeaderValue::from_str(value).map_err(|_| ProtocolError::Malformed {
         reason: format!("the {what} contains characters that cannot go in an HTTP header"),
     })
 }
 
-/// The EAGLE-200's command URL for a host given as `host`, `host:port` or a base URL.
-pub fn local_url(host: &str) -> Result<Url, ProtocolError> {
-    let base = if host.starts_with("http://") || host.starts_with("https://") {
-        host.to_string()
-    } else {
-        format!("http://{host}")
-    };
-    let mut url = Url::parse(&base).map_err(|e| ProtocolError::Connect {
-        message: format!("bad EAGLE-200 host {host:?}: {e}"),
-    })?;
-    if url.path() == "/" || url.path().is_empty() {
-        url.set_path("/cgi-bin/post_manager");
-    }
-    Ok(url)
-}
-
 fn device_query_xml(hardware_address: &str) -> String {
     format!(
         "<Command>\r\n  <Name>device_query</Name>\r\n  <DeviceDetails>\r\n    <HardwareAddress>{hardware_address}</HardwareAddress>\r\n  </DeviceDetails>\r\n  <Components>\r\n    <Component>\r\n      <Name>Main</Name>\r\n      <Variables>\r\n        <Variable><Name>zigbee:InstantaneousDemand</Name></Variable>\r\n      </Variables>\r\n    </Component>\r\n  </Components>\r\n</Command>\r\n"
     )
-}
-
-/// Quotes a string for a POSIX shell, so a traced curl line pastes as is.
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn local_url_accepts_host_port_and_urls() {
-        assert_eq!(
-            local_url("10.0.0.5").unwrap().as_str(),
-            "http://10.0.0.5/cgi-bin/post_manager"
-        );
-        assert_eq!(
-            local_url("http://127.0.0.1:9000").unwrap().as_str(),
-            "http://127.0.0.1:9000/cgi-bin/post_manager"
-        );
-    }
-
-    #[test]
-    fn shell_quote_survives_single_quotes() {
-        assert_eq!(shell_quote("a'b"), r"'a'\''b'");
-    }
 }

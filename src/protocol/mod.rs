@@ -1,23 +1,33 @@
 //! Talking to EAGLE gateways: the cloud relay and the local EAGLE-200 API.
 //!
-//! Owns the wire formats, the one shared HTTP client, request pacing per
-//! local device, `--trace-http` curl lines, and the classification of every
-//! failure into an [`ErrorKind`] the scheduler can act on. It knows nothing
-//! about users in Redis, schedules or files: callers hand it a [`Source`] and
-//! get back a [`Reading`] or a [`ProtocolError`].
+//! Owns the wire formats, the shared HTTP clients, where an EAGLE-200 may
+//! be (host syntax and address policy), request pacing and the global caps,
+//! `--trace-http` curl lines, and the classification of every failure into
+//! an [`ErrorKind`] the scheduler can act on. It knows nothing about users
+//! in Redis, schedules or files: callers hand it a [`Source`] and get back a
+//! [`Reading`] or a [`ProtocolError`].
 //!
 //! Layout: [`xml`] reads bytes into a forgiving element tree, [`parse`] turns
-//! trees into typed notifications, [`client`] does the HTTP.
+//! trees into typed notifications, [`client`] does the HTTP, [`address`]
+//! and [`resolve`] fence EAGLE-200 requests, [`pacing`] holds the device pace
+//! and the global caps, [`devices`] remembers each EAGLE-200's meter, and
+//! [`trace`] prints curl lines.
 
+pub mod address;
 pub mod client;
+pub mod devices;
+pub mod pacing;
 pub mod parse;
+pub mod resolve;
+pub mod trace;
 pub mod xml;
 
 use chrono::{DateTime, Utc};
 
 use crate::secret::Secret;
 
-pub use client::{Eagle, EagleOptions};
+pub use address::{AddressPolicy, HostError, LocalHost};
+pub use client::{Eagle, EagleOptions, MAX_BODY};
 pub use parse::{Demand, Header, LocalDevice, LocalReading, Price, Summation};
 
 /// Where a meter is read from, with the credentials that unlock it.
@@ -32,7 +42,7 @@ pub enum Source {
     },
     /// An EAGLE-200 on the customer's LAN.
     Local {
-        /// `host`, `host:port` or an `http(s)://` base URL.
+        /// `host` or `host:port` (see [`LocalHost::parse`]).
         host: String,
         /// The device's install code (HTTP Basic password).
         install_code: Secret,
@@ -121,8 +131,14 @@ pub enum ErrorKind {
     Timeout,
     /// Could not connect (DNS, refused, TLS handshake).
     Connect,
-    /// An answer arrived but is not a usable notification.
+    /// An answer arrived but is not a usable notification (or is too large).
     Malformed,
+    /// A 3xx answer; redirects are never followed, since they would carry
+    /// the credentials elsewhere.
+    Redirect,
+    /// The EAGLE-200's host or address is not one requests may go to
+    /// (loopback, metadata, a private range not in `local_networks`...).
+    Refused,
 }
 
 impl ErrorKind {
@@ -135,17 +151,21 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Connect => "connect",
             ErrorKind::Malformed => "malformed",
+            ErrorKind::Redirect => "redirect",
+            ErrorKind::Refused => "address_refused",
         }
     }
 
     /// All kinds, in a stable order (for summaries).
-    pub const ALL: [ErrorKind; 6] = [
+    pub const ALL: [ErrorKind; 8] = [
         ErrorKind::Auth,
         ErrorKind::Relay,
         ErrorKind::Http,
         ErrorKind::Timeout,
         ErrorKind::Connect,
         ErrorKind::Malformed,
+        ErrorKind::Redirect,
+        ErrorKind::Refused,
     ];
 }
 
@@ -185,11 +205,26 @@ pub enum ProtocolError {
         /// The transport's explanation.
         message: String,
     },
-    /// The body is not a usable notification (HTML, truncated, missing fields).
+    /// The body is not a usable notification (HTML, truncated, missing
+    /// fields, larger than [`MAX_BODY`]).
     #[error("malformed answer: {reason}")]
     Malformed {
         /// What is wrong with it.
         reason: String,
+    },
+    /// A redirect, which is not followed.
+    #[error(
+        "HTTP {status} redirect, not followed (check the relay URL or the EAGLE-200's address)"
+    )]
+    Redirect {
+        /// The 3xx status.
+        status: u16,
+    },
+    /// The host is not `host[:port]`, or its address is refused.
+    #[error("address refused: {message}")]
+    Refused {
+        /// Which host or address, and why.
+        message: String,
     },
 }
 
@@ -203,6 +238,36 @@ impl ProtocolError {
             ProtocolError::Timeout { .. } => ErrorKind::Timeout,
             ProtocolError::Connect { .. } => ErrorKind::Connect,
             ProtocolError::Malformed { .. } => ErrorKind::Malformed,
+            ProtocolError::Redirect { .. } => ErrorKind::Redirect,
+            ProtocolError::Refused { .. } => ErrorKind::Refused,
+        }
+    }
+
+    /// The same failure with every text that came from the remote side, or
+    /// that would tell an API caller what a name resolves to, replaced by a
+    /// fixed one. For answers to API callers: a token holder must not learn
+    /// what some host returned (that would make the API a scanner). Logs
+    /// keep the original at debug level.
+    pub fn for_client(&self) -> ProtocolError {
+        match self {
+            ProtocolError::BadCredentials { .. } => ProtocolError::BadCredentials {
+                message: "rejected".into(),
+            },
+            ProtocolError::Relay { .. } => ProtocolError::Relay {
+                message: "the relay reported an error (gateway offline?)".into(),
+            },
+            ProtocolError::Connect { .. } => ProtocolError::Connect {
+                message: "no connection to the relay or EAGLE-200".into(),
+            },
+            ProtocolError::Malformed { .. } => ProtocolError::Malformed {
+                reason: "not a usable notification".into(),
+            },
+            ProtocolError::Refused { .. } => ProtocolError::Refused {
+                message: "not an address an EAGLE-200 may have here (see local_networks)".into(),
+            },
+            same @ (ProtocolError::Status { .. }
+            | ProtocolError::Timeout { .. }
+            | ProtocolError::Redirect { .. }) => same.clone(),
         }
     }
 }
@@ -222,5 +287,35 @@ mod tests {
         assert!(xml.contains("<Name>get_history_data</Name>"));
         assert!(xml.contains("<StartTime>0x2f1a3e00</StartTime>"));
         assert!(xml.contains("<Frequency>0x0384</Frequency>"));
+    }
+
+    #[test]
+    fn errors_for_clients_keep_the_kind_and_drop_remote_text() {
+        let leaky = [
+            ProtocolError::Malformed {
+                reason: "expected <devicelist>, got <secret-admin-page>".into(),
+            },
+            ProtocolError::Relay {
+                message: "secret-admin-page".into(),
+            },
+            ProtocolError::BadCredentials {
+                message: "secret-admin-page".into(),
+            },
+            ProtocolError::Connect {
+                message: "tcp connect error: 10.0.0.9:6379 secret-admin-page".into(),
+            },
+            ProtocolError::Refused {
+                message: "every address of redis.internal is refused (10.0.3.4: private)".into(),
+            },
+        ];
+        for e in leaky {
+            let shown = e.for_client();
+            assert_eq!(shown.kind(), e.kind());
+            let text = shown.to_string();
+            assert!(
+                !text.contains("secret-admin-page") && !text.contains("10.0"),
+                "{text}"
+            );
+        }
     }
 }

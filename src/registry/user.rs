@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use crate::cloud_id::CloudId;
-use crate::protocol::Source;
+use crate::protocol::{LocalHost, Source};
 use crate::secret::Secret;
 
 /// Longest e-mail address accepted (the SMTP limit for a forward path).
@@ -306,20 +306,13 @@ fn check_email(email: &str) -> Result<(), ValidationError> {
     }
 }
 
+/// `host[:port]` and nothing else; the one parser is the protocol's, so
+/// what passes here is exactly what the client will connect to (where the
+/// address itself is checked against `local_networks`).
 fn check_host(host: &str) -> Result<(), ValidationError> {
-    if host.is_empty() {
-        return Err(ValidationError::new(
-            "local.host",
-            "must not be empty (an address like 192.168.1.20 or eagle-00ce69.local)",
-        ));
-    }
-    if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(ValidationError::new(
-            "local.host",
-            "must not contain spaces or control characters",
-        ));
-    }
-    Ok(())
+    LocalHost::parse(host)
+        .map(|_| ())
+        .map_err(|e| ValidationError::new("local.host", e.to_string()))
 }
 
 /// Secrets travel in HTTP headers, where a control character is either
@@ -477,6 +470,32 @@ mod tests {
             install_code: Secret::new("c0de"),
         });
         assert_eq!(parse(&v.to_file_line()).unwrap(), v);
+    }
+
+    #[test]
+    fn local_host_is_host_port_only() {
+        let line = |host: &str| {
+            serde_json::json!({"cloud_id": "00ce69", "user_email": "a@b.org",
+                "local": {"host": host, "install_code": "c"}})
+            .to_string()
+        };
+        for ok in [
+            "10.0.0.2",
+            "10.0.0.2:8080",
+            "eagle-00ce69.local",
+            "[fd00::2]",
+        ] {
+            assert!(parse(&line(ok)).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://127.0.0.1:28081/internal/admin?x=1",
+            "10.0.0.2/cgi-bin",
+            "u:p@10.0.0.2",
+            "2130706433",
+            "a'$(id)'",
+        ] {
+            assert_eq!(parse(&line(bad)).unwrap_err().field, "local.host", "{bad}");
+        }
     }
 
     #[test]

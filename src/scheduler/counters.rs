@@ -36,7 +36,7 @@ pub struct Counters {
     /// Successful polls.
     pub polls_ok: AtomicU64,
     /// Failed polls by [`ErrorKind`] (index = position in `ErrorKind::ALL`).
-    pub failures: [AtomicU64; 6],
+    pub failures: [AtomicU64; ErrorKind::ALL.len()],
     /// Slots whose poll started (on time or late).
     pub slots_polled: AtomicU64,
     /// Slots whose poll started within [`ON_TIME`].
@@ -147,7 +147,7 @@ pub struct Snapshot {
     /// See [`Counters::polls_ok`].
     pub polls_ok: u64,
     /// See [`Counters::failures`].
-    pub failures: [u64; 6],
+    pub failures: [u64; ErrorKind::ALL.len()],
     /// See [`Counters::slots_polled`].
     pub slots_polled: u64,
     /// See [`Counters::slots_on_time`].

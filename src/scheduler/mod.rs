@@ -1,9 +1,11 @@
 //! When each meter is polled: phases, slots, global caps, backoff.
 //!
 //! Owns one lightweight task per meter that sleeps until its next slot
-//! ([`slots`]: pure slot arithmetic), takes a permit from the global
-//! concurrency and rate caps, and hands the actual reading to
-//! [`crate::poll::Poller`]. It decides what a failure means for the meter's
+//! ([`slots`]: pure slot arithmetic) and hands the actual reading to
+//! [`crate::poll::Poller`]. The global concurrency and rate caps are the
+//! EAGLE client's ([`crate::protocol::pacing`]): each request waits for its
+//! device's pace first and only then for a global permit, and on-demand
+//! reads through the same client share the same caps. It decides what a failure means for the meter's
 //! cadence: ordinary failures wait with the shared [`crate::backoff::Backoff`]
 //! (one interval, doubling to `max_backoff`, jittered), rejected credentials
 //! pause the meter for `auth_backoff`, and a change of the user's
@@ -17,13 +19,11 @@ pub mod slots;
 pub mod spark;
 
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -42,10 +42,6 @@ use crate::registry::{MeterState, StatsUpdate, StatsWriter, User};
 pub struct SchedulerOptions {
     /// Cadence per meter.
     pub poll_interval: Duration,
-    /// Global cap on requests in flight.
-    pub max_concurrent: usize,
-    /// Global cap on requests started per second.
-    pub max_per_second: u32,
     /// Longest backoff after ordinary failures.
     pub max_backoff: Duration,
     /// Pause after rejected credentials; a change of the user's
@@ -60,8 +56,6 @@ struct Shared {
     origin: Instant,
     poller: Poller,
     stats: Option<StatsWriter>,
-    permits: Semaphore,
-    rate: DefaultDirectRateLimiter,
     counters: Arc<Counters>,
 }
 
@@ -88,14 +82,9 @@ impl Scheduler {
         stats: Option<StatsWriter>,
         shutdown: CancellationToken,
     ) -> Self {
-        let rps = NonZeroU32::new(opts.max_per_second).unwrap_or(NonZeroU32::MIN);
-        // A burst of a tenth of a second keeps the start of each slot smooth.
-        let burst = NonZeroU32::new((opts.max_per_second / 10).max(1)).unwrap_or(NonZeroU32::MIN);
         let shared = Shared {
             backoff: Backoff::new(opts.poll_interval, opts.max_backoff),
             origin: Instant::now(),
-            permits: Semaphore::new(opts.max_concurrent.max(1)),
-            rate: RateLimiter::direct(Quota::per_second(rps).allow_burst(burst)),
             counters: Arc::new(Counters::default()),
             poller,
             stats,
@@ -231,16 +220,12 @@ async fn meter_task(
             k += 1;
             continue;
         }
-        let permit = tokio::select! {
-            _ = stop.cancelled() => break,
-            p = shared.permits.acquire() => match p { Ok(p) => p, Err(_) => break },
-        };
-        shared.rate.until_ready().await;
         let started = Instant::now();
         counters.lag(started.saturating_duration_since(slot));
         let current = user.borrow_and_update().clone();
+        // Waits for the device's pace and the global caps inside, so the
+        // latency includes queueing under the caps.
         let result = shared.poller.poll(&current).await;
-        drop(permit);
         counters.latency(started.elapsed());
         let shutting_down = matches!(result, Err(PollError::Spool(_)));
         outcome(&shared, id, &mut run, result);

@@ -1,4 +1,4 @@
-//! `GET /api/event/{cloud_id}`: read a meter now.
+//! `POST /api/event/{cloud_id}`: read a meter now.
 //!
 //! The reading takes the same path as a scheduled poll ([`Poller::poll`]):
 //! the record is appended to the spool and the poll's statistics update is
@@ -6,7 +6,15 @@
 //! never ends a backoff or an `auth_failed` pause the pinger decided on.
 //! Because each call makes an outbound request with a user's
 //! stored credentials, it is rate limited per meter ([`EventLimiter`]), so
-//! the API cannot be used to hammer the relay or someone's EAGLE.
+//! the API cannot be used to hammer the relay or someone's EAGLE, and it
+//! goes through the EAGLE client's global caps like every scheduled poll
+//! (in `run` the very caps the pinger uses; a standalone server's client
+//! has its own, from the same settings). A failure is answered with its
+//! kind only ([`ProtocolError::for_client`]): what a remote host sent back
+//! is never quoted to the caller. It is a POST because it changes data (a
+//! spool line, statistics); a GET is answered 405 naming POST.
+//!
+//! [`ProtocolError::for_client`]: crate::protocol::ProtocolError::for_client
 //!
 //! [`Poller::poll`]: crate::poll::Poller::poll
 
@@ -15,6 +23,8 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::Serialize;
@@ -22,7 +32,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::auth::Caller;
-use super::error::{ApiError, Problem};
+use super::error::{ApiError, Problem, problem_response};
 use super::users::CloudIdPath;
 use crate::cloud_id::CloudId;
 use crate::poll::PollError;
@@ -99,7 +109,7 @@ pub struct RecordDoc {
 /// appends the record to the spool, exactly like a scheduled poll. At most
 /// one call per meter per second (429 with `Retry-After` otherwise).
 #[utoipa::path(
-    get,
+    post,
     path = "/api/event/{cloud_id}",
     tag = "meters",
     params(("cloud_id" = String, Path, description = "The meter's cloud id: 6 hex digits", pattern = "^[0-9a-fA-F]{6}$")),
@@ -110,7 +120,7 @@ pub struct RecordDoc {
         (status = 403, description = "Token scope below write", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "This meter was read less than a second ago", body = Problem, content_type = "application/problem+json"),
-        (status = 502, description = "The relay or EAGLE failed or rejected the credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The relay or EAGLE failed, redirected, sent too much, has a refused address or rejected the credentials; the detail names the kind, never what the remote host sent", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Redis or the spool unavailable", body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "The meter did not answer in time", body = Problem, content_type = "application/problem+json"),
     ),
@@ -140,10 +150,11 @@ pub async fn read_meter(
     let polled = match state.poller().poll(&user).await {
         Ok(p) => p,
         Err(PollError::Protocol(source)) => {
-            tracing::info!(%id, kind = source.kind().as_str(), error = %source, "On-demand read failed.");
+            tracing::info!(%id, kind = source.kind().as_str(), "On-demand read failed.");
+            tracing::debug!(%id, error = %source, "On-demand read failure in detail.");
             return Err(ApiError::Meter {
                 cloud_id: id.to_string(),
-                source,
+                source: source.for_client(),
             });
         }
         Err(PollError::Spool(e)) => {
@@ -160,6 +171,27 @@ pub async fn read_meter(
     }
     tracing::info!(%id, token = %caller.0.name, "On-demand read written to the spool.");
     Ok(Json(polled.record))
+}
+
+/// `GET /api/event/{cloud_id}`: 405, naming the method that reads a meter.
+/// Reading calls out and writes the spool, which a GET must not do (links,
+/// prefetchers and crawlers follow GETs). A malformed id is still a 400,
+/// as for every other method.
+pub async fn use_post(CloudIdPath(_): CloudIdPath) -> Response {
+    let problem = Problem {
+        kind: "urn:rainforest:problem:method-not-allowed".into(),
+        title: "Method Not Allowed".into(),
+        status: StatusCode::METHOD_NOT_ALLOWED.as_u16(),
+        detail: "an on-demand read changes data; use POST /api/event/{cloud_id} \
+                 (scope write, no body)"
+            .into(),
+        field: None,
+    };
+    let mut response = problem_response(&problem);
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    response
 }
 
 #[cfg(test)]

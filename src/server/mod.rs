@@ -19,7 +19,7 @@
 //! | `GET /api/users`, `GET /api/users/{cloud_id}`, `GET /api/openapi.json` | read |
 //! | `GET /api/status`, `GET /api/stats` (what the status page shows) | read |
 //! | `POST /api/users/{cloud_id}`, `DELETE /api/users/{cloud_id}` | write |
-//! | `GET /api/event/{cloud_id}` (calls out with stored credentials, writes the spool) | write |
+//! | `POST /api/event/{cloud_id}` (calls out with stored credentials, writes the spool; GET is 405) | write |
 //! | `GET /healthz`, `GET /readyz` | none |
 //! | `GET /status` (a page without data; its script needs a read token) | none |
 //! | `GET /metrics` (Prometheus; counts only, no cloud id or secret) | read |
@@ -47,7 +47,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Request, StatusCode};
 use axum::middleware;
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -244,7 +244,10 @@ pub fn app(state: AppState) -> Router {
         // unknown route.
         .route("/users/{cloud_id}/", any(users::id_with_slash))
         .route("/users/{cloud_id}/{*rest}", any(users::id_with_slash))
-        .route("/event/{cloud_id}", get(event::read_meter))
+        .route(
+            "/event/{cloud_id}",
+            post(event::read_meter).get(event::use_post),
+        )
         .route("/event/{cloud_id}/", any(users::id_with_slash))
         .route("/event/{cloud_id}/{*rest}", any(users::id_with_slash))
         .route("/openapi.json", get(openapi::openapi_json))

@@ -112,7 +112,7 @@ pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> anyhow::Res
     }
     tracing::info!(
         relay_url = %sim.relay_url(),
-        local_url = %format!("http://{addr}{}", server::PATH),
+        local_host = %addr,
         meters = args.meters,
         first_cloud_id = %meter_cloud_id(0),
         last_cloud_id = %meter_cloud_id(args.meters.saturating_sub(1)),
@@ -121,7 +121,8 @@ pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> anyhow::Res
         garbage_rate = args.garbage_rate,
         seed = args.seed,
         "Simulator listening. Relay: Cloud-ID <id>, User meter-<id>@sim.example, \
-         Password pw-<id>. EAGLE-200: HTTP Basic <id>:ic-<id>."
+         Password pw-<id>. EAGLE-200: HTTP Basic <id>:ic-<id>; clients reach it only \
+         with its network opted in, e.g. --set local_networks=127.0.0.0/8."
     );
     shutdown.cancelled().await;
     let served = sim.requests();
@@ -186,7 +187,9 @@ impl Simulator {
     }
 
     /// The bound address (the real port when `listen` asked for port 0); also
-    /// the EAGLE-200 "host" for [`crate::protocol::Source::Local`].
+    /// the EAGLE-200 "host" for [`crate::protocol::Source::Local`], which a
+    /// client reaches only when its `local_networks` opens the address
+    /// (loopback: [`crate::protocol::AddressPolicy::loopback`]).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

@@ -85,6 +85,8 @@ pub struct FailureCounts {
     pub timeout: u64,
     pub connect: u64,
     pub malformed: u64,
+    pub redirect: u64,
+    pub address_refused: u64,
 }
 
 impl FailureCounts {
@@ -113,6 +115,8 @@ impl FailureCounts {
             ErrorKind::Timeout => &mut self.timeout,
             ErrorKind::Connect => &mut self.connect,
             ErrorKind::Malformed => &mut self.malformed,
+            ErrorKind::Redirect => &mut self.redirect,
+            ErrorKind::Refused => &mut self.address_refused,
         }
     }
 

@@ -23,6 +23,7 @@
 #![allow(dead_code)]
 
 pub mod garage;
+pub mod hostile;
 pub mod process;
 pub mod s3;
 pub mod server;

@@ -182,6 +182,11 @@ impl TestServer {
             .await
     }
 
+    /// `POST path` with no body (e.g. `POST /api/event/{cloud_id}`).
+    pub async fn post_empty(&self, path: &str, token: Option<&str>) -> Answer {
+        self.send(self.http.post(self.url(path)), token).await
+    }
+
     /// `DELETE path`.
     pub async fn delete(&self, path: &str, token: Option<&str>) -> Answer {
         self.send(self.http.delete(self.url(path)), token).await
