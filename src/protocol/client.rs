@@ -80,7 +80,7 @@ impl Eagle {
     pub fn new(opts: EagleOptions) -> Result<Self, ProtocolError> {
         if opts.insecure_tls {
             tracing::warn!(
-                relay_url = %opts.relay_url,
+                relay_url = %crate::config::redact_url(opts.relay_url.as_str()),
                 "TLS certificate checks are OFF (relay_insecure_tls = true). Anyone on the path can read meter passwords."
             );
         }
