@@ -183,6 +183,10 @@ impl Layers {
             api_token_file: p.opt_path("api_token_file"),
             request_body_limit: p.number("request_body_limit"),
             api_timeout: p.duration("api_timeout"),
+            max_connections: p.number("max_connections"),
+            header_read_timeout: p.duration("header_read_timeout"),
+            idle_timeout: p.duration("idle_timeout"),
+            tls: p.tls("tls_cert", "tls_key"),
             origins: self
                 .values
                 .iter()
@@ -332,6 +336,16 @@ impl Parser<'_> {
         }
     }
 
+    /// Both PEM files or neither: one alone is a half-configured HTTPS.
+    fn tls(&mut self, cert: &str, key: &str) -> Option<TlsFiles> {
+        match (self.opt_path(cert), self.opt_path(key)) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => self.fail(key, "must be set when tls_cert is"),
+            (None, Some(_)) => self.fail(cert, "must be set when tls_key is"),
+        }
+    }
+
     fn opt_socket(&mut self, key: &str) -> Option<SocketAddr> {
         if self.string(key).is_empty() {
             None
@@ -392,6 +406,15 @@ impl fmt::Display for ArchiveSetting {
             ArchiveSetting::Dir(p) => write!(f, "dir:{}", p.display()),
         }
     }
+}
+
+/// The server's certificate and key (`tls_cert`, `tls_key`), both PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
 }
 
 /// The program's settings, typed and checked.
@@ -457,6 +480,14 @@ pub struct Config {
     pub request_body_limit: usize,
     /// Longest time the HTTP server spends on one request.
     pub api_timeout: Duration,
+    /// Most HTTP connections open at once.
+    pub max_connections: usize,
+    /// Time a client has to send a request head.
+    pub header_read_timeout: Duration,
+    /// Time without traffic after which a connection is closed.
+    pub idle_timeout: Duration,
+    /// HTTPS certificate and key; `None` serves plain HTTP.
+    pub tls: Option<TlsFiles>,
     origins: BTreeMap<&'static str, Origin>,
 }
 
@@ -560,6 +591,17 @@ impl Config {
             ),
             ("request_body_limit", self.request_body_limit.to_string()),
             ("api_timeout", d(self.api_timeout)),
+            ("max_connections", self.max_connections.to_string()),
+            ("header_read_timeout", d(self.header_read_timeout)),
+            ("idle_timeout", d(self.idle_timeout)),
+            (
+                "tls_cert",
+                opt(self.tls.as_ref().map(|t| t.cert.display().to_string())),
+            ),
+            (
+                "tls_key",
+                opt(self.tls.as_ref().map(|t| t.key.display().to_string())),
+            ),
         ];
         let mut out = String::new();
         for (k, v) in pairs {
