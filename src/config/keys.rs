@@ -195,11 +195,7 @@ pub const KEYS: &[Key] = &[
         "",
         "PEM certificate chain; with tls_key the server speaks HTTPS itself (empty: plain HTTP)",
     ),
-    key(
-        "tls_key",
-        "",
-        "PEM private key of tls_cert",
-    ),
+    key("tls_key", "", "PEM private key of tls_cert"),
 ];
 
 /// Looks a key up by name.

@@ -204,7 +204,10 @@ pub async fn serve(
     // New connections are refused from here on.
     drop(listener);
     connections.close();
-    if tokio::time::timeout(grace, connections.wait()).await.is_err() {
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             grace_s = grace.as_secs(),
             open = connections.len(),
