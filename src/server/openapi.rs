@@ -35,7 +35,9 @@ use crate::tokens::Scope;
         status::page::status_page,
         openapi_json,
     ),
-    components(schemas(Problem)),
+    // The status query's enums are referenced from its parameters but not
+    // reachable from any body, so utoipa does not collect them itself.
+    components(schemas(Problem, status::table::SortKey, status::table::Direction)),
     modifiers(&BearerAuth),
     tags(
         (name = "users", description = "Registered meters and their credentials (never returned)"),

@@ -75,10 +75,15 @@ pub async fn id_with_slash() -> ApiError {
 #[serde(deny_unknown_fields)]
 pub struct UserBody {
     /// The EAGLE account's e-mail (the relay's `User` header).
-    #[schema(example = "alice@example.org")]
+    #[schema(
+        example = "alice@example.org",
+        min_length = 3,
+        max_length = 254,
+        pattern = r"^[^\s\x00-\x1f\x7f-\x9f]+@[^\s\x00-\x1f\x7f-\x9f@]+$"
+    )]
     pub user_email: String,
     /// The EAGLE account's password. Required for relay users; stored, never returned.
-    #[schema(format = Password, write_only)]
+    #[schema(format = Password, write_only, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_pw: Option<String>,
     /// Whether the pinger polls this meter (default true).
@@ -101,7 +106,7 @@ pub struct LocalBody {
     #[schema(example = "192.168.1.20")]
     pub host: String,
     /// The device's install code; stored, never returned.
-    #[schema(format = Password, write_only)]
+    #[schema(format = Password, write_only, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     pub install_code: String,
 }
 
@@ -259,8 +264,10 @@ pub struct UserPage {
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// `next_cursor` of the previous page (a cloud id); omit for the first page.
+    #[param(pattern = "^[0-9a-fA-F]{6}$")]
     pub cursor: Option<String>,
     /// Users per page, 1-1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 
