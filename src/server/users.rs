@@ -71,6 +71,10 @@ pub async fn id_with_slash() -> ApiError {
 /// The server parses bodies with [`user_from_body`] (whose messages never
 /// quote a value); this type is the documented shape and what the importer
 /// sends. No `Debug`: it holds a password in clear.
+///
+/// A `cloud_id` field is also accepted when it equals the path's id (old
+/// import lines carry one); it is left out of the documented schema, which
+/// cannot say "equal to the path" and would invite any other id.
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserBody {
@@ -93,7 +97,7 @@ pub struct UserBody {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local: Option<LocalBody>,
     /// Optional; must equal the path's id when given.
-    #[schema(example = "00ce69", pattern = "^[0-9a-fA-F]{6}$")]
+    #[schema(ignore)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cloud_id: Option<String>,
 }
@@ -103,10 +107,19 @@ pub struct UserBody {
 #[serde(deny_unknown_fields)]
 pub struct LocalBody {
     /// `host`, `host:port` or an `http(s)://` base URL.
-    #[schema(example = "192.168.1.20")]
+    #[schema(
+        example = "192.168.1.20",
+        min_length = 1,
+        pattern = r"^[^\s\x00-\x1f\x7f-\x9f]+$"
+    )]
     pub host: String,
     /// The device's install code; stored, never returned.
-    #[schema(format = Password, write_only, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
+    #[schema(
+        format = Password,
+        write_only,
+        min_length = 1,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub install_code: String,
 }
 

@@ -118,7 +118,7 @@ pub struct StatusPage {
 #[into_params(parameter_in = Query)]
 pub struct StatusQuery {
     /// Page number from 1 (default 1); past the last page gives no rows.
-    #[param(minimum = 1, maximum = 4294967295_u64)]
+    #[param(minimum = 1, maximum = 18446744073709551615_u64)]
     pub page: Option<usize>,
     /// Rows per page, 1-1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
