@@ -157,9 +157,10 @@ async fn a_slowloris_header_is_cut_off_at_the_header_read_timeout() {
 }
 
 #[tokio::test]
-async fn a_stalled_upload_is_closed_after_the_idle_timeout() {
+async fn a_stalled_upload_is_closed_after_the_api_timeout() {
     let s = server(|c| {
-        c.idle_timeout = Duration::from_millis(500);
+        c.api_timeout = Duration::from_millis(500);
+        c.idle_timeout = Duration::from_secs(30);
         c.header_read_timeout = Duration::from_secs(30);
     })
     .await;
@@ -169,11 +170,49 @@ async fn a_stalled_upload_is_closed_after_the_idle_timeout() {
          Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"user_email\""
     );
     stalled.write_all(head.as_bytes()).await.expect("send head");
-    // Asked to close after one idle period, dropped after the second; far
-    // before api_timeout (30 s) would answer.
+    // The handler is waiting for the body, so it is the request's time
+    // limit, not the idle timeout, that ends it.
     assert!(
         closed_within(&mut stalled, Duration::from_secs(3)).await,
         "a stalled upload kept its connection"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_after_the_idle_timeout() {
+    const PIPELINED: usize = 2000;
+    let s = server(|c| c.idle_timeout = Duration::from_millis(300)).await;
+    let size = s.get("/api/openapi.json", Some(ADMIN)).await.body.len();
+    let mut reader = TcpStream::connect(s.addr).await.expect("connect");
+    let request = format!(
+        "GET /api/openapi.json HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {ADMIN}\r\n\r\n"
+    );
+    // Far more answer bytes than the socket buffers hold; never read.
+    reader
+        .write_all(request.repeat(PIPELINED).as_bytes())
+        .await
+        .expect("send pipelined requests");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut received = 0usize;
+    let mut chunk = vec![0u8; 64 * 1024];
+    let ended = timeout(Duration::from_secs(5), async {
+        loop {
+            match reader.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received += n,
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the server kept a connection whose client stopped reading"
+    );
+    assert!(
+        received < size * PIPELINED / 2,
+        "{received} bytes of {} arrived: the connection was not cut",
+        size * PIPELINED
     );
     s.stop().await;
 }
@@ -420,4 +459,49 @@ async fn every_ref_in_the_openapi_document_resolves() {
         .collect();
     assert!(broken.is_empty(), "unresolvable: {broken:?}");
     s.stop().await;
+}
+
+/// Runs `scripts/add_users` with `echo` as the binary, so what it would
+/// run is printed instead of sent.
+fn add_users(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/add_users"))
+        .env("ADD_USERS_BIN", "echo")
+        .args(args)
+        .output()
+        .expect("run scripts/add_users")
+}
+
+#[test]
+fn add_users_refuses_plain_http_to_another_machine_without_insecure() {
+    for server in [
+        "http://10.0.0.5:8000",
+        "http://127.evil.example:8000",
+        "http://admin:hunter2@api.example.org/",
+        "http://[2001:db8::1]:8000",
+    ] {
+        let out = add_users(&["--server", server, "users.jl"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{server}: {err}");
+        assert!(
+            err.contains("--insecure") && !err.contains("hunter2"),
+            "{server}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{server}: nothing may run");
+    }
+    for server in [
+        "http://127.0.0.1:8000",
+        "http://localhost:8000",
+        "http://[::1]:8000",
+        "https://api.example.org",
+    ] {
+        let out = add_users(&[&format!("--server={server}"), "users.jl"]);
+        assert!(out.status.success(), "{server}");
+    }
+    let out = add_users(&["--insecure", "--server", "http://10.0.0.5:8000", "users.jl"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "users import --server http://10.0.0.5:8000 users.jl",
+        "--insecure is the script's own flag, not passed on"
+    );
 }

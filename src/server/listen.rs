@@ -16,12 +16,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use hyper::server::conn::http1;
+use hyper::service::{Service, service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -56,9 +57,11 @@ pub struct Limits {
     /// response (`header_read_timeout`). It is therefore also the longest
     /// pause hyper allows between keep-alive requests.
     pub header_read_timeout: Duration,
-    /// Time without a byte moving either way after which a connection is
-    /// asked to close, and dropped after a second such period
-    /// (`idle_timeout`): a stalled upload or a client that stopped reading.
+    /// Time without a byte moving either way and without a handler at work
+    /// after which a connection is asked to close, and dropped after a
+    /// second such period (`idle_timeout`): a client that stopped reading
+    /// its answers, or one that stays silent between requests. A handler
+    /// waiting for its client's body is bounded by `api_timeout` instead.
     pub idle_timeout: Duration,
 }
 
@@ -268,7 +271,18 @@ impl Conn {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let service = TowerToHyperService::new(self.app);
+        let router = TowerToHyperService::new(self.app);
+        let busy = activity.clone();
+        // A handler at work (waiting for a meter, say) is not idleness.
+        let service = service_fn(move |req| {
+            let working = busy.working();
+            let answer = router.call(req);
+            async move {
+                let answer = answer.await;
+                drop(working);
+                answer
+            }
+        });
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -293,9 +307,9 @@ impl Conn {
                     draining = true;
                 }
                 _ = self.force.cancelled() => return,
-                _ = tokio::time::sleep_until(activity.last() + idle) => {
-                    if activity.last() + idle > Instant::now() {
-                        continue; // bytes moved meanwhile
+                _ = tokio::time::sleep_until(activity.idle_deadline(idle)) => {
+                    if activity.idle_deadline(idle) > Instant::now() {
+                        continue; // bytes moved or a handler ran meanwhile
                     }
                     idle_periods += 1;
                     if idle_periods > 1 {
@@ -310,13 +324,25 @@ impl Conn {
     }
 }
 
-/// When bytes last moved on a connection, shared between its stream and
-/// its idle watch.
+/// When bytes last moved on a connection and whether a handler is at
+/// work, shared between its stream, its service and its idle watch.
 #[derive(Clone)]
 struct Activity {
     start: Instant,
     /// Milliseconds after `start`.
     last_ms: Arc<AtomicU64>,
+    handlers: Arc<AtomicUsize>,
+}
+
+/// A handler at work on a connection; ends (and counts as activity) when
+/// dropped.
+struct Working(Activity);
+
+impl Drop for Working {
+    fn drop(&mut self) {
+        self.0.handlers.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
 }
 
 impl Activity {
@@ -324,6 +350,21 @@ impl Activity {
         Activity {
             start: Instant::now(),
             last_ms: Arc::new(AtomicU64::new(0)),
+            handlers: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn working(&self) -> Working {
+        self.handlers.fetch_add(1, Ordering::Relaxed);
+        Working(self.clone())
+    }
+
+    /// When the connection counts as idle for `idle`, as far as is known now.
+    fn idle_deadline(&self, idle: Duration) -> Instant {
+        if self.handlers.load(Ordering::Relaxed) > 0 {
+            Instant::now() + idle
+        } else {
+            self.last() + idle
         }
     }
 
@@ -393,5 +434,95 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server with a `/slow` route that answers after `delay`.
+    async fn slow_server(
+        limits: Limits,
+        delay: Duration,
+    ) -> (
+        std::net::SocketAddr,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let app = Router::new().route(
+            "/slow",
+            get(move || async move {
+                tokio::time::sleep(delay).await;
+                "done"
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(serve(
+            listener,
+            app,
+            limits,
+            None,
+            shutdown.clone(),
+            Duration::from_secs(5),
+        ));
+        (addr, shutdown, task)
+    }
+
+    async fn get_slow(addr: std::net::SocketAddr) -> String {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .expect("send");
+        let mut answer = String::new();
+        let mut buf = [0u8; 512];
+        while !answer.ends_with("done") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        answer
+    }
+
+    #[tokio::test]
+    async fn a_handler_slower_than_the_idle_timeout_still_answers() {
+        let limits = Limits {
+            max_connections: 4,
+            header_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_millis(200),
+        };
+        let (addr, shutdown, task) = slow_server(limits, Duration::from_millis(700)).await;
+        let answer = get_slow(addr).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("done"),
+            "{answer:?}"
+        );
+        shutdown.cancel();
+        task.await.expect("server task");
+    }
+
+    #[tokio::test]
+    async fn shutdown_drains_a_request_in_flight_and_refuses_new_connections() {
+        let limits = Limits {
+            max_connections: 4,
+            header_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
+        };
+        let (addr, shutdown, task) = slow_server(limits, Duration::from_millis(500)).await;
+        let in_flight = tokio::spawn(get_slow(addr));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        shutdown.cancel();
+        let answer = in_flight.await.expect("client task");
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("done"),
+            "{answer:?}"
+        );
+        task.await.expect("server task");
+        assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
     }
 }
