@@ -256,7 +256,11 @@ impl Conn {
                 // its request head, and gets the same time.
                 let handshake =
                     tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(stream));
-                match handshake.await {
+                let handshake = tokio::select! {
+                    done = handshake => done,
+                    _ = self.force.cancelled() => return,
+                };
+                match handshake {
                     Ok(Ok(tls_stream)) => self.http(tls_stream, &activity).await,
                     Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed."),
                     Err(_) => tracing::debug!("TLS handshake timed out."),

@@ -30,7 +30,8 @@
 //! Layout: [`error`] is the problem+json format, `auth` the token
 //! middleware, `users`, `event` and `health` the handlers, [`status`] the
 //! status page, `/api/status`, `/api/stats` and `/metrics`, [`openapi`] the
-//! generated description.
+//! generated description, [`listen`] the accept loop (connection cap,
+//! header-read and idle timeouts, HTTPS).
 
 mod auth;
 pub mod error;

@@ -67,17 +67,26 @@ impl Modify for BearerAuth {
     }
 }
 
-/// States what a field annotation cannot: a `UserBody` needs either
-/// `local` or a non-empty `user_pw` (a relay user has no other credential).
-/// Without it, clients (and Schemathesis) read an empty password as valid.
+/// States what a field annotation cannot: the body of
+/// `POST /api/users/{cloud_id}` needs either `local` or a non-empty
+/// `user_pw` (a relay user has no other credential). Without it, clients
+/// (and Schemathesis) read an empty password as valid. The `UserBody`
+/// component stays a plain object; the rule is added where it is used.
 struct CredentialRequired;
 
 impl Modify for CredentialRequired {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let Some(components) = openapi.components.as_mut() else {
+        let content = openapi
+            .paths
+            .paths
+            .get_mut("/api/users/{cloud_id}")
+            .and_then(|item| item.post.as_mut())
+            .and_then(|post| post.request_body.as_mut())
+            .and_then(|body| body.content.get_mut("application/json"));
+        let Some(content) = content else {
             return;
         };
-        let Some(body) = components.schemas.remove("UserBody") else {
+        let Some(body) = content.schema.take() else {
             return;
         };
         let password = ObjectBuilder::new()
@@ -98,9 +107,7 @@ impl Modify for CredentialRequired {
                     .required("user_pw"),
             );
         let combined = AllOfBuilder::new().item(body).item(either).build();
-        components
-            .schemas
-            .insert("UserBody".into(), RefOr::T(Schema::AllOf(combined)));
+        content.schema = Some(RefOr::T(Schema::AllOf(combined)));
     }
 }
 

@@ -71,10 +71,6 @@ pub async fn id_with_slash() -> ApiError {
 /// The server parses bodies with [`user_from_body`] (whose messages never
 /// quote a value); this type is the documented shape and what the importer
 /// sends. No `Debug`: it holds a password in clear.
-///
-/// A `cloud_id` field is also accepted when it equals the path's id (old
-/// import lines carry one); it is left out of the documented schema, which
-/// cannot say "equal to the path" and would invite any other id.
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserBody {
@@ -97,7 +93,8 @@ pub struct UserBody {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local: Option<LocalBody>,
     /// Optional; must equal the path's id when given.
-    #[schema(ignore)]
+    // No example: one fixed id would differ from most paths it is sent to.
+    #[schema(pattern = "^[0-9a-fA-F]{6}$", nullable = false)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cloud_id: Option<String>,
 }
