@@ -207,6 +207,27 @@ pub const KEYS: &[Key] = &[
         "30s",
         "Longest time the HTTP server spends on one request (503 beyond)",
     ),
+    key(
+        "max_connections",
+        "1024",
+        "Most HTTP connections the server holds open; beyond, new ones wait in the accept backlog",
+    ),
+    key(
+        "header_read_timeout",
+        "10s",
+        "Time a client has to send a request's headers (after connecting or its previous answer)",
+    ),
+    key(
+        "idle_timeout",
+        "60s",
+        "An HTTP connection moving no bytes this long is closed (after its request in flight)",
+    ),
+    key(
+        "tls_cert",
+        "",
+        "PEM certificate chain; with tls_key the server speaks HTTPS itself (empty: plain HTTP)",
+    ),
+    key("tls_key", "", "PEM private key of tls_cert"),
 ];
 
 /// Looks a key up by name.

@@ -194,6 +194,10 @@ impl Layers {
             api_token_file: p.opt_path("api_token_file"),
             request_body_limit: p.number("request_body_limit"),
             api_timeout: p.duration("api_timeout"),
+            max_connections: p.number("max_connections"),
+            header_read_timeout: p.duration("header_read_timeout"),
+            idle_timeout: p.duration("idle_timeout"),
+            tls: p.tls("tls_cert", "tls_key"),
             origins: self
                 .values
                 .iter()
@@ -362,6 +366,16 @@ impl Parser<'_> {
         out
     }
 
+    /// Both PEM files or neither: one alone is a half-configured HTTPS.
+    fn tls(&mut self, cert: &str, key: &str) -> Option<TlsFiles> {
+        match (self.opt_path(cert), self.opt_path(key)) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => self.fail(key, "must be set when tls_cert is"),
+            (None, Some(_)) => self.fail(cert, "must be set when tls_key is"),
+        }
+    }
+
     fn opt_socket(&mut self, key: &str) -> Option<SocketAddr> {
         if self.string(key).is_empty() {
             None
@@ -411,6 +425,15 @@ impl fmt::Display for ArchiveSetting {
             ArchiveSetting::Dir(p) => write!(f, "dir:{}", p.display()),
         }
     }
+}
+
+/// The server's certificate and key (`tls_cert`, `tls_key`), both PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
 }
 
 /// The program's settings, typed and checked. `Debug` (in [`render`])
@@ -491,6 +514,14 @@ pub struct Config {
     pub request_body_limit: usize,
     /// Longest time the HTTP server spends on one request.
     pub api_timeout: Duration,
+    /// Most HTTP connections open at once.
+    pub max_connections: usize,
+    /// Time a client has to send a request head.
+    pub header_read_timeout: Duration,
+    /// Time without traffic after which a connection is closed.
+    pub idle_timeout: Duration,
+    /// HTTPS certificate and key; `None` serves plain HTTP.
+    pub tls: Option<TlsFiles>,
     origins: BTreeMap<&'static str, Origin>,
 }
 

@@ -89,6 +89,14 @@ impl Config {
             ("api_token_file", path(self.api_token_file.as_deref())),
             ("request_body_limit", self.request_body_limit.to_string()),
             ("api_timeout", d(self.api_timeout)),
+            ("max_connections", self.max_connections.to_string()),
+            ("header_read_timeout", d(self.header_read_timeout)),
+            ("idle_timeout", d(self.idle_timeout)),
+            (
+                "tls_cert",
+                path(self.tls.as_ref().map(|t| t.cert.as_path())),
+            ),
+            ("tls_key", path(self.tls.as_ref().map(|t| t.key.as_path()))),
         ]
     }
 

@@ -6,6 +6,14 @@
 //! the value is made, and the connection opened by [`Redis::connect`] or on
 //! first use ([`Redis::open`]), so a rotator whose store enforces
 //! conditional writes never needs Redis at all.
+//!
+//! `rediss://` speaks TLS (rustls) and checks the server's certificate
+//! against the system's trust store, or only against the PEM file named by
+//! the URL's `ca_file` parameter (`rediss://user:pw@host:6380/0?ca_file=/etc/rainforest/redis-ca.pem`)
+//! for a private CA. The CA travels in the URL because the URL is the one
+//! thing every Redis user (registry, tokens, archive lock, the statistics
+//! of split services) is given, so it cannot be set for some and forgotten
+//! for others. A user name in the URL logs in as that ACL user.
 
 use std::fmt;
 use std::sync::Arc;
@@ -81,15 +89,34 @@ impl<'a> From<&'a Pipeline> for Request<'a> {
 }
 
 impl Redis {
-    /// Checks `url` (`redis://[:password@]host[:port][/db]`) without
-    /// connecting; the connection opens on first use.
+    /// Checks `url` (`redis[s]://[user][:password@]host[:port][/db][?ca_file=PATH]`)
+    /// and reads its CA file without connecting; the connection opens on
+    /// first use.
     pub fn open(url: &str) -> Result<Redis, DbError> {
         let shown = redact_url(url);
-        let client = ::redis::Client::open(url).map_err(|e| DbError::Config {
+        let unusable = |e: &dyn fmt::Display| DbError::Config {
             reason: format!(
-                "Redis URL {shown} is not usable: {e}; use redis://[:password@]host[:port][/db]"
+                "Redis URL {shown} is not usable: {e}; use \
+                 redis[s]://[user][:password@]host[:port][/db][?ca_file=/path/ca.pem]"
             ),
-        })?;
+        };
+        let (url, ca) = split_ca_file(url).map_err(|e| unusable(&e))?;
+        let client = match ca {
+            None => ::redis::Client::open(url.as_str()),
+            Some(path) => {
+                let pem = std::fs::read(&path).map_err(|e| DbError::Config {
+                    reason: format!(
+                        "cannot read the Redis CA file {path} (ca_file in the Redis URL {shown}): {e}"
+                    ),
+                })?;
+                let certs = ::redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                ::redis::Client::build_with_tls(url.as_str(), certs)
+            }
+        }
+        .map_err(|e| unusable(&e))?;
         Ok(Redis {
             inner: Arc::new(Inner {
                 client,
@@ -179,6 +206,37 @@ impl Redis {
     }
 }
 
+/// `url` without its `ca_file` parameter, and that parameter. Only a
+/// `rediss://` URL may name a CA: on a plain connection it would silently
+/// protect nothing.
+fn split_ca_file(url: &str) -> Result<(String, Option<String>), String> {
+    let mut parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+    let mut ca = None;
+    let mut rest = Vec::new();
+    for (k, v) in parsed.query_pairs() {
+        if k == "ca_file" {
+            ca = Some(v.into_owned());
+        } else {
+            rest.push((k.into_owned(), v.into_owned()));
+        }
+    }
+    let Some(ca) = ca else {
+        return Ok((url.to_string(), None));
+    };
+    if parsed.scheme() != "rediss" {
+        return Err("ca_file needs a rediss:// (TLS) URL".into());
+    }
+    if ca.is_empty() {
+        return Err("ca_file is empty".into());
+    }
+    if rest.is_empty() {
+        parsed.set_query(None);
+    } else {
+        parsed.query_pairs_mut().clear().extend_pairs(rest);
+    }
+    Ok((parsed.to_string(), Some(ca)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +249,27 @@ mod tests {
         let r = Redis::open("redis://:hunter2@127.0.0.1:1/0").expect("valid URL");
         assert!(!r.target().contains("hunter2"), "{}", r.target());
         assert!(!format!("{r:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn ca_file_is_taken_out_of_a_rediss_url_and_refused_elsewhere() {
+        let (url, ca) = split_ca_file("rediss://u:p@h:6380/2?ca_file=%2Fx%2Fca.pem&protocol=resp3")
+            .expect("valid");
+        assert_eq!(url, "rediss://u:p@h:6380/2?protocol=resp3");
+        assert_eq!(ca.as_deref(), Some("/x/ca.pem"));
+        let (url, ca) = split_ca_file("rediss://h/0?ca_file=/x/ca.pem").expect("valid");
+        assert_eq!(
+            (url.as_str(), ca.as_deref()),
+            ("rediss://h/0", Some("/x/ca.pem"))
+        );
+        assert!(split_ca_file("redis://h/0?ca_file=/x/ca.pem").is_err());
+        let e = Redis::open("rediss://:hunter2@h/0?ca_file=/nonexistent/ca.pem")
+            .expect_err("missing CA file");
+        let text = e.to_string();
+        assert!(
+            text.contains("/nonexistent/ca.pem") && !text.contains("hunter2"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

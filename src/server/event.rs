@@ -173,7 +173,8 @@ pub async fn read_meter(
     Ok(Json(polled.record))
 }
 
-/// `GET /api/event/{cloud_id}`: 405, naming the method that reads a meter.
+/// Any method but POST on `/api/event/{cloud_id}`: 405, naming the method
+/// that reads a meter (and `Allow: POST` only).
 /// Reading calls out and writes the spool, which a GET must not do (links,
 /// prefetchers and crawlers follow GETs). A malformed id is still a 400,
 /// as for every other method.

@@ -30,12 +30,14 @@
 //! Layout: [`error`] is the problem+json format, `auth` the token
 //! middleware, `users`, `event` and `health` the handlers, [`status`] the
 //! status page, `/api/status`, `/api/stats` and `/metrics`, [`openapi`] the
-//! generated description.
+//! generated description, [`listen`] the accept loop (connection cap,
+//! header-read and idle timeouts, HTTPS).
 
 mod auth;
 pub mod error;
 mod event;
 mod health;
+pub mod listen;
 pub mod openapi;
 pub mod status;
 mod users;
@@ -57,6 +59,7 @@ use tower_http::trace::TraceLayer;
 pub use self::auth::AuthMode;
 pub use self::error::{ApiError, Problem};
 pub use self::event::EventLimiter;
+pub use self::listen::{Limits, TlsError};
 pub use self::users::{LocalBody, PutResponse, UserBody, UserPage, UserView, user_from_body};
 
 use crate::config::Config;
@@ -96,6 +99,9 @@ pub enum ServerError {
     /// The registry is set up inconsistently with the configuration.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// `tls_cert` / `tls_key` cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Everything the handlers share; cheap to clone.
@@ -115,6 +121,9 @@ struct Inner {
     body_limit: usize,
     timeout: Duration,
     overview: status::OverviewCache,
+    limits: Limits,
+    /// Set when the server speaks HTTPS itself.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -141,6 +150,12 @@ impl AppState {
         poller: Poller,
         mode: AuthMode,
     ) -> Result<AppState, ServerError> {
+        // Checked before anything else, so a bad certificate fails the
+        // start instead of the first client's handshake.
+        let tls = match &config.tls {
+            Some(files) => Some(listen::tls_acceptor(&files.cert, &files.key)?),
+            None => None,
+        };
         let store = match &registry {
             Registry::Redis(r) => Some(TokenStore::new(r.db().clone(), r.keys().clone())),
             Registry::File(_) => None,
@@ -181,6 +196,8 @@ impl AppState {
                 body_limit: config.request_body_limit,
                 timeout: config.api_timeout,
                 overview: status::OverviewCache::default(),
+                limits: Limits::from_config(config),
+                tls,
             }),
             hub: Hub::default(),
         })
@@ -246,7 +263,7 @@ pub fn app(state: AppState) -> Router {
         .route("/users/{cloud_id}/{*rest}", any(users::id_with_slash))
         .route(
             "/event/{cloud_id}",
-            post(event::read_meter).get(event::use_post),
+            post(event::read_meter).fallback(event::use_post),
         )
         .route("/event/{cloud_id}/", any(users::id_with_slash))
         .route("/event/{cloud_id}/{*rest}", any(users::id_with_slash))
@@ -308,40 +325,26 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// Serves [`app`] on `listener` until `shutdown` is cancelled, then lets
-/// open requests finish for up to [`DRAIN_GRACE`].
+/// Serves [`app`] on `listener` until `shutdown` is cancelled, within the
+/// connection [`Limits`] and over TLS when configured, then lets open
+/// requests finish for up to [`DRAIN_GRACE`].
 pub async fn run(
     listener: TcpListener,
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, auth = state.auth().is_some(), registry = %state.registry().describe(), "Server listening.");
-    let serve = axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let mut task = tokio::spawn(async move { serve.await });
-    tokio::select! {
-        joined = &mut task => return flatten(joined),
-        _ = shutdown.cancelled() => {}
-    }
-    match tokio::time::timeout(DRAIN_GRACE, &mut task).await {
-        Ok(joined) => flatten(joined),
-        Err(_) => {
-            tracing::warn!(
-                grace_s = DRAIN_GRACE.as_secs(),
-                "Requests still open after the grace period; closing them."
-            );
-            task.abort();
-            Ok(())
-        }
-    }?;
+    let limits = state.inner.limits;
+    let tls = state.inner.tls.clone();
+    tracing::info!(
+        %addr,
+        https = tls.is_some(),
+        auth = state.auth().is_some(),
+        registry = %state.registry().describe(),
+        max_connections = limits.max_connections,
+        "Server listening."
+    );
+    listen::serve(listener, app(state), limits, tls, shutdown, DRAIN_GRACE).await;
     tracing::info!("Server stopped.");
     Ok(())
-}
-
-fn flatten(joined: Result<std::io::Result<()>, tokio::task::JoinError>) -> std::io::Result<()> {
-    match joined {
-        Ok(r) => r,
-        Err(e) => Err(std::io::Error::other(format!("server task failed: {e}"))),
-    }
 }

@@ -75,10 +75,15 @@ pub async fn id_with_slash() -> ApiError {
 #[serde(deny_unknown_fields)]
 pub struct UserBody {
     /// The EAGLE account's e-mail (the relay's `User` header).
-    #[schema(example = "alice@example.org")]
+    #[schema(
+        example = "alice@example.org",
+        min_length = 3,
+        max_length = 254,
+        pattern = r"^[^\s\x00-\x1f\x7f-\x9f]+@[^\s\x00-\x1f\x7f-\x9f@]+$"
+    )]
     pub user_email: String,
     /// The EAGLE account's password. Required for relay users; stored, never returned.
-    #[schema(format = Password, write_only)]
+    #[schema(format = Password, write_only, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_pw: Option<String>,
     /// Whether the pinger polls this meter (default true).
@@ -88,7 +93,8 @@ pub struct UserBody {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local: Option<LocalBody>,
     /// Optional; must equal the path's id when given.
-    #[schema(example = "00ce69", pattern = "^[0-9a-fA-F]{6}$")]
+    // No example: one fixed id would differ from most paths it is sent to.
+    #[schema(pattern = "^[0-9a-fA-F]{6}$", nullable = false)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cloud_id: Option<String>,
 }
@@ -97,11 +103,22 @@ pub struct UserBody {
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LocalBody {
-    /// `host`, `host:port` or an `http(s)://` base URL.
-    #[schema(example = "192.168.1.20")]
+    /// `host` or `host:port`: a DNS name or an IP address in its canonical
+    /// spelling (IPv6 in brackets); no scheme, path or user name.
+    #[schema(
+        example = "192.168.1.20",
+        min_length = 1,
+        max_length = 261,
+        pattern = r"^[A-Za-z0-9._:\[\]-]+$"
+    )]
     pub host: String,
     /// The device's install code; stored, never returned.
-    #[schema(format = Password, write_only)]
+    #[schema(
+        format = Password,
+        write_only,
+        min_length = 1,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub install_code: String,
 }
 
@@ -291,8 +308,10 @@ pub struct UserPage {
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// `next_cursor` of the previous page (a cloud id); omit for the first page.
+    #[param(pattern = "^[0-9a-fA-F]{6}$")]
     pub cursor: Option<String>,
     /// Users per page, 1-1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 

@@ -28,6 +28,7 @@ pub mod process;
 pub mod s3;
 pub mod server;
 pub mod spool;
+pub mod tls;
 
 use std::io::{self, Write};
 use std::net::TcpListener;
@@ -51,6 +52,17 @@ struct Managed {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    secured: Option<Secured>,
+}
+
+/// How a [`RedisServer::start_secured`] server is locked: TLS only, and
+/// one ACL user (the `default` user is switched off).
+struct Secured {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+    user: String,
+    password: String,
 }
 
 impl RedisServer {
@@ -70,6 +82,7 @@ impl RedisServer {
                 port: free_port(),
                 dir: tempfile::tempdir().unwrap_or_else(|e| panic!("temporary directory: {e}")),
                 child: None,
+                secured: None,
             };
             match managed.spawn() {
                 Ok(()) => {
@@ -83,6 +96,45 @@ impl RedisServer {
             }
         }
         panic!("redis-server did not start: {last_error}");
+    }
+
+    /// A private `redis-server` that speaks only TLS, with the server
+    /// certificate of `ca`, and admits only the ACL user `user` with
+    /// `password`; its [`url`](Self::url) is
+    /// `rediss://user:password@127.0.0.1:<port>/0?ca_file=<ca.pem>`.
+    /// Never the shared `TEST_REDIS_URL`: that one cannot be reconfigured.
+    /// `None` as for [`start`](Self::start) when `redis-server` is missing.
+    pub fn start_secured(ca: &tls::TestCa, user: &str, password: &str) -> Option<RedisServer> {
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            let mut managed = Managed {
+                port: free_port(),
+                dir: tempfile::tempdir().unwrap_or_else(|e| panic!("temporary directory: {e}")),
+                child: None,
+                secured: Some(Secured {
+                    cert: ca.server_cert(),
+                    key: ca.server_key(),
+                    ca: ca.ca_pem(),
+                    user: user.into(),
+                    password: password.into(),
+                }),
+            };
+            match managed.spawn() {
+                Ok(()) => {
+                    return Some(RedisServer {
+                        url: format!(
+                            "rediss://{user}:{password}@127.0.0.1:{}/0?ca_file={}",
+                            managed.port,
+                            ca.ca_pem().display()
+                        ),
+                        managed: Some(managed),
+                    });
+                }
+                Err(SpawnError::NotInstalled) => return unavailable(),
+                Err(SpawnError::Failed(why)) => last_error = why,
+            }
+        }
+        panic!("secured redis-server did not start: {last_error}");
     }
 
     /// The URL to connect to (`redis://127.0.0.1:<port>/` when spawned here).
@@ -234,9 +286,25 @@ impl Managed {
 
     /// Spawns `redis-server` on `self.port` and waits for PING.
     fn spawn(&mut self) -> Result<(), SpawnError> {
-        let child = Command::new("redis-server")
-            .arg("--port")
-            .arg(self.port.to_string())
+        let mut command = Command::new("redis-server");
+        match &self.secured {
+            None => command.arg("--port").arg(self.port.to_string()),
+            Some(s) => command
+                .args(["--port", "0", "--tls-port"])
+                .arg(self.port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&s.cert)
+                .arg("--tls-key-file")
+                .arg(&s.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&s.ca)
+                .args(["--tls-auth-clients", "no"])
+                .args(["--user", "default", "off"])
+                .args(["--user", &s.user, "on"])
+                .arg(format!(">{}", s.password))
+                .args(["~*", "&*", "+@all"]),
+        };
+        let child = command
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
@@ -253,7 +321,6 @@ impl Managed {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(SpawnError::NotInstalled),
             Err(e) => return Err(SpawnError::Failed(format!("cannot run redis-server: {e}"))),
         };
-        let url = format!("redis://127.0.0.1:{}/", self.port);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -264,7 +331,7 @@ impl Managed {
                     self.port
                 )));
             }
-            if ping(&url) {
+            if self.ping() {
                 self.child = Some(child);
                 return Ok(());
             }
@@ -281,10 +348,29 @@ impl Managed {
     }
 }
 
-fn ping(url: &str) -> bool {
-    let Ok(client) = redis::Client::open(url) else {
-        return false;
-    };
+impl Managed {
+    fn ping(&self) -> bool {
+        let port = self.port;
+        let client = match &self.secured {
+            None => redis::Client::open(format!("redis://127.0.0.1:{port}/")),
+            Some(s) => {
+                let Ok(root) = std::fs::read(&s.ca) else {
+                    return false;
+                };
+                redis::Client::build_with_tls(
+                    format!("rediss://{}:{}@127.0.0.1:{port}/", s.user, s.password),
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root),
+                    },
+                )
+            }
+        };
+        client.is_ok_and(|c| ping_client(&c))
+    }
+}
+
+fn ping_client(client: &redis::Client) -> bool {
     let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(500)) else {
         return false;
     };

@@ -118,18 +118,20 @@ pub struct StatusPage {
 #[into_params(parameter_in = Query)]
 pub struct StatusQuery {
     /// Page number from 1 (default 1); past the last page gives no rows.
+    #[param(minimum = 1, maximum = 18446744073709551615_u64)]
     pub page: Option<usize>,
     /// Rows per page, 1-1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub per_page: Option<usize>,
     /// Sort column (default `state`: failing meters first).
     pub sort: Option<SortKey>,
     /// `asc` or `desc`; default depends on the column (largest or most urgent first).
     pub order: Option<Direction>,
     /// Only meters in this state.
-    #[param(value_type = Option<String>, example = "backoff")]
+    #[param(value_type = Option<String>, example = "backoff", pattern = "^(ok|backoff|auth_failed)?$")]
     pub state: Option<String>,
     /// Only cloud ids containing these hex digits.
-    #[param(example = "00ce")]
+    #[param(example = "00ce", pattern = r"^\s*[0-9a-fA-F]{0,6}\s*$")]
     pub q: Option<String>,
 }
 
@@ -139,6 +141,7 @@ pub struct StatusQuery {
 #[into_params(parameter_in = Query)]
 pub struct StatsQuery {
     /// Per-meter records to include, failing first: 0-10000 (default 100).
+    #[param(minimum = 0, maximum = 10000)]
     pub limit: Option<usize>,
 }
 
