@@ -13,6 +13,7 @@ use rainforest::registry::{MeterState, RedisRegistry, Registry, User};
 use rainforest::secret::Secret;
 use rainforest::simulator::{self, SimulateArgs, Simulator};
 use support::RedisServer;
+use support::meters::users_text;
 use support::process::{Proc, rainforest, wait_for, wait_within};
 use support::spool::{polled_at_ms, skipped_slot_gaps, spool_lines};
 
@@ -93,14 +94,7 @@ impl Pinger {
 }
 
 fn user(i: u32) -> User {
-    let id = simulator::meter_cloud_id(i);
-    User {
-        cloud_id: id,
-        user_email: simulator::meter_email(id),
-        user_pw: Secret::new(simulator::meter_password(id)),
-        active: true,
-        local: None,
-    }
+    support::meters::sim_user(i)
 }
 
 async fn simulator(meters: u32) -> Simulator {
@@ -127,10 +121,6 @@ async fn setup(
     let sim = simulator(meters).await;
     let dir = tempfile::tempdir().expect("tempdir");
     Some((redis, ns, registry, sim, dir))
-}
-
-fn users_text(users: &[User]) -> String {
-    users.iter().map(|u| u.to_file_line() + "\n").collect()
 }
 
 /// Replaces the users file the way the README says: a temporary file in the

@@ -24,6 +24,7 @@
 
 pub mod garage;
 pub mod hostile;
+pub mod meters;
 pub mod process;
 pub mod s3;
 pub mod server;

@@ -83,6 +83,11 @@ pub fn gunzip(gz: &[u8]) -> String {
 
 /// Every `.jl` spool file under `dir` (any depth), sorted by path.
 pub fn spool_files(dir: &Path) -> Vec<PathBuf> {
+    files_under(dir, ".jl")
+}
+
+/// Every file under `dir` (any depth) whose name ends in `suffix`, sorted.
+pub fn files_under(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -93,7 +98,7 @@ pub fn spool_files(dir: &Path) -> Vec<PathBuf> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "jl") {
+            } else if p.to_string_lossy().ends_with(suffix) {
                 out.push(p);
             }
         }
@@ -160,4 +165,20 @@ pub fn assert_files_whole(dir: &Path) {
             p.display()
         );
     }
+}
+
+/// Every line of every object in a directory archive (`archive =
+/// dir:<root>`), parsed; panics on an object that is not gzipped lines.
+pub fn dir_archive_lines(root: &Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for p in files_under(root, ".jl.gz") {
+        let gz = std::fs::read(&p).expect("read archived object");
+        for line in gunzip(&gz).lines() {
+            out.push(
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("{}: unparseable line {line:?}: {e}", p.display())),
+            );
+        }
+    }
+    out
 }
