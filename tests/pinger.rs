@@ -5,7 +5,6 @@
 mod support;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use rainforest::cloud_id::CloudId;
@@ -14,84 +13,14 @@ use rainforest::secret::Secret;
 use rainforest::simulator::{self, SimulateArgs, Simulator};
 use support::RedisServer;
 use support::meters::users_text;
-use support::process::{Proc, rainforest, wait_for, wait_within};
+use support::pinger::{Pinger, lines_for};
+use support::process::{wait_for, wait_within};
 use support::spool::{polled_at_ms, skipped_slot_gaps, spool_lines};
 
 /// How soon a fixed password must show as a line: the reload (300 ms), the
 /// next slot (300 ms) and slack for a busy machine; far below the default
 /// `auth_backoff` of 15 minutes the fix used to wait out.
 const RECOVERY: Duration = Duration::from_secs(3);
-
-struct Pinger(Proc);
-
-impl Pinger {
-    /// The pinger over the users in Redis under `namespace`.
-    fn start(
-        redis_url: &str,
-        namespace: &str,
-        relay: &str,
-        data_dir: &Path,
-        extra: &[&str],
-    ) -> Pinger {
-        let registry = [
-            "--redis-url",
-            redis_url,
-            "--set",
-            &format!("redis_namespace={namespace}"),
-        ];
-        Pinger::spawn(&registry, relay, data_dir, extra, None)
-    }
-
-    /// The pinger over a users file, its log written to `log`.
-    fn over_file(users: &Path, relay: &str, data_dir: &Path, extra: &[&str], log: &Path) -> Pinger {
-        let file = users.display().to_string();
-        Pinger::spawn(&["--users-file", &file], relay, data_dir, extra, Some(log))
-    }
-
-    /// Short intervals; `auth_backoff` stays at its default (15 min), so a
-    /// recovery seen here is the credential change ending the pause.
-    fn spawn(
-        registry: &[&str],
-        relay: &str,
-        data_dir: &Path,
-        extra: &[&str],
-        log: Option<&Path>,
-    ) -> Pinger {
-        let mut cmd = rainforest();
-        let stderr = match log {
-            Some(path) => Stdio::from(std::fs::File::create(path).expect("create log file")),
-            None => Stdio::inherit(),
-        };
-        cmd.current_dir(data_dir.parent().unwrap_or(data_dir))
-            .arg("pinger")
-            .args(registry)
-            .args(["--relay-url", relay])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args([
-                "--set",
-                "poll_interval=300ms",
-                "--set",
-                "user_reload_interval=300ms",
-            ])
-            .args(["--set", "request_timeout=250ms", "--set", "max_backoff=1s"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(stderr);
-        Pinger(Proc::spawn(&mut cmd, "rainforest pinger"))
-    }
-
-    /// SIGTERM, then the exit status (which must come within 10 s).
-    fn terminate(mut self) -> std::process::ExitStatus {
-        self.0
-            .terminate(Duration::from_secs(10))
-            .expect("pinger exits within 10 s of SIGTERM")
-    }
-
-    fn kill9(mut self) {
-        self.0.kill9();
-    }
-}
 
 fn user(i: u32) -> User {
     support::meters::sim_user(i)
@@ -144,13 +73,6 @@ fn reloads_that_stopped(log: &Path) -> Vec<String> {
 /// How often `text` appears in a pinger's log.
 fn log_count(log: &Path, text: &str) -> usize {
     std::fs::read_to_string(log).map_or(0, |t| t.matches(text).count())
-}
-
-fn lines_for(dir: &Path, id: CloudId) -> usize {
-    spool_lines(dir)
-        .iter()
-        .filter(|(_, v)| v["cloud_id"] == id.as_str())
-        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
