@@ -193,10 +193,12 @@ async fn a_client_that_stops_reading_is_dropped_after_the_idle_timeout() {
         .write_all(request.repeat(PIPELINED).as_bytes())
         .await
         .expect("send pipelined requests");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Time for the server to fill both socket buffers and then sit blocked
+    // past its idle timeout (generous: a busy 2-core machine is slow).
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let mut received = 0usize;
     let mut chunk = vec![0u8; 64 * 1024];
-    let ended = timeout(Duration::from_secs(5), async {
+    let ended = timeout(Duration::from_secs(10), async {
         loop {
             match reader.read(&mut chunk).await {
                 Ok(0) | Err(_) => break,

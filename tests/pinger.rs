@@ -5,7 +5,6 @@
 mod support;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use rainforest::cloud_id::CloudId;
@@ -13,94 +12,18 @@ use rainforest::registry::{MeterState, RedisRegistry, Registry, User};
 use rainforest::secret::Secret;
 use rainforest::simulator::{self, SimulateArgs, Simulator};
 use support::RedisServer;
-use support::process::{Proc, rainforest, wait_for, wait_within};
-use support::spool::spool_lines;
+use support::meters::users_text;
+use support::pinger::{Pinger, lines_for};
+use support::process::{wait_for, wait_within};
+use support::spool::{polled_at_ms, skipped_slot_gaps, spool_lines};
 
 /// How soon a fixed password must show as a line: the reload (300 ms), the
 /// next slot (300 ms) and slack for a busy machine; far below the default
 /// `auth_backoff` of 15 minutes the fix used to wait out.
 const RECOVERY: Duration = Duration::from_secs(3);
 
-struct Pinger(Proc);
-
-impl Pinger {
-    /// The pinger over the users in Redis under `namespace`.
-    fn start(
-        redis_url: &str,
-        namespace: &str,
-        relay: &str,
-        data_dir: &Path,
-        extra: &[&str],
-    ) -> Pinger {
-        let registry = [
-            "--redis-url",
-            redis_url,
-            "--set",
-            &format!("redis_namespace={namespace}"),
-        ];
-        Pinger::spawn(&registry, relay, data_dir, extra, None)
-    }
-
-    /// The pinger over a users file, its log written to `log`.
-    fn over_file(users: &Path, relay: &str, data_dir: &Path, extra: &[&str], log: &Path) -> Pinger {
-        let file = users.display().to_string();
-        Pinger::spawn(&["--users-file", &file], relay, data_dir, extra, Some(log))
-    }
-
-    /// Short intervals; `auth_backoff` stays at its default (15 min), so a
-    /// recovery seen here is the credential change ending the pause.
-    fn spawn(
-        registry: &[&str],
-        relay: &str,
-        data_dir: &Path,
-        extra: &[&str],
-        log: Option<&Path>,
-    ) -> Pinger {
-        let mut cmd = rainforest();
-        let stderr = match log {
-            Some(path) => Stdio::from(std::fs::File::create(path).expect("create log file")),
-            None => Stdio::inherit(),
-        };
-        cmd.current_dir(data_dir.parent().unwrap_or(data_dir))
-            .arg("pinger")
-            .args(registry)
-            .args(["--relay-url", relay])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args([
-                "--set",
-                "poll_interval=300ms",
-                "--set",
-                "user_reload_interval=300ms",
-            ])
-            .args(["--set", "request_timeout=250ms", "--set", "max_backoff=1s"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(stderr);
-        Pinger(Proc::spawn(&mut cmd, "rainforest pinger"))
-    }
-
-    /// SIGTERM, then the exit status (which must come within 10 s).
-    fn terminate(mut self) -> std::process::ExitStatus {
-        self.0
-            .terminate(Duration::from_secs(10))
-            .expect("pinger exits within 10 s of SIGTERM")
-    }
-
-    fn kill9(mut self) {
-        self.0.kill9();
-    }
-}
-
 fn user(i: u32) -> User {
-    let id = simulator::meter_cloud_id(i);
-    User {
-        cloud_id: id,
-        user_email: simulator::meter_email(id),
-        user_pw: Secret::new(simulator::meter_password(id)),
-        active: true,
-        local: None,
-    }
+    support::meters::sim_user(i)
 }
 
 async fn simulator(meters: u32) -> Simulator {
@@ -129,10 +52,6 @@ async fn setup(
     Some((redis, ns, registry, sim, dir))
 }
 
-fn users_text(users: &[User]) -> String {
-    users.iter().map(|u| u.to_file_line() + "\n").collect()
-}
-
 /// Replaces the users file the way the README says: a temporary file in the
 /// same directory, renamed over it.
 fn replace_users_file(path: &Path, users: &[User]) {
@@ -154,13 +73,6 @@ fn reloads_that_stopped(log: &Path) -> Vec<String> {
 /// How often `text` appears in a pinger's log.
 fn log_count(log: &Path, text: &str) -> usize {
     std::fs::read_to_string(log).map_or(0, |t| t.matches(text).count())
-}
-
-fn lines_for(dir: &Path, id: CloudId) -> usize {
-    spool_lines(dir)
-        .iter()
-        .filter(|(_, v)| v["cloud_id"] == id.as_str())
-        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,14 +249,25 @@ async fn a_redis_restart_mid_run_loses_no_polls() {
         support::skipped("TEST_REDIS_URL points at a Redis this test cannot restart");
         return;
     }
+    // Half a second between slots: a poll may start up to 250 ms late on a
+    // loaded machine before a gap could be mistaken for a skipped slot.
+    let interval = Duration::from_millis(500);
     let data = dir.path().join("logs");
     registry.put(&user(0)).await.expect("put");
     let id = user(0).cloud_id;
-    let pinger = Pinger::start(&redis.url(), &ns, sim.relay_url().as_str(), &data, &[]);
+    let pinger = Pinger::start(
+        &redis.url(),
+        &ns,
+        sim.relay_url().as_str(),
+        &data,
+        &["--set", "poll_interval=500ms"],
+    );
     wait_for("first lines", async || lines_for(&data, id) >= 1).await;
     redis.stop();
+    let outage_from = chrono::Utc::now().timestamp_millis();
     let during = lines_for(&data, id);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let outage_to = chrono::Utc::now().timestamp_millis();
     let after_outage = lines_for(&data, id);
     assert!(
         after_outage >= during + 3,
@@ -362,19 +285,36 @@ async fn a_redis_restart_mid_run_loses_no_polls() {
     })
     .await;
     assert!(pinger.terminate().success());
-    // Every successful poll is a line: no slot was skipped during the outage.
-    let lines = lines_for(&data, id);
-    let requests = sim.requests_for(id) as usize;
-    assert_eq!(lines, requests, "lines on disk vs requests served");
+    // Every successful poll is a line...
+    let times = polled_at_ms(&data, id);
+    let served = sim.served_for(id) as usize;
+    assert_eq!(times.len(), served, "lines on disk vs readings served");
+    // ...and every slot was polled, the outage's included: a skipped slot
+    // leaves a gap of two intervals between polls.
+    let in_outage = times
+        .iter()
+        .filter(|t| (outage_from..outage_to).contains(t))
+        .count();
+    assert!(
+        in_outage >= 3,
+        "{in_outage} polls during the 2 s outage: {times:?}"
+    );
+    assert_eq!(
+        skipped_slot_gaps(&times, interval),
+        Vec::<(i64, i64)>::new(),
+        "slots skipped (poll time ms, gap ms); outage {outage_from}..{outage_to}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spool_survives_kill_9_with_every_line_parseable() {
-    let Some((redis, ns, registry, sim, dir)) = setup(20).await else {
+async fn a_kill_9_loses_at_most_the_last_second_and_a_restart_duplicates_nothing() {
+    const METERS: u32 = 20;
+    let Some((redis, ns, registry, sim, dir)) = setup(METERS).await else {
         return;
     };
     let data = dir.path().join("logs");
-    for i in 0..20 {
+    let ids: Vec<CloudId> = (0..METERS).map(simulator::meter_cloud_id).collect();
+    for i in 0..METERS {
         registry.put(&user(i)).await.expect("put");
     }
     let pinger = Pinger::start(
@@ -385,21 +325,62 @@ async fn spool_survives_kill_9_with_every_line_parseable() {
         &["--set", "poll_interval=100ms"],
     );
     wait_for("lines from every meter", async || {
-        (0..20).all(|i| lines_for(&data, simulator::meter_cloud_id(i)) >= 1)
+        ids.iter().all(|id| lines_for(&data, *id) >= 3)
     })
     .await;
     pinger.kill9();
-    let before = spool_lines(&data).len();
-    assert!(before >= 20);
-    // A restart appends after whatever the crash left, still whole lines.
+    // Answers the simulator had ready when the pinger died may still be
+    // counted a moment later; none can be after a pause.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let served_before: Vec<u64> = ids.iter().map(|id| sim.served_for(*id)).collect();
+    let before: Vec<Vec<i64>> = ids.iter().map(|id| polled_at_ms(&data, *id)).collect();
+    for ((id, served), lines) in ids.iter().zip(&served_before).zip(&before) {
+        assert_no_duplicates(*id, lines);
+        let lines = lines.len() as u64;
+        // The spool flushes once a second, so a kill -9 loses at most the
+        // last second: ten polls at 100 ms, plus the one in flight and a
+        // flush that ran late on a loaded machine.
+        assert!(
+            lines <= *served && served - lines <= KILL9_MAX_LOST,
+            "meter {id}: {lines} lines on disk for {served} readings served before kill -9"
+        );
+    }
+
+    // A restart appends after whatever the crash left, still whole lines,
+    // and a clean stop loses nothing it was served.
     let again = Pinger::start(&redis.url(), &ns, sim.relay_url().as_str(), &data, &[]);
     wait_for("more lines after restart", async || {
-        spool_lines(&data).len() >= before + 20
+        spool_lines(&data).len() >= before.iter().map(Vec::len).sum::<usize>() + 20
     })
     .await;
     assert!(again.terminate().success());
-    let lines = spool_lines(&data);
-    assert!(lines.iter().all(|(_, v)| v.is_object()));
+    support::spool::assert_files_whole(&data);
+    for ((id, served_then), lines_then) in ids.iter().zip(&served_before).zip(&before) {
+        let lines = polled_at_ms(&data, *id);
+        assert_no_duplicates(*id, &lines);
+        let served_since = sim.served_for(*id) - served_then;
+        assert_eq!(
+            (lines.len() - lines_then.len()) as u64,
+            served_since,
+            "meter {id}: lines written after the restart vs readings served"
+        );
+    }
+}
+
+/// The most lines per meter a `kill -9` may cost at a 100 ms interval: the
+/// spool's documented last second (ten polls) plus slack for one poll in
+/// flight and a flush delayed by a busy machine.
+const KILL9_MAX_LOST: u64 = 15;
+
+/// Each poll has its own `polled_at`; the same one twice is a line written
+/// twice.
+fn assert_no_duplicates(id: CloudId, times: &[i64]) {
+    let dupes: Vec<&i64> = times
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| &w[0])
+        .collect();
+    assert!(dupes.is_empty(), "meter {id}: duplicate lines at {dupes:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

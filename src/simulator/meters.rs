@@ -206,6 +206,8 @@ pub(crate) struct MeterState {
     pub(crate) profile: Profile,
     /// Requests addressed to it (valid credentials or not).
     pub(crate) requests: AtomicU64,
+    /// Intact demand readings sent to it.
+    pub(crate) served: AtomicU64,
     /// A test-set password replacing [`meter_password`]; one lock per meter,
     /// so readers never contend across meters.
     password: RwLock<Option<Box<str>>>,
@@ -218,6 +220,7 @@ impl MeterState {
             id: meter_cloud_id(index),
             profile: Profile::new(index, seed),
             requests: AtomicU64::new(0),
+            served: AtomicU64::new(0),
             password: RwLock::new(None),
         }
     }

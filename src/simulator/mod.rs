@@ -35,6 +35,7 @@ use crate::cloud_id::CloudId;
 
 pub use faults::{LatencySpec, LatencySpecError};
 pub use meters::{meter_cloud_id, meter_email, meter_install_code, meter_password};
+pub use server::AnswerKind;
 
 /// How long [`Simulator::stop`] lets in-flight requests finish before it
 /// aborts the server.
@@ -213,6 +214,22 @@ impl Simulator {
         self.shared
             .meter(id)
             .map_or(0, |m| m.requests.load(Ordering::Relaxed))
+    }
+
+    /// Intact demand readings sent to meter `id` so far: what a client
+    /// that loses nothing has on disk. Counted when the answer is ready, so
+    /// a request abandoned during its latency is not included; one whose
+    /// answer is lost on the wire after that is.
+    pub fn served_for(&self, id: CloudId) -> u64 {
+        self.shared
+            .meter(id)
+            .map_or(0, |m| m.served.load(Ordering::Relaxed))
+    }
+
+    /// Answers of `kind` sent so far (every meter), so tests can hold a
+    /// client's failure counts against the faults it was actually served.
+    pub fn answers(&self, kind: AnswerKind) -> u64 {
+        self.shared.answers[kind as usize].load(Ordering::Relaxed)
     }
 
     /// Changes meter `id`'s valid relay password from now on, so tests can

@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     pub(crate) meters: Vec<MeterState>,
     /// Requests that reached [`PATH`], whatever the answer.
     pub(crate) requests: AtomicU64,
+    /// Answers sent, by [`AnswerKind`] (indexed by its discriminant).
+    pub(crate) answers: [AtomicU64; AnswerKind::COUNT],
     seed: u64,
     latency: LatencySpec,
     error_rate: f64,
@@ -56,6 +58,7 @@ impl Shared {
                 .map(|i| MeterState::new(i, args.seed))
                 .collect(),
             requests: AtomicU64::new(0),
+            answers: std::array::from_fn(|_| AtomicU64::new(0)),
             seed: args.seed,
             latency: args.latency,
             error_rate: args.error_rate,
@@ -136,6 +139,29 @@ impl Caller {
     }
 }
 
+/// What an answer that went out carried, so tests can hold a client's
+/// counts against what it was actually served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerKind {
+    /// A demand reading (relay `get_instantaneous_demand` or EAGLE-200
+    /// `device_query`), intact.
+    Reading,
+    /// Credentials rejected (relay error text or HTTP 401).
+    AuthError,
+    /// The relay's "EAGLE is offline" error, with HTTP 200.
+    RelayError,
+    /// HTTP 500 with an HTML page.
+    ServerError,
+    /// Garbage with HTTP 200: a cut answer, a proxy's page, an empty body.
+    Garbage,
+    /// Anything else (other commands, unknown meters' devices).
+    Other,
+}
+
+impl AnswerKind {
+    pub(crate) const COUNT: usize = 6;
+}
+
 /// One answer before garbage injection.
 #[derive(Debug)]
 struct Answer {
@@ -144,6 +170,7 @@ struct Answer {
     body: String,
     /// Add `WWW-Authenticate`, as the EAGLE-200 does with its 401.
     challenge: bool,
+    kind: AnswerKind,
 }
 
 impl Answer {
@@ -153,6 +180,7 @@ impl Answer {
             content_type: "text/xml",
             body,
             challenge: false,
+            kind: AnswerKind::Other,
         }
     }
 
@@ -162,7 +190,13 @@ impl Answer {
             content_type: "text/html",
             body: body.to_string(),
             challenge: false,
+            kind: AnswerKind::ServerError,
         }
+    }
+
+    fn of_kind(mut self, kind: AnswerKind) -> Answer {
+        self.kind = kind;
+        self
     }
 }
 
@@ -220,6 +254,17 @@ async fn post_manager(State(sim): State<Arc<Shared>>, request: Request) -> Respo
         Protocol::Relay => relay_answer(&sim, caller, faults, &body),
         Protocol::Local => local_answer(&sim, caller, faults, &body),
     };
+    // Counted only once the answer is ready: a request the client gave up
+    // on during the delay was never served.
+    let kind = if faults.garble {
+        AnswerKind::Garbage
+    } else {
+        answer.kind
+    };
+    sim.answers[kind as usize].fetch_add(1, Ordering::Relaxed);
+    if let (AnswerKind::Reading, Some(i)) = (kind, caller.meter) {
+        sim.meters[i].served.fetch_add(1, Ordering::Relaxed);
+    }
     if faults.garble {
         garbage(answer, faults.garbage_bits)
     } else {
@@ -229,13 +274,13 @@ async fn post_manager(State(sim): State<Arc<Shared>>, request: Request) -> Respo
 
 fn relay_answer(sim: &Shared, caller: Caller, faults: Faults, body: &[u8]) -> Answer {
     let Some(i) = caller.meter.filter(|_| caller.authorized) else {
-        return Answer::xml(render::AUTH_ERROR.to_string());
+        return Answer::xml(render::AUTH_ERROR.to_string()).of_kind(AnswerKind::AuthError);
     };
     if faults.fail {
         return if faults.fail_with_500 {
             Answer::html(StatusCode::INTERNAL_SERVER_ERROR, render::HTML_500)
         } else {
-            Answer::xml(render::OFFLINE_ERROR.to_string())
+            Answer::xml(render::OFFLINE_ERROR.to_string()).of_kind(AnswerKind::RelayError)
         };
     }
     let meter = &sim.meters[i];
@@ -246,9 +291,11 @@ fn relay_answer(sim: &Shared, caller: Caller, faults: Faults, body: &[u8]) -> An
     let now = eagle_now();
     let name = tag_text(body, b"name").unwrap_or_default();
     let mut out = String::with_capacity(640);
+    let mut kind = AnswerKind::Other;
     if name.eq_ignore_ascii_case("get_instantaneous_demand") {
         let watts = meter.profile.demand_w(i as u32, sim.seed, now);
         render::demand(&mut out, macs, now, watts);
+        kind = AnswerKind::Reading;
     } else if name.eq_ignore_ascii_case("get_current_summation") {
         let (delivered, received) = meter.profile.summation_wh(now);
         render::summation(&mut out, "", macs, now, delivered, received);
@@ -274,7 +321,7 @@ fn relay_answer(sim: &Shared, caller: Caller, faults: Faults, body: &[u8]) -> An
     } else {
         out.push_str(render::UNKNOWN_COMMAND);
     }
-    Answer::xml(out)
+    Answer::xml(out).of_kind(kind)
 }
 
 fn local_answer(sim: &Shared, caller: Caller, faults: Faults, body: &[u8]) -> Answer {
@@ -284,6 +331,7 @@ fn local_answer(sim: &Shared, caller: Caller, faults: Faults, body: &[u8]) -> An
             content_type: "text/plain",
             body: "Unauthorized\n".to_string(),
             challenge: true,
+            kind: AnswerKind::AuthError,
         };
     };
     if faults.fail {
@@ -295,6 +343,7 @@ fn local_answer(sim: &Shared, caller: Caller, faults: Faults, body: &[u8]) -> An
     let unix = (i64::from(now) + EAGLE_EPOCH_OFFSET).clamp(0, i64::from(u32::MAX)) as u32;
     let name = tag_text(body, b"name").unwrap_or_default();
     let mut out = String::with_capacity(1400);
+    let mut kind = AnswerKind::Other;
     if name.eq_ignore_ascii_case("device_list") {
         render::device_list(&mut out, meter_mac, unix);
     } else if name.eq_ignore_ascii_case("device_query") {
@@ -312,11 +361,12 @@ fn local_answer(sim: &Shared, caller: Caller, faults: Faults, body: &[u8]) -> An
                 f64::from(delivered) / 1000.0,
                 f64::from(received) / 1000.0,
             );
+            kind = AnswerKind::Reading;
         }
     } else {
         out.push_str(render::UNKNOWN_COMMAND);
     }
-    Answer::xml(out)
+    Answer::xml(out).of_kind(kind)
 }
 
 /// Replaces an answer with one of three kinds of garbage, all with HTTP 200:

@@ -214,11 +214,25 @@ impl Writer {
             }
             self.dirs.insert(key.1);
         }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&path)?;
+        let open = || {
+            OpenOptions::new()
+                .create(true)
+                .read(true)
+                .append(true)
+                .open(&path)
+        };
+        let mut file = match open() {
+            // The rotator removes an hour's directory once it is shipped,
+            // and a line for that hour can still come (the wall clock was
+            // stepped back), so the remembered directory may be gone.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                open()?
+            }
+            other => other?,
+        };
         self.stats.files_opened.fetch_add(1, Ordering::Relaxed);
         let len = cut_torn_tail(&mut file, &path)?;
         Ok(OpenFile {

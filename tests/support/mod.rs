@@ -24,6 +24,8 @@
 
 pub mod garage;
 pub mod hostile;
+pub mod meters;
+pub mod pinger;
 pub mod process;
 pub mod s3;
 pub mod server;

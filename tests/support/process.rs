@@ -131,21 +131,28 @@ impl Drop for Proc {
 /// Whether `GET url` (plain `http://host:port/path`) answers 200 now; std
 /// only, so synchronous tests can use it.
 pub fn answers_200(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return false;
-    };
+    http_get(url, &[]).is_some_and(|(status, _)| status == 200)
+}
+
+/// `GET url` (plain `http://host:port/path`, no keep-alive) with extra
+/// `headers`, std only: the status code and the body, or `None` when
+/// nothing answered.
+pub fn http_get(url: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
+    let rest = url.strip_prefix("http://")?;
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let Ok(mut s) = TcpStream::connect(host) else {
-        return false;
-    };
+    let mut s = TcpStream::connect(host).ok()?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let req = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    if s.write_all(req.as_bytes()).is_err() {
-        return false;
-    }
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let req = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n");
+    s.write_all(req.as_bytes()).ok()?;
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    out.starts_with("HTTP/1.1 200")
+    let status = out.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Some((status, body.to_string()))
 }
 
 /// Waits until `GET url` answers 200; `false` after `timeout`.

@@ -81,9 +81,13 @@ pub fn gunzip(gz: &[u8]) -> String {
     out
 }
 
-/// Every line of every `.jl` spool file under `dir`, with its file, parsed;
-/// panics on a line that is not a complete JSON value.
-pub fn spool_lines(dir: &Path) -> Vec<(PathBuf, serde_json::Value)> {
+/// Every `.jl` spool file under `dir` (any depth), sorted by path.
+pub fn spool_files(dir: &Path) -> Vec<PathBuf> {
+    files_under(dir, ".jl")
+}
+
+/// Every file under `dir` (any depth) whose name ends in `suffix`, sorted.
+pub fn files_under(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -94,17 +98,87 @@ pub fn spool_lines(dir: &Path) -> Vec<(PathBuf, serde_json::Value)> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "jl") {
-                let text = std::fs::read_to_string(&p).expect("read spool file");
-                for line in text.lines() {
-                    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| {
-                        panic!("{}: unparseable line {line:?}: {e}", p.display())
-                    });
-                    out.push((p.clone(), v));
-                }
+            } else if p.to_string_lossy().ends_with(suffix) {
+                out.push(p);
             }
         }
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.sort();
+    out
+}
+
+/// Every line of every `.jl` spool file under `dir`, with its file, parsed;
+/// panics on a line that is not a complete JSON value.
+pub fn spool_lines(dir: &Path) -> Vec<(PathBuf, serde_json::Value)> {
+    let mut out = Vec::new();
+    for p in spool_files(dir) {
+        let text = std::fs::read_to_string(&p).expect("read spool file");
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{}: unparseable line {line:?}: {e}", p.display()));
+            out.push((p.clone(), v));
+        }
+    }
+    out
+}
+
+/// When each line of meter `cloud_id` under `dir` was polled (unix
+/// milliseconds, from `polled_at`), in order: what a test checks slots and
+/// duplicates with.
+pub fn polled_at_ms(dir: &Path, cloud_id: CloudId) -> Vec<i64> {
+    let mut out: Vec<i64> = spool_lines(dir)
+        .iter()
+        .filter(|(_, v)| v["cloud_id"] == cloud_id.as_str())
+        .map(|(p, v)| {
+            let text = v["polled_at"].as_str().unwrap_or_default();
+            DateTime::parse_from_rfc3339(text)
+                .unwrap_or_else(|e| panic!("{}: bad polled_at {text:?}: {e}", p.display()))
+                .timestamp_millis()
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// The gaps between consecutive polls in `times` (milliseconds) that are
+/// long enough to hide a skipped slot: at least one and a half `interval`s.
+/// A poll that starts late moves its own time, never the next slot, so on
+/// a machine whose polls start within half an interval of their slots an
+/// unbroken run of slots shows no such gap.
+pub fn skipped_slot_gaps(times: &[i64], interval: std::time::Duration) -> Vec<(i64, i64)> {
+    let limit = interval.as_millis() as i64 * 3 / 2;
+    times
+        .windows(2)
+        .filter(|w| w[1] - w[0] >= limit)
+        .map(|w| (w[0], w[1] - w[0]))
+        .collect()
+}
+
+/// Every spool file under `dir` ends with a newline (no torn last line),
+/// as a clean stop leaves them; panics naming the first that does not.
+pub fn assert_files_whole(dir: &Path) {
+    for p in spool_files(dir) {
+        let bytes = std::fs::read(&p).expect("read spool file");
+        assert!(
+            bytes.last() == Some(&b'\n'),
+            "{} does not end on a whole line",
+            p.display()
+        );
+    }
+}
+
+/// Every line of every object in a directory archive (`archive =
+/// dir:<root>`), parsed; panics on an object that is not gzipped lines.
+pub fn dir_archive_lines(root: &Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for p in files_under(root, ".jl.gz") {
+        let gz = std::fs::read(&p).expect("read archived object");
+        for line in gunzip(&gz).lines() {
+            out.push(
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("{}: unparseable line {line:?}: {e}", p.display())),
+            );
+        }
+    }
     out
 }
