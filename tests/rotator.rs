@@ -6,22 +6,18 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rainforest::archive::{
-    Archive, ArchiveError, Condition, DirArchive, ObjectKey, S3Archive, S3Settings,
-    StaticCredentials,
-};
-use rainforest::backoff::Backoff;
+use rainforest::archive::{Archive, ArchiveError, Condition, DirArchive, ObjectKey};
 use rainforest::clock::Clock;
 use rainforest::cloud_id::CloudId;
 use rainforest::rotator::{Rotator, RotatorOptions};
-use rainforest::secret::Secret;
 use rainforest::spool::{HourBucket, hour_file};
 use support::process::Proc;
+use support::rotator::{options, spool_files, still_in_spool};
 use support::s3::S3Server;
 use support::spool::{KEY_PREFIX, PREFIX, canonical, gunzip, hours_ago, key, line, write_spool};
 use tokio_util::sync::CancellationToken;
@@ -55,60 +51,12 @@ async fn object_lines(s3: &S3Server, bucket: &str, key: &str) -> Vec<String> {
         .collect()
 }
 
-fn options(data_dir: &Path) -> RotatorOptions {
-    RotatorOptions {
-        data_dir: data_dir.to_path_buf(),
-        file_prefix: PREFIX.into(),
-        key_prefix: KEY_PREFIX.into(),
-        grace: Duration::from_millis(1),
-        every: Duration::from_millis(100),
-        concurrency: 4,
-        file_backoff: Backoff {
-            first: Duration::from_millis(100),
-            max: Duration::from_millis(300),
-        },
-        outage_backoff: Backoff {
-            first: Duration::from_millis(100),
-            max: Duration::from_millis(300),
-        },
-        operator_pause: Duration::from_millis(300),
-        shutdown_grace: Duration::from_secs(5),
-    }
-}
-
 async fn s3_archive(s3: &S3Server, bucket: &str) -> Archive {
-    let settings = S3Settings {
-        bucket: bucket.to_string(),
-        endpoint: Some(s3.endpoint()),
-        region: Some("us-east-1".into()),
-        credentials: Some(StaticCredentials {
-            access_key_id: s3.access_key(),
-            secret_access_key: Secret::new(s3.secret_key()),
-        }),
-    };
-    Archive::S3(S3Archive::connect(settings).await.expect("s3 archive"))
+    s3.at(bucket).archive().await
 }
 
 async fn rotator(s3: &S3Server, bucket: &str, data_dir: &Path) -> Rotator {
     Rotator::new(options(data_dir), s3_archive(s3, bucket).await)
-}
-
-/// Every spool file left under `data_dir` (quarantine excluded).
-fn spool_files(data_dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(data_dir) else {
-        return out;
-    };
-    for d in rd.flatten() {
-        if d.file_name() == "quarantine" || !d.path().is_dir() {
-            continue;
-        }
-        for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
-            out.push(f.path());
-        }
-    }
-    out.sort();
-    out
 }
 
 /// `rainforest rotator` with a clean environment: no RAINFOREST_* or AWS_*
@@ -187,7 +135,7 @@ async fn completed_hours_are_uploaded_with_the_documented_key_and_plain_gzip() {
     assert_eq!(plain, canonical(&lines_a));
 
     assert!(
-        !file_a.exists() && !file_b.exists(),
+        !still_in_spool(&file_a) && !still_in_spool(&file_b),
         "uploaded files must be deleted"
     );
     assert!(live.exists(), "the live hour must not be touched");
@@ -214,7 +162,7 @@ async fn local_file_is_kept_until_the_store_acknowledges() {
         "{report:?}"
     );
     assert!(
-        file.exists(),
+        still_in_spool(&file),
         "a file must not be deleted without an acknowledged upload"
     );
     assert!(!data.join("quarantine").exists());
@@ -675,7 +623,7 @@ async fn an_hour_is_complete_exactly_when_the_clock_passes_its_end_and_the_grace
     clock.set(at("2025-01-15T13:02:00Z"));
     let report = r.run_once(&CancellationToken::new()).await;
     assert_eq!((report.completed, report.archived), (1, 1), "{report:?}");
-    assert!(!file.exists());
+    assert!(!still_in_spool(&file));
     assert!(archive.join(key(m, h)).exists());
 }
 

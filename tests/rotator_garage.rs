@@ -11,14 +11,13 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use rainforest::archive::{Archive, ObjectKey, S3Archive, S3Settings, StaticCredentials};
-use rainforest::backoff::Backoff;
+use rainforest::archive::{Archive, ObjectKey};
 use rainforest::cloud_id::CloudId;
-use rainforest::rotator::{ArchiveLock, LockError, Rotator, RotatorOptions};
-use rainforest::secret::Secret;
+use rainforest::rotator::{ArchiveLock, LockError, Rotator};
 use rainforest::spool::hour_file;
 use support::RedisServer;
 use support::garage::GarageServer;
+use support::rotator::options;
 use support::spool::{KEY_PREFIX, PREFIX, canonical, gunzip, hours_ago, key, line, write_spool};
 use tokio_util::sync::CancellationToken;
 
@@ -30,37 +29,9 @@ async fn object_lines(garage: &GarageServer, key: &str) -> Vec<String> {
     gunzip(&gz).lines().map(str::to_string).collect()
 }
 
-fn options(data_dir: &Path) -> RotatorOptions {
-    let quick = Backoff {
-        first: Duration::from_millis(100),
-        max: Duration::from_millis(300),
-    };
-    RotatorOptions {
-        data_dir: data_dir.to_path_buf(),
-        file_prefix: PREFIX.into(),
-        key_prefix: KEY_PREFIX.into(),
-        grace: Duration::from_millis(1),
-        every: Duration::from_millis(100),
-        concurrency: 4,
-        file_backoff: quick,
-        outage_backoff: quick,
-        operator_pause: Duration::from_millis(300),
-        shutdown_grace: Duration::from_secs(5),
-    }
-}
-
 /// Each call connects its own client, as a second host would.
 async fn garage_archive(garage: &GarageServer) -> Archive {
-    let settings = S3Settings {
-        bucket: garage.bucket(),
-        endpoint: Some(garage.endpoint()),
-        region: Some(garage.region()),
-        credentials: Some(StaticCredentials {
-            access_key_id: garage.access_key(),
-            secret_access_key: Secret::new(garage.secret_key()),
-        }),
-    };
-    Archive::S3(S3Archive::connect(settings).await.expect("garage archive"))
+    garage.at().archive().await
 }
 
 /// Two hosts' spool files for the same 40 (meter, hour) keys: even seconds

@@ -25,7 +25,9 @@
 pub mod garage;
 pub mod hostile;
 pub mod process;
+pub mod rotator;
 pub mod s3;
+pub mod s3_proxy;
 pub mod server;
 pub mod spool;
 

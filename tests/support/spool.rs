@@ -81,8 +81,9 @@ pub fn gunzip(gz: &[u8]) -> String {
     out
 }
 
-/// Every line of every `.jl` spool file under `dir`, with its file, parsed;
-/// panics on a line that is not a complete JSON value.
+/// Every line of every `.jl` spool file under `dir` (files the rotator has
+/// claimed, `.jl.shipping-*`, included), with its file, parsed; panics on
+/// a line that is not a complete JSON value.
 pub fn spool_lines(dir: &Path) -> Vec<(PathBuf, serde_json::Value)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -94,7 +95,9 @@ pub fn spool_lines(dir: &Path) -> Vec<(PathBuf, serde_json::Value)> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "jl") {
+            } else if p.extension().is_some_and(|x| x == "jl")
+                || p.to_string_lossy().contains(".jl.shipping-")
+            {
                 let text = std::fs::read_to_string(&p).expect("read spool file");
                 for line in text.lines() {
                     let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| {
