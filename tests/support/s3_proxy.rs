@@ -55,6 +55,9 @@ pub enum Fault {
     /// Answers `400 ExpiredToken` to requests signed with this access key
     /// id; others pass. Not consumed by the requests it lets pass.
     ExpiredFor(String),
+    /// Forwards the request, then drops moto's answer and answers this
+    /// status instead: the store did the work, the client cannot know.
+    AnswerLost(u16, &'static str),
     /// Flips one byte of the body in flight (see the module documentation).
     CorruptBody,
     /// Waits this long, then forwards.
@@ -255,8 +258,10 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
     let Ok(mut body) = axum::body::to_bytes(body, usize::MAX).await else {
         return s3_error(400, "IncompleteBody");
     };
+    let mut lose_answer = None;
     match take_fault(&shared, &parts.method, &parts.headers) {
         None => {}
+        Some(Fault::AnswerLost(status, code)) => lose_answer = Some((status, code)),
         Some(Fault::Status(status, code)) => {
             shared.forged.fetch_add(1, Ordering::SeqCst);
             return s3_error(status, code);
@@ -311,6 +316,10 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
         Ok(a) => a,
         Err(e) => return s3_error(502, &format!("ProxyUpstreamFailed: {e}")),
     };
+    if let Some((status, code)) = lose_answer {
+        shared.forged.fetch_add(1, Ordering::SeqCst);
+        return s3_error(status, code);
+    }
     let mut response = Response::builder().status(answer.status());
     for (name, value) in answer.headers() {
         if !matches!(
