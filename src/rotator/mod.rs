@@ -32,8 +32,12 @@
 //! a file that is about to be deleted. A writer that had the file open
 //! before the claim can still append to it until its flush ends, so after
 //! the upload the rotator compares the file's size with what it read and,
-//! if it grew, merges the new lines too before deleting it. Claims left by
-//! a crash are found by the scan and shipped like any file.
+//! if it grew, merges the new lines too before deleting it. The writer
+//! closes an hour's files at its first flush 10 s after the hour ends, so
+//! with `rotate_grace` above ~11 s (default 2 min) no writer holds a
+//! claimed file and that last window (between the size check and the
+//! delete) cannot be hit. Claims left by a crash are found by the scan and
+//! shipped like any file.
 //!
 //! Every write is conditional (see `archive`). When the start-up probe finds
 //! a store that ignores conditional writes (Garage), and `redis_url` is
