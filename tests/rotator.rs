@@ -6,23 +6,20 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rainforest::archive::{
-    Archive, ArchiveError, Condition, DirArchive, ObjectKey, S3Archive, S3Settings,
-    StaticCredentials,
-};
-use rainforest::backoff::Backoff;
+use rainforest::archive::{Archive, ArchiveError, Condition, DirArchive, ObjectKey};
 use rainforest::clock::Clock;
 use rainforest::cloud_id::CloudId;
 use rainforest::rotator::{Rotator, RotatorOptions};
-use rainforest::secret::Secret;
 use rainforest::spool::{HourBucket, hour_file};
 use support::process::Proc;
+use support::rotator::{options, spool_files, still_in_spool};
 use support::s3::S3Server;
+use support::s3_proxy::{Fault, On, S3Proxy};
 use support::spool::{KEY_PREFIX, PREFIX, canonical, gunzip, hours_ago, key, line, write_spool};
 use tokio_util::sync::CancellationToken;
 
@@ -55,60 +52,12 @@ async fn object_lines(s3: &S3Server, bucket: &str, key: &str) -> Vec<String> {
         .collect()
 }
 
-fn options(data_dir: &Path) -> RotatorOptions {
-    RotatorOptions {
-        data_dir: data_dir.to_path_buf(),
-        file_prefix: PREFIX.into(),
-        key_prefix: KEY_PREFIX.into(),
-        grace: Duration::from_millis(1),
-        every: Duration::from_millis(100),
-        concurrency: 4,
-        file_backoff: Backoff {
-            first: Duration::from_millis(100),
-            max: Duration::from_millis(300),
-        },
-        outage_backoff: Backoff {
-            first: Duration::from_millis(100),
-            max: Duration::from_millis(300),
-        },
-        operator_pause: Duration::from_millis(300),
-        shutdown_grace: Duration::from_secs(5),
-    }
-}
-
 async fn s3_archive(s3: &S3Server, bucket: &str) -> Archive {
-    let settings = S3Settings {
-        bucket: bucket.to_string(),
-        endpoint: Some(s3.endpoint()),
-        region: Some("us-east-1".into()),
-        credentials: Some(StaticCredentials {
-            access_key_id: s3.access_key(),
-            secret_access_key: Secret::new(s3.secret_key()),
-        }),
-    };
-    Archive::S3(S3Archive::connect(settings).await.expect("s3 archive"))
+    s3.at(bucket).archive().await
 }
 
 async fn rotator(s3: &S3Server, bucket: &str, data_dir: &Path) -> Rotator {
     Rotator::new(options(data_dir), s3_archive(s3, bucket).await)
-}
-
-/// Every spool file left under `data_dir` (quarantine excluded).
-fn spool_files(data_dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(data_dir) else {
-        return out;
-    };
-    for d in rd.flatten() {
-        if d.file_name() == "quarantine" || !d.path().is_dir() {
-            continue;
-        }
-        for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
-            out.push(f.path());
-        }
-    }
-    out.sort();
-    out
 }
 
 /// `rainforest rotator` with a clean environment: no RAINFOREST_* or AWS_*
@@ -187,7 +136,7 @@ async fn completed_hours_are_uploaded_with_the_documented_key_and_plain_gzip() {
     assert_eq!(plain, canonical(&lines_a));
 
     assert!(
-        !file_a.exists() && !file_b.exists(),
+        !still_in_spool(&file_a) && !still_in_spool(&file_b),
         "uploaded files must be deleted"
     );
     assert!(live.exists(), "the live hour must not be touched");
@@ -214,7 +163,7 @@ async fn local_file_is_kept_until_the_store_acknowledges() {
         "{report:?}"
     );
     assert!(
-        file.exists(),
+        still_in_spool(&file),
         "a file must not be deleted without an acknowledged upload"
     );
     assert!(!data.join("quarantine").exists());
@@ -413,19 +362,33 @@ async fn two_rotators_racing_on_the_same_keys_lose_no_line() {
         all.extend(two);
         expected.push((key(m, h), canonical(&all)));
     }
-    let r1 = rotator(&s3, &bucket, &d1).await;
-    let r2 = rotator(&s3, &bucket, &d2).await;
+    // Both rotators go through a proxy that holds the first two uploads
+    // until both have arrived: one file at a time each, both start with the
+    // oldest key, so both have read it absent and both create it at once.
+    let proxy = S3Proxy::start(&s3.endpoint()).await;
+    proxy.arm(On::Put, Fault::Hold, 2);
+    let at = s3.at(&bucket).via(&proxy.endpoint());
+    let one_at_a_time = |d: &Path| RotatorOptions {
+        concurrency: 1,
+        ..options(d)
+    };
+    let r1 = Rotator::new(one_at_a_time(&d1), at.archive().await);
+    let r2 = Rotator::new(one_at_a_time(&d2), at.archive().await);
     let none = CancellationToken::new();
-    let (a, b) = tokio::join!(r1.run_once(&none), r2.run_once(&none));
+    let race = async {
+        proxy.wait_held(2, Duration::from_secs(10)).await;
+        proxy.release(2);
+    };
+    let (a, b, ()) = tokio::join!(r1.run_once(&none), r2.run_once(&none), race);
     assert!(a.all_archived(), "{a:?}");
     assert!(b.all_archived(), "{b:?}");
     for (k, lines) in &expected {
         assert_eq!(&object_lines(&s3, &bucket, k).await, lines, "{k}");
     }
     let (s1, s2) = (r1.stats().snapshot(), r2.stats().snapshot());
-    eprintln!(
-        "race: {} + {} merges, {} + {} conditional writes lost and retried",
-        s1.merges, s2.merges, s1.conflicts, s2.conflicts
+    assert!(
+        s1.conflicts + s2.conflicts >= 1,
+        "the forced race met no refused conditional write: {s1:?} {s2:?}"
     );
     // Every key was written by both, so one of each pair merged.
     assert_eq!(s1.merges + s2.merges, 40);
@@ -675,7 +638,7 @@ async fn an_hour_is_complete_exactly_when_the_clock_passes_its_end_and_the_grace
     clock.set(at("2025-01-15T13:02:00Z"));
     let report = r.run_once(&CancellationToken::new()).await;
     assert_eq!((report.completed, report.archived), (1, 1), "{report:?}");
-    assert!(!file.exists());
+    assert!(!still_in_spool(&file));
     assert!(archive.join(key(m, h)).exists());
 }
 

@@ -64,6 +64,9 @@ pub struct S3Settings {
 /// An S3 bucket as an archive.
 pub struct S3Archive {
     settings: S3Settings,
+    /// A provider given by the embedder instead of the default chain (see
+    /// [`S3Archive::connect_with_provider`]); asked again on every refresh.
+    provider: Option<SharedCredentialsProvider>,
     /// Replaced whole by [`S3Archive::refresh_credentials`]; never held
     /// across an await (requests clone the cheap handles first).
     conn: RwLock<Conn>,
@@ -82,9 +85,29 @@ impl S3Archive {
         if settings.bucket.trim().is_empty() {
             return Err(ArchiveError::NotConfigured);
         }
-        let conn = connect(&settings).await;
+        let conn = connect(&settings, None).await;
         Ok(S3Archive {
             settings,
+            provider: None,
+            conn: RwLock::new(conn),
+        })
+    }
+
+    /// Like [`connect`](Self::connect), with credentials from `provider`
+    /// (`settings.credentials` is ignored). [`refresh_credentials`](Self::refresh_credentials)
+    /// asks it again, which is how an embedder with its own rotation (and
+    /// the expired-token test) gets fresh keys used.
+    pub async fn connect_with_provider(
+        settings: S3Settings,
+        provider: SharedCredentialsProvider,
+    ) -> Result<S3Archive, ArchiveError> {
+        if settings.bucket.trim().is_empty() {
+            return Err(ArchiveError::NotConfigured);
+        }
+        let conn = connect(&settings, Some(&provider)).await;
+        Ok(S3Archive {
+            settings,
+            provider: Some(provider),
             conn: RwLock::new(conn),
         })
     }
@@ -250,7 +273,7 @@ impl S3Archive {
     /// Rebuilds the client, so the next request loads credentials from the
     /// chain again instead of using the cached, expired ones.
     pub async fn refresh_credentials(&self) {
-        let fresh = connect(&self.settings).await;
+        let fresh = connect(&self.settings, self.provider.as_ref()).await;
         match self.conn.write() {
             Ok(mut c) => *c = fresh,
             Err(poisoned) => *poisoned.into_inner() = fresh,
@@ -327,7 +350,9 @@ fn provider_name(creds: &Credentials) -> String {
         .unwrap_or_else(|| "unknown provider".into())
 }
 
-async fn connect(settings: &S3Settings) -> Conn {
+/// A client with a fresh credentials cache: `provider`, else the static
+/// keys of `settings`, else the default chain.
+async fn connect(settings: &S3Settings, provider: Option<&SharedCredentialsProvider>) -> Conn {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(
             RetryConfig::standard()
@@ -344,7 +369,9 @@ async fn connect(settings: &S3Settings) -> Conn {
     if let Some(region) = &settings.region {
         loader = loader.region(Region::new(region.clone()));
     }
-    if let Some(c) = &settings.credentials {
+    if let Some(p) = provider {
+        loader = loader.credentials_provider(p.clone());
+    } else if let Some(c) = &settings.credentials {
         loader = loader.credentials_provider(Credentials::new(
             c.access_key_id.clone(),
             c.secret_access_key.expose().to_string(),

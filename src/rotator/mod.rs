@@ -24,6 +24,21 @@
 //! Nothing is ever given up on while the file exists, and every pass takes
 //! the oldest hour first.
 //!
+//! Late lines (a poll that started before the hour turned, a slow disk):
+//! before reading a file the rotator renames it to
+//! `<name>.shipping-<pid>-<n>` (its claim). The spool writer opens files by
+//! their spool name, so a line for that hour arriving later creates a new
+//! spool file, shipped and merged on the next pass, instead of landing in
+//! a file that is about to be deleted. A writer that had the file open
+//! before the claim can still append to it until its flush ends, so after
+//! the upload the rotator compares the file's size with what it read and,
+//! if it grew, merges the new lines too before deleting it. The writer
+//! closes an hour's files at its first flush 10 s after the hour ends, so
+//! with `rotate_grace` above ~11 s (default 2 min) no writer holds a
+//! claimed file and that last window (between the size check and the
+//! delete) cannot be hit. Claims left by a crash are found by the scan and
+//! shipped like any file.
+//!
 //! Every write is conditional (see `archive`). When the start-up probe finds
 //! a store that ignores conditional writes (Garage), and `redis_url` is
 //! set, each key's read-merge-write is also serialised with a Redis lock
@@ -94,6 +109,18 @@ pub enum RotatorError {
         key: ObjectKey,
         /// How many writes were refused.
         attempts: u32,
+    },
+    /// A spool file could not be renamed to its claimed name, so it was
+    /// not read (nothing is lost; it waits).
+    #[error(
+        "cannot claim {} for shipping ({source}); check permissions of the data directory",
+        path.display()
+    )]
+    Claim {
+        /// The spool file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
     },
     /// A file that should be quarantined could not be moved.
     #[error(
@@ -569,8 +596,9 @@ impl Rotator {
                 let mut queue = todo.into_iter();
                 let mut results = futures::stream::iter(queue.by_ref())
                     .take_while(|_| std::future::ready(!stop.is_cancelled()))
-                    .map(|f| async move {
-                        let o = self.ship(&f).await;
+                    .map(|mut f| async move {
+                        let (o, now_at) = self.ship(&f).await;
+                        f.path = now_at;
                         (f, o)
                     })
                     .buffer_unordered(self.opts.concurrency.max(1));

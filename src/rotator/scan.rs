@@ -4,6 +4,10 @@
 //! passed, leaving time for polls that started before the hour turned. The
 //! scan only reads directory listings; it never opens a file, so it is safe
 //! next to a running pinger.
+//!
+//! A file the rotator has claimed for shipping carries a
+//! `.shipping-<tag>` suffix (see `ship`); the scan lists those too, so a
+//! claim left by a crash or by another rotator is shipped, never forgotten.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,6 +28,20 @@ pub struct SpoolFile {
     pub hour: HourBucket,
     /// Size when scanned.
     pub size: u64,
+    /// Already renamed to a `.shipping-<tag>` name by a rotator (this one
+    /// in an earlier pass, a crashed one, or another one now).
+    pub claimed: bool,
+}
+
+/// What a claimed file's name has after the spool file's name.
+pub(super) const CLAIM_INFIX: &str = ".shipping-";
+
+/// The spool file name inside a claimed name, if it is one.
+pub(super) fn unclaimed_name(name: &str) -> (&str, bool) {
+    match name.rsplit_once(CLAIM_INFIX) {
+        Some((base, tag)) if !tag.is_empty() && !tag.contains('/') => (base, true),
+        _ => (name, false),
+    }
 }
 
 /// Whether `hour` may be uploaded at `now`.
@@ -75,9 +93,10 @@ pub fn completed_files(
         for f in rd {
             let f = f?;
             let fname = f.file_name();
-            let Some((cloud_id, hour)) =
-                fname.to_str().and_then(|n| parse_file_name(file_prefix, n))
-            else {
+            let Some((base, claimed)) = fname.to_str().map(unclaimed_name) else {
+                continue;
+            };
+            let Some((cloud_id, hour)) = parse_file_name(file_prefix, base) else {
                 continue;
             };
             let Ok(meta) = f.metadata() else { continue };
@@ -93,6 +112,7 @@ pub fn completed_files(
                 cloud_id,
                 hour,
                 size: meta.len(),
+                claimed,
             });
         }
     }
@@ -137,10 +157,17 @@ mod tests {
         mk(a, h("2025-01-15T12:00:00Z"));
         std::fs::create_dir_all(dir.path().join("quarantine")).unwrap();
         std::fs::write(dir.path().join("2025-01-15-09/other.txt"), "x").unwrap();
+        // A claim left by a crashed rotator is listed, marked as claimed.
+        let mut claimed = newest.clone().into_os_string();
+        claimed.push(".shipping-77-1");
+        let claimed = PathBuf::from(claimed);
+        std::fs::write(&claimed, "{}\n").unwrap();
         let (files, not_yet) =
             completed_files(dir.path(), "pre", now, Duration::from_secs(120)).unwrap();
         let paths: Vec<_> = files.iter().map(|f| f.path.clone()).collect();
-        assert_eq!(paths, vec![oldest_a, oldest_b, newest]);
+        assert_eq!(paths, vec![oldest_a, oldest_b, newest, claimed]);
+        assert_eq!(files.iter().filter(|f| f.claimed).count(), 1);
+        assert_eq!(files[3].cloud_id, a);
         assert_eq!(not_yet, 1);
     }
 }

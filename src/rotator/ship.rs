@@ -5,12 +5,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 
 use super::lines::{archived_lines, check_spool, gunzip, gzip, merge};
 use super::lock::{LockError, LockGuard};
-use super::scan::SpoolFile;
+use super::scan::{CLAIM_INFIX, SpoolFile, unclaimed_name};
 use super::stats::RotatorStats;
 use super::{Rotator, RotatorError};
 use crate::archive::{ArchiveError, Condition, ObjectKey};
@@ -20,6 +21,10 @@ use crate::spool::HourBucket;
 /// each loss means another writer made progress, so this is only reached
 /// under heavy, sustained contention for one key.
 const MAX_CONFLICTS: u32 = 10;
+/// Re-reads of a claimed file that grew during its upload before it is
+/// left for the next pass; a writer stops appending to a claimed file
+/// within one flush, so more than one round is already rare.
+const LATE_ROUNDS: usize = 3;
 
 /// What became of one file.
 #[derive(Debug)]
@@ -73,28 +78,84 @@ impl Rotator {
     }
 
     /// Ships one file; never deletes it unless the archive acknowledged an
-    /// object holding every one of its lines.
-    pub(super) async fn ship(&self, file: &SpoolFile) -> Outcome {
-        let path = file.path.clone();
-        let prepared = match tokio::task::spawn_blocking(move || prepare(&path)).await {
-            Ok(p) => p,
-            Err(e) => return Outcome::Failed(RotatorError::Task(e.to_string())),
+    /// object holding every one of its lines. Returns what happened and
+    /// where the file is now (its claimed name once claimed), which is the
+    /// name its backoff is kept under.
+    pub(super) async fn ship(&self, file: &SpoolFile) -> (Outcome, PathBuf) {
+        let claimed = if file.claimed {
+            file.path.clone()
+        } else {
+            match claim(&file.path) {
+                Ok(p) => p,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return (Outcome::Gone, file.path.clone());
+                }
+                Err(source) => {
+                    let e = RotatorError::Claim {
+                        path: file.path.clone(),
+                        source,
+                    };
+                    return (Outcome::Failed(e), file.path.clone());
+                }
+            }
         };
-        let ready = match prepared {
-            Prepared::Ready(r) => r,
-            Prepared::Gone => return Outcome::Gone,
-            Prepared::Empty => {
+        let file = SpoolFile {
+            path: claimed,
+            ..file.clone()
+        };
+        (self.ship_claimed(&file).await, file.path)
+    }
+
+    /// Ships a file already renamed to its claimed name, which no writer
+    /// opens any more: the read, the upload, then a check that the file
+    /// did not grow meanwhile (a writer that opened it before the claim),
+    /// and only then the delete.
+    async fn ship_claimed(&self, file: &SpoolFile) -> Outcome {
+        let ready = match read_spool(&file.path).await {
+            Ok(Prepared::Ready(r)) => r,
+            Ok(Prepared::Gone) => return Outcome::Gone,
+            Ok(Prepared::Empty) => {
                 tracing::debug!(path = %file.path.display(), "Removed an empty spool file.");
                 let _ = std::fs::remove_file(&file.path);
+                remove_hour_dir_if_empty(&file.path);
                 return Outcome::Empty;
             }
-            Prepared::Unusable(reason) => return self.quarantine(file, &reason),
+            Ok(Prepared::Unusable(reason)) => return self.quarantine(file, &reason),
+            Err(e) => return Outcome::Failed(e),
         };
         let key = self.key_of(file);
-        let merged = match self.write_merged_locked(&key, &ready).await {
+        let mut merged = match self.write_merged_locked(&key, &ready).await {
             Ok(m) => m,
             Err(e) => return Outcome::Failed(e),
         };
+        let mut ready = ready;
+        let mut settled = false;
+        for _ in 0..LATE_ROUNDS {
+            let grew = std::fs::metadata(&file.path).is_ok_and(|m| m.len() != ready.bytes_read);
+            if !grew {
+                settled = true;
+                break;
+            }
+            // Lines landed after the read: ship them before the delete.
+            let again = match read_spool(&file.path).await {
+                Ok(Prepared::Ready(r)) => r,
+                Ok(_) => {
+                    settled = true;
+                    break;
+                }
+                Err(e) => return Outcome::Failed(e),
+            };
+            tracing::info!(
+                path = %file.path.display(),
+                bytes = again.bytes_read.saturating_sub(ready.bytes_read),
+                "Lines were appended while the file was being uploaded; merging them too."
+            );
+            match self.write_merged_locked(&key, &again).await {
+                Ok(m) => merged |= m,
+                Err(e) => return Outcome::Failed(e),
+            }
+            ready = again;
+        }
         let s = &self.stats;
         RotatorStats::add(&s.lines_uploaded, ready.lines);
         RotatorStats::add(&s.lines_dropped, ready.dropped);
@@ -105,8 +166,18 @@ impl Rotator {
         if !ready.rejected.is_empty() {
             self.keep_rejected(file, &ready.rejected);
         }
+        if !settled {
+            tracing::warn!(
+                path = %file.path.display(),
+                "The file kept growing while it was shipped; it is kept and shipped again \
+                 next pass (merged, not duplicated)."
+            );
+            return Outcome::Archived { merged };
+        }
         // The archive holds every line now; only from here may the file go.
-        if let Err(e) = std::fs::remove_file(&file.path) {
+        if let Err(e) = std::fs::remove_file(&file.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
             tracing::warn!(
                 path = %file.path.display(),
                 key = %key,
@@ -257,7 +328,7 @@ impl Rotator {
         let name = file
             .path
             .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
+            .map(|n| unclaimed_name(&n.to_string_lossy()).0.to_string())
             .unwrap_or_default();
         let dest = dir.join(format!("{name}.rejected-lines"));
         let mut body = Vec::new();
@@ -284,6 +355,28 @@ impl Rotator {
             ),
         }
     }
+}
+
+/// Renames a spool file to a `.shipping-<pid>-<n>` name of its own
+/// before it is read. The writer opens files by their spool name, so a
+/// line for this hour that arrives from now on creates a new file, shipped
+/// next pass, instead of landing in a file about to be deleted. A name of
+/// its own per claim means two rotators never rename onto each other.
+fn claim(path: &Path) -> std::io::Result<PathBuf> {
+    static CLAIMS: AtomicU64 = AtomicU64::new(0);
+    let n = CLAIMS.fetch_add(1, Ordering::Relaxed);
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!("{CLAIM_INFIX}{}-{n}", std::process::id()));
+    let claimed = PathBuf::from(name);
+    std::fs::rename(path, &claimed)?;
+    Ok(claimed)
+}
+
+async fn read_spool(path: &Path) -> Result<Prepared, RotatorError> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || prepare(&path))
+        .await
+        .map_err(|e| RotatorError::Task(e.to_string()))
 }
 
 fn prepare(path: &Path) -> Prepared {
@@ -353,9 +446,10 @@ fn move_to_quarantine(
 ) -> std::io::Result<PathBuf> {
     let dir = data_dir.join("quarantine");
     std::fs::create_dir_all(&dir)?;
+    // Under its spool name, not the claim's, so an operator recognises it.
     let name = path
         .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
+        .map(|n| unclaimed_name(&n.to_string_lossy()).0.to_string())
         .unwrap_or_else(|| "unnamed".into());
     let mut dest = dir.join(&name);
     if dest.exists() {

@@ -50,6 +50,9 @@ pub struct SpoolStats {
     pub lines_dropped: AtomicU64,
     /// Files opened (pool misses).
     pub files_opened: AtomicU64,
+    /// Failed fsyncs when an hour's file was sealed (or at close): its
+    /// lines were written but may not survive a power cut.
+    pub fsync_errors: AtomicU64,
 }
 
 impl SpoolStats {

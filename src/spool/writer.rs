@@ -222,9 +222,9 @@ impl Writer {
                 .open(&path)
         };
         let mut file = match open() {
-            // The rotator removes an hour's directory once it is shipped,
-            // and a line for that hour can still come (the wall clock was
-            // stepped back), so the remembered directory may be gone.
+            // The rotator removes an hour's directory once it shipped its
+            // last file, and a line for that hour can still come (a late
+            // poll, or the wall clock stepped back): create it again.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir)?;
@@ -275,7 +275,8 @@ impl Writer {
                 continue;
             }
             if let Some(f) = self.pool.remove(&key) {
-                let _ = f.file.sync_all();
+                let synced = f.file.sync_all();
+                self.sealed(key, synced);
             }
         }
         let current = crate::spool::HourBucket::of(now);
@@ -284,9 +285,26 @@ impl Writer {
             .retain(|_, t| t.elapsed() < Duration::from_secs(3600));
     }
 
+    /// Counts and reports a failed fsync of a file being closed: the page
+    /// cache holds its lines, but a power cut before the kernel writes them
+    /// back would lose them, and the next fsync would not report it again.
+    fn sealed(&mut self, key: FileKey, synced: io::Result<()>) {
+        if let Err(e) = synced {
+            self.stats.fsync_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                path = %self.path(key).display(),
+                error = %e,
+                "Cannot fsync the spool file while closing it; its lines may not survive a \
+                 power cut. Check the disk (dmesg) and free space."
+            );
+        }
+    }
+
     fn close_all(&mut self) {
-        for (_, f) in self.pool.drain() {
-            let _ = f.file.sync_all();
+        let open: Vec<(FileKey, OpenFile)> = self.pool.drain().collect();
+        for (key, f) in open {
+            let synced = f.file.sync_all();
+            self.sealed(key, synced);
         }
         if self.pending_bytes > 0 {
             tracing::error!(
@@ -335,4 +353,62 @@ fn cut_torn_tail(file: &mut File, path: &Path) -> io::Result<u64> {
     tracing::warn!(path = %path.display(), dropped_bytes = len - keep, "Spool file ended in a torn line (earlier crash); cut it before appending.");
     file.set_len(keep)?;
     Ok(keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer(dir: &Path) -> Writer {
+        Writer {
+            opts: SpoolOptions {
+                data_dir: dir.to_path_buf(),
+                prefix: "pre".into(),
+                open_files: 8,
+                flush_every: Duration::from_secs(1),
+            },
+            stats: Arc::new(SpoolStats::default()),
+            pending: HashMap::new(),
+            pending_bytes: 0,
+            pool: HashMap::new(),
+            dirs: HashSet::new(),
+            clock: 0,
+            last_error_log: HashMap::new(),
+            cap: 8,
+        }
+    }
+
+    fn key() -> FileKey {
+        (
+            CloudId::parse("00000a").expect("id"),
+            HourBucket::of(Utc::now()),
+        )
+    }
+
+    #[test]
+    fn a_failed_fsync_at_the_seal_is_counted_not_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = writer(dir.path());
+        w.sealed(key(), Ok(()));
+        assert_eq!(w.stats.fsync_errors.load(Ordering::Relaxed), 0);
+        w.sealed(key(), Err(io::Error::from_raw_os_error(5)));
+        assert_eq!(w.stats.fsync_errors.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_line_for_an_hour_whose_directory_the_rotator_removed_recreates_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = writer(dir.path());
+        let k = key();
+        w.write(k, b"{}\n").expect("first write");
+        w.pool.clear();
+        let path = w.path(k);
+        std::fs::remove_file(&path).expect("rm file");
+        std::fs::remove_dir(path.parent().expect("dir")).expect("rm dir");
+        // The writer still remembers the directory as made.
+        assert!(w.dirs.contains(&k.1));
+        w.write(k, b"{\"late\":1}\n")
+            .expect("write after the rotator removed the hour");
+        assert_eq!(std::fs::read(&path).expect("read"), b"{\"late\":1}\n");
+    }
 }

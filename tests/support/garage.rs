@@ -222,6 +222,18 @@ api_bind_addr = "127.0.0.1:{admin}"
         self.endpoint.clone()
     }
 
+    /// The bucket on this server, for building archives (directly or
+    /// through a proxy, see [`super::rotator::Endpoint::via`]).
+    pub fn at(&self) -> super::rotator::Endpoint {
+        super::rotator::Endpoint {
+            url: self.endpoint(),
+            bucket: self.bucket(),
+            region: self.region(),
+            access_key: self.access_key(),
+            secret_key: self.secret_key(),
+        }
+    }
+
     /// The region to sign for.
     pub fn region(&self) -> String {
         REGION.to_string()

@@ -27,7 +27,9 @@ pub mod hostile;
 pub mod meters;
 pub mod pinger;
 pub mod process;
+pub mod rotator;
 pub mod s3;
+pub mod s3_proxy;
 pub mod server;
 pub mod spool;
 pub mod tls;
@@ -224,6 +226,28 @@ impl RedisServer {
                 Err(SpawnError::NotInstalled) => panic!("redis-server vanished from PATH"),
             }
         }
+    }
+
+    /// How many times this Redis has run `command` (lower case, from
+    /// `INFO commandstats`), so a test can see a client trying (a lock
+    /// waiter's `SET NX` attempts). It counts every client, so it proves
+    /// something only on a server of the test's own ([`Self::can_restart`]).
+    pub fn command_calls(&self, command: &str) -> u64 {
+        let client = redis::Client::open(self.url.as_str())
+            .unwrap_or_else(|e| panic!("redis url {}: {e}", self.url));
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.url));
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut conn)
+            .unwrap_or_else(|e| panic!("INFO commandstats: {e}"));
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Deletes every key under `namespace` (for an external Redis, which

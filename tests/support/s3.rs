@@ -135,6 +135,18 @@ impl S3Server {
         }
     }
 
+    /// `bucket` on this server, for building archives (directly or through
+    /// a proxy, see [`super::rotator::Endpoint::via`]).
+    pub fn at(&self, bucket: &str) -> super::rotator::Endpoint {
+        super::rotator::Endpoint {
+            url: self.endpoint(),
+            bucket: bucket.to_string(),
+            region: "us-east-1".into(),
+            access_key: self.access_key(),
+            secret_key: self.secret_key(),
+        }
+    }
+
     /// A client for checking what the code under test wrote.
     pub fn client(&self) -> Client {
         let config = aws_sdk_s3::config::Builder::new()

@@ -81,13 +81,21 @@ pub fn gunzip(gz: &[u8]) -> String {
     out
 }
 
-/// Every `.jl` spool file under `dir` (any depth), sorted by path.
+/// Every spool file under `dir` (any depth), sorted by path: `.jl` files
+/// and the ones the rotator has claimed for shipping (`.jl.shipping-*`),
+/// whose lines are still only in the spool.
 pub fn spool_files(dir: &Path) -> Vec<PathBuf> {
-    files_under(dir, ".jl")
+    walk(dir, &|name| {
+        name.ends_with(".jl") || name.contains(".jl.shipping-")
+    })
 }
 
 /// Every file under `dir` (any depth) whose name ends in `suffix`, sorted.
 pub fn files_under(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    walk(dir, &|name| name.ends_with(suffix))
+}
+
+fn walk(dir: &Path, wanted: &dyn Fn(&str) -> bool) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -98,7 +106,7 @@ pub fn files_under(dir: &Path, suffix: &str) -> Vec<PathBuf> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.to_string_lossy().ends_with(suffix) {
+            } else if wanted(&p.to_string_lossy()) {
                 out.push(p);
             }
         }
@@ -107,7 +115,7 @@ pub fn files_under(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     out
 }
 
-/// Every line of every `.jl` spool file under `dir`, with its file, parsed;
+/// Every line of every spool file under `dir` ([`spool_files`]), with its file, parsed;
 /// panics on a line that is not a complete JSON value.
 pub fn spool_lines(dir: &Path) -> Vec<(PathBuf, serde_json::Value)> {
     let mut out = Vec::new();
