@@ -17,7 +17,7 @@ use rainforest::cloud_id::CloudId;
 use rainforest::rotator::{Rotator, RotatorOptions};
 use rainforest::spool::{HourBucket, hour_file};
 use support::process::Proc;
-use support::rotator::{options, spool_files, still_in_spool};
+use support::rotator::{options, still_in_spool, unshipped_files};
 use support::s3::S3Server;
 use support::s3_proxy::{Fault, On, S3Proxy};
 use support::spool::{KEY_PREFIX, PREFIX, canonical, gunzip, hours_ago, key, line, write_spool};
@@ -212,7 +212,7 @@ async fn backlog_survives_an_outage_and_drains_with_every_line() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
-        spool_files(&data).len(),
+        unshipped_files(&data).len(),
         12,
         "backlog must stay on disk while S3 is down"
     );
@@ -224,7 +224,7 @@ async fn backlog_survives_an_outage_and_drains_with_every_line() {
     s3.start_again();
     s3.create_named_bucket(&bucket).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !spool_files(&data).is_empty() {
+    while !unshipped_files(&data).is_empty() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "backlog not drained: {:?}",
@@ -268,7 +268,7 @@ async fn late_lines_are_merged_into_the_existing_object() {
     assert_eq!(report.merged, 1);
     let all: Vec<String> = (0..40).map(|s| line(m, h, s)).collect();
     assert_eq!(object_lines(&s3, &bucket, &key(m, h)).await, all);
-    assert!(spool_files(&data).is_empty());
+    assert!(unshipped_files(&data).is_empty());
 }
 
 #[tokio::test]
@@ -292,7 +292,7 @@ async fn a_file_already_archived_is_deleted_without_rewriting_the_object() {
         Some(original),
         "object must not be rewritten"
     );
-    assert!(spool_files(&data).is_empty());
+    assert!(unshipped_files(&data).is_empty());
 }
 
 #[tokio::test]
@@ -409,7 +409,7 @@ async fn torn_last_line_is_dropped_before_upload() {
     assert!(r.run_once(&CancellationToken::new()).await.all_archived());
     assert_eq!(object_lines(&s3, &bucket, &key(m, h)).await, lines);
     assert_eq!(r.stats().snapshot().lines_dropped, 1);
-    assert!(spool_files(&data).is_empty());
+    assert!(unshipped_files(&data).is_empty());
 }
 
 #[tokio::test]
@@ -502,7 +502,7 @@ async fn missing_bucket_is_one_clear_error_naming_it() {
         stderr.contains("credentials=EnvironmentVariable"),
         "start-up names the credentials source: {stderr}"
     );
-    assert_eq!(spool_files(&data).len(), 1);
+    assert_eq!(unshipped_files(&data).len(), 1);
 }
 
 #[tokio::test]
@@ -536,7 +536,7 @@ async fn dir_archive_has_the_same_layout_and_merges() {
     assert!(r.run_once(&CancellationToken::new()).await.all_archived());
     let all: String = (0..15).map(|s| format!("{}\n", line(m, h, s))).collect();
     assert_eq!(gunzip(&std::fs::read(&object).expect("object")), all);
-    assert!(spool_files(&data).is_empty());
+    assert!(unshipped_files(&data).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -587,7 +587,7 @@ async fn kill_9_during_uploads_then_restart_loses_and_duplicates_nothing() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     child.kill9();
-    let left = spool_files(&data).len();
+    let left = unshipped_files(&data).len();
     assert!(left > 0, "the kill came too late to test anything");
     eprintln!("killed with {left} of {files} files left");
 
@@ -595,7 +595,7 @@ async fn kill_9_during_uploads_then_restart_loses_and_duplicates_nothing() {
         .status()
         .expect("restart");
     assert!(status.success(), "restart with --once failed");
-    assert!(spool_files(&data).is_empty());
+    assert!(unshipped_files(&data).is_empty());
     for (k, lines) in &expected {
         assert_eq!(&object_lines(&s3, &bucket, k).await, lines, "{k}");
     }

@@ -17,7 +17,7 @@ use rainforest::clock::Clock;
 use rainforest::cloud_id::CloudId;
 use rainforest::rotator::Rotator;
 use rainforest::spool::{HourBucket, Spool, SpoolOptions};
-use support::rotator::{options, spool_files, still_in_spool};
+use support::rotator::{options, still_in_spool, unshipped_files};
 use support::s3::S3Server;
 use support::s3_proxy::{Fault, On, S3Proxy};
 use support::spool::{canonical, gunzip, hours_ago, key, line, write_spool};
@@ -101,7 +101,11 @@ async fn a_403_keeps_every_file_and_pauses_the_rotator_with_one_error_per_pause(
         "{} PUTs for {errors} paused attempts",
         proxy.puts()
     );
-    assert_eq!(spool_files(dir.path()).len(), expected.len(), "files kept");
+    assert_eq!(
+        unshipped_files(dir.path()).len(),
+        expected.len(),
+        "files kept"
+    );
     assert!(s3.keys(&bucket).await.is_empty(), "nothing stored");
 
     // The operator fixes the permission: the next attempt drains it all.
@@ -112,7 +116,7 @@ async fn a_403_keeps_every_file_and_pauses_the_rotator_with_one_error_per_pause(
                 () = &mut run => panic!("the rotator stopped by itself"),
                 () = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
-            if spool_files(dir.path()).is_empty() {
+            if unshipped_files(dir.path()).is_empty() {
                 break;
             }
         }
@@ -121,7 +125,7 @@ async fn a_403_keeps_every_file_and_pauses_the_rotator_with_one_error_per_pause(
     assert!(
         drained.is_ok(),
         "not drained: {:?}",
-        spool_files(dir.path())
+        unshipped_files(dir.path())
     );
     stop.cancel();
     run.await;
@@ -178,7 +182,7 @@ async fn an_expired_token_reloads_the_credentials_and_the_retry_succeeds() {
         logs.text()
     );
     assert_archived(&s3, &bucket, &expected).await;
-    assert!(spool_files(dir.path()).is_empty());
+    assert!(unshipped_files(dir.path()).is_empty());
 }
 
 #[tokio::test]
@@ -218,7 +222,7 @@ async fn a_body_corrupted_in_flight_is_refused_by_its_checksum_and_the_file_is_k
     let again = r.run_once(&CancellationToken::new()).await;
     assert!(again.all_archived(), "{again:?}");
     assert_archived(&s3, &bucket, &expected).await;
-    assert!(spool_files(dir.path()).is_empty());
+    assert!(unshipped_files(dir.path()).is_empty());
 }
 
 #[tokio::test]
@@ -248,7 +252,7 @@ async fn answers_of_500_and_slow_answers_are_retried_in_the_same_pass_without_du
     assert_eq!(proxy.puts(), expected.len() + 4);
     assert_eq!(r.stats().snapshot().conflicts, 1, "the lost answer's retry");
     assert_archived(&s3, &bucket, &expected).await;
-    assert!(spool_files(dir.path()).is_empty());
+    assert!(unshipped_files(dir.path()).is_empty());
 }
 
 fn spool(data: &Path) -> Spool {
@@ -304,7 +308,7 @@ async fn a_line_appended_to_a_finished_hour_during_its_upload_is_shipped_not_del
     assert!(second.all_archived(), "{second:?}");
     assert_eq!(second.merged, 1, "the late line is merged: {second:?}");
     assert_archived(&s3, &bucket, &[(key(m, h), canonical(&lines))]).await;
-    assert!(spool_files(dir.path()).is_empty());
+    assert!(unshipped_files(dir.path()).is_empty());
     spool.close().await;
 }
 
@@ -341,9 +345,9 @@ async fn a_line_the_writer_appends_to_the_open_file_during_its_upload_is_merged_
     assert!(report.all_archived(), "{report:?}");
     assert_archived(&s3, &bucket, &[(key(m, h), canonical(&lines))]).await;
     assert!(
-        spool_files(dir.path()).is_empty(),
+        unshipped_files(dir.path()).is_empty(),
         "{:?}",
-        spool_files(dir.path())
+        unshipped_files(dir.path())
     );
     spool.close().await;
 }

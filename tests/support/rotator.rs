@@ -88,7 +88,7 @@ impl Endpoint {
 
 /// Every spool file left under `data_dir`, claimed ones included
 /// (quarantine excluded), sorted.
-pub fn spool_files(data_dir: &Path) -> Vec<PathBuf> {
+pub fn unshipped_files(data_dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(data_dir) else {
         return out;
