@@ -37,6 +37,18 @@ async fn registry(redis: &RedisServer, ns: &str) -> Registry {
     Registry::Redis(support::sealed_registry(&redis.url(), ns).await)
 }
 
+/// The cloud ids in the registry, in order.
+async fn loaded_ids(redis: &RedisServer, ns: &str) -> Vec<String> {
+    registry(redis, ns)
+        .await
+        .load_all()
+        .await
+        .unwrap()
+        .iter()
+        .map(|u| u.cloud_id.to_string())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_through_the_server_reports_bad_lines_and_a_second_run_changes_nothing() {
     let Some(redis) = RedisServer::start() else {
@@ -334,15 +346,10 @@ async fn add_users_script_loads_the_example_file_and_the_pinger_polls_them() {
         "{stderr}"
     );
 
-    let reg = registry(&redis, &ns).await;
-    let ids: Vec<String> = reg
-        .load_all()
-        .await
-        .unwrap()
-        .iter()
-        .map(|u| u.cloud_id.to_string())
-        .collect();
-    assert_eq!(ids, ["a00000", "a00001", "a00002"]);
+    assert_eq!(
+        loaded_ids(&redis, &ns).await,
+        ["a00000", "a00001", "a00002"]
+    );
 
     // Within a minute (here: a few seconds, with short intervals) every
     // loaded meter has been polled into the spool.
@@ -372,4 +379,48 @@ fn reg_stats_sync(redis: &RedisServer, ns: &str, id: CloudId) -> Option<u64> {
         .query::<Option<u64>>(&mut conn)
         .ok()
         .flatten()
+}
+
+/// The EC2 path on a host with only Docker: `scripts/add_users FILE` with
+/// no built binary runs the import inside the compose `server` container,
+/// which holds the token, with the file on standard input. A stand-in for
+/// `docker compose` answers `ps -q server` and runs `exec -T server
+/// rainforest ...` as the real binary with the container's token, its
+/// loopback address mapped to the test server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_users_without_a_built_binary_imports_inside_the_compose_server_container() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let ns = support::unique_namespace();
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&redis.url(), &ns, dir.path(), "http://127.0.0.1:9/");
+    let compose = support::process::fake_compose(dir.path(), &server.base, ADMIN);
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = clean(Command::new(root.join("scripts/add_users")))
+        .current_dir(root)
+        .env("ADD_USERS_VIA", "compose")
+        .env("ADD_USERS_COMPOSE", &compose)
+        .arg("config/users.example.jl")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        "created 3, updated 0, unchanged 0, failed 0",
+        "{stderr}"
+    );
+    let calls = std::fs::read_to_string(dir.path().join("compose-calls")).unwrap();
+    assert_eq!(
+        calls.trim(),
+        "exec -T server rainforest users import --server http://127.0.0.1:8000 -",
+        "the file must go in on standard input, to the container's own server"
+    );
+    assert_eq!(
+        loaded_ids(&redis, &ns).await,
+        ["a00000", "a00001", "a00002"]
+    );
+    redis.delete_namespace(&ns);
 }
