@@ -133,6 +133,7 @@ fn every_rainforest_service_gets_the_common_settings_and_its_own() {
             "RAINFOREST_REDIS_URL",
             "RAINFOREST_DATA_DIR",
             "RAINFOREST_LOG_DIR",
+            "RAINFOREST_LOG_MAX_FILES",
         ] {
             assert!(block.contains(key), "{name} lacks {key}:\n{block}");
         }
