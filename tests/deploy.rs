@@ -1,13 +1,23 @@
 //! The deployment files: what `docker-compose` resolves from
 //! docker-compose.yml (and docker-compose.local.yml), what the image build
-//! sends and caches. The compose checks run the real `docker-compose
-//! config`; no Docker engine is needed.
+//! sends and caches, and the operators' kit (alert rules, dashboard)
+//! against the metrics the services serve. The compose checks run the real
+//! `docker-compose config`; no Docker engine is needed.
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rainforest::rotator::RotatorStats;
+use rainforest::scheduler::Counters;
+use rainforest::simulator::SimulateArgs;
+use rainforest::spool::{Spool, SpoolOptions};
+use rainforest::stats::Hub;
+use support::server::{ADMIN, Backend, TestServer};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -18,16 +28,15 @@ fn read(rel: &str) -> String {
 }
 
 /// Each service of `docker-compose config`'s output and the text of its
-/// block; `None` when docker-compose is missing (and the test may skip).
-fn resolved_services(env: &str, files: &[&str]) -> Option<BTreeMap<String, String>> {
+/// block, for `args` (`-f FILE`, `--profile NAME`); `None` when
+/// docker-compose is missing (and the test may skip).
+fn resolved_services(env: &str, args: &[&str]) -> Option<BTreeMap<String, String>> {
     let dir = tempfile::tempdir().unwrap();
     let env_file = dir.path().join("env");
     std::fs::write(&env_file, env).unwrap();
     let mut cmd = Command::new("docker-compose");
     cmd.current_dir(root()).arg("--env-file").arg(&env_file);
-    for f in files {
-        cmd.args(["-f", f]);
-    }
+    cmd.args(args);
     let out = match cmd.arg("config").output() {
         Ok(out) => out,
         Err(e) => {
@@ -73,6 +82,9 @@ fn resolved_services(env: &str, files: &[&str]) -> Option<BTreeMap<String, Strin
     Some(services)
 }
 
+const PROD: &[&str] = &["-f", "docker-compose.yml"];
+const LOCAL: &[&str] = &["-f", "docker-compose.yml", "-f", "docker-compose.local.yml"];
+
 const ENV: &str = "REDIS_PASSWORD=0123456789abcdef\n\
     RAINFOREST_API_TOKEN=token-9f1c\n\
     RAINFOREST_CREDENTIALS_KEY=credkey-77aa\n\
@@ -91,7 +103,7 @@ fn holders(services: &BTreeMap<String, String>, value: &str) -> Vec<String> {
 
 #[test]
 fn compose_gives_each_secret_only_to_the_services_that_use_it() {
-    let Some(prod) = resolved_services(ENV, &["docker-compose.yml"]) else {
+    let Some(prod) = resolved_services(ENV, PROD) else {
         return;
     };
     assert_eq!(holders(&prod, "token-9f1c"), ["server"]);
@@ -105,8 +117,7 @@ fn compose_gives_each_secret_only_to_the_services_that_use_it() {
         ["pinger", "redis", "rotator", "server"]
     );
 
-    let Some(local) = resolved_services(ENV, &["docker-compose.yml", "docker-compose.local.yml"])
-    else {
+    let Some(local) = resolved_services(ENV, LOCAL) else {
         return;
     };
     assert_eq!(holders(&local, "token-9f1c"), ["server"]);
@@ -124,7 +135,7 @@ fn compose_gives_each_secret_only_to_the_services_that_use_it() {
 
 #[test]
 fn every_rainforest_service_gets_the_common_settings_and_its_own() {
-    let Some(prod) = resolved_services(ENV, &["docker-compose.yml"]) else {
+    let Some(prod) = resolved_services(ENV, PROD) else {
         return;
     };
     for name in ["server", "pinger", "rotator"] {
@@ -151,8 +162,7 @@ fn every_rainforest_service_gets_the_common_settings_and_its_own() {
 
 #[test]
 fn the_local_rotator_waits_for_the_bucket_and_moto_publishes_no_port() {
-    let Some(local) = resolved_services(ENV, &["docker-compose.yml", "docker-compose.local.yml"])
-    else {
+    let Some(local) = resolved_services(ENV, LOCAL) else {
         return;
     };
     let rotator = &local["rotator"];
@@ -172,6 +182,21 @@ fn the_local_rotator_waits_for_the_bucket_and_moto_publishes_no_port() {
         "{}",
         local["s3-bucket"]
     );
+}
+
+#[test]
+fn the_observability_profile_runs_prometheus_with_the_rules_on_loopback_only() {
+    let args = ["-f", "docker-compose.yml", "--profile", "observability"];
+    let Some(services) = resolved_services(ENV, &args) else {
+        return;
+    };
+    let prom = &services["prometheus"];
+    assert!(prom.contains("docker/prometheus:/etc/prometheus"), "{prom}");
+    assert!(prom.contains("127.0.0.1"), "{prom}");
+    // docker-compose 1.x lists every service; the profile keeps it off by default.
+    assert!(prom.contains("profiles:\n    - observability"), "{prom}");
+    let config = read("docker/prometheus/prometheus.yml");
+    assert!(config.contains("/etc/prometheus/alerts.yml"), "{config}");
 }
 
 #[test]
@@ -198,4 +223,99 @@ fn the_dependency_layer_fails_loudly_and_does_not_copy_benches() {
             .any(|l| l.starts_with("COPY") && l.contains("tests")),
         "copying tests/ makes a bench edit rebuild the dependencies"
     );
+}
+
+/// Every `rainforest_*` metric name in `text`.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("rainforest_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        // "rainforest_*" in prose names no metric.
+        if end > "rainforest_".len() {
+            names.insert(tail[..end].to_string());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// The PromQL of every panel target of the Grafana dashboard.
+fn dashboard_exprs() -> String {
+    let doc: serde_json::Value =
+        serde_json::from_str(&read("docker/grafana/rainforest.json")).expect("dashboard is JSON");
+    let panels = doc["panels"].as_array().expect("dashboard has panels");
+    let mut exprs = String::new();
+    for panel in panels {
+        for target in panel["targets"].as_array().expect("panel has targets") {
+            exprs.push_str(target["expr"].as_str().expect("target has an expr"));
+            exprs.push('\n');
+        }
+    }
+    exprs
+}
+
+/// The in-process server with a pinger's and a rotator's counters attached,
+/// as in `rainforest run`: every metric family the services can export.
+async fn served_metric_names() -> Option<BTreeSet<String>> {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::start(SpoolOptions {
+        data_dir: dir.path().to_path_buf(),
+        prefix: "metrics".into(),
+        open_files: 4,
+        flush_every: Duration::from_millis(100),
+    })
+    .expect("start spool");
+    let hub = Hub::new();
+    hub.attach_pinger(Arc::new(Counters::default()), spool);
+    hub.attach_rotator(Arc::new(RotatorStats::default()));
+    let server =
+        TestServer::start_with_hub(Backend::Redis, SimulateArgs::default(), |_| {}, hub).await?;
+    let answer = server.get("/metrics", Some(ADMIN)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let names = answer
+        .body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            l.split(['{', ' '])
+                .next()
+                .expect("a sample line has a name")
+                .to_string()
+        })
+        .collect();
+    server.stop().await;
+    Some(names)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_alert_rules_and_the_dashboard_name_is_served() {
+    let rules = read("docker/prometheus/alerts.yml");
+    for alert in [
+        "RainforestMetersStale",
+        "RainforestAuthFailuresRising",
+        "RainforestUploadBacklog",
+        "RainforestRotatorFailing",
+        "RainforestRegistryUnreachable",
+    ] {
+        assert!(
+            rules.contains(&format!("alert: {alert}")),
+            "alerts.yml lacks {alert}"
+        );
+    }
+    let Some(served) = served_metric_names().await else {
+        return;
+    };
+    for (what, text) in [("alerts.yml", rules), ("the dashboard", dashboard_exprs())] {
+        let named = metric_names(&text);
+        assert!(!named.is_empty(), "{what} names no rainforest_ metric");
+        let missing: Vec<_> = named.difference(&served).collect();
+        assert!(
+            missing.is_empty(),
+            "{what} names metrics /metrics does not serve: {missing:?}\nserved: {served:?}"
+        );
+    }
 }
