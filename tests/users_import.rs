@@ -424,3 +424,108 @@ async fn add_users_without_a_built_binary_imports_inside_the_compose_server_cont
     );
     redis.delete_namespace(&ns);
 }
+
+/// `rainforest` over the test Redis under namespace `ns`, running `args`.
+fn users_cmd(redis: &RedisServer, ns: &str, args: &[&str]) -> Command {
+    let mut cmd = rainforest();
+    cmd.args(["--redis-url", &redis.url()])
+        .args(["--set", &format!("redis_namespace={ns}")])
+        .args(args);
+    cmd
+}
+
+/// Backups and moving hosts: `users export` writes every user (sealed, a
+/// private file) so that `users import` reads it back unchanged, into the
+/// same Redis or a new one; `--decrypt` writes credentials in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_then_import_round_trips_every_user_sealed_or_decrypted() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (old, new) = (support::unique_namespace(), support::unique_namespace());
+    let dir = tempfile::tempdir().unwrap();
+    let input = fixture("users_old_format.jsonl");
+    let seeded = users_cmd(&redis, &old, &["users", "import", "--direct"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(seeded.status.success(), "{:?}", text(&seeded));
+    let original = registry(&redis, &old).await.load_all().await.unwrap();
+    assert_eq!(original.len(), 4);
+
+    let backup = dir.path().join("users-backup.jl");
+    let out = users_cmd(&redis, &old, &["users", "export"])
+        .arg(&backup)
+        .output()
+        .unwrap();
+    let (_, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("Exported 4 users"), "{err}");
+    let sealed = std::fs::read_to_string(&backup).unwrap();
+    assert_eq!(sealed.lines().count(), 4, "{sealed}");
+    // Three passwords and one install code, none in clear.
+    assert_eq!(sealed.matches("\"v1:").count(), 4, "{sealed}");
+    assert!(
+        !sealed.contains("alice-pw") && !sealed.contains("dave-code"),
+        "{sealed}"
+    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&backup).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the backup holds credentials");
+
+    let import = |ns: &str, file: &Path| {
+        let out = users_cmd(&redis, ns, &["users", "import", "--direct"])
+            .arg(file)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}{stderr}");
+        stdout.trim().to_string()
+    };
+    // Into the same Redis: nothing changes.
+    assert_eq!(
+        import(&old, &backup),
+        "created 0, updated 0, unchanged 4, failed 0"
+    );
+    // Into a new one (same key): every user as it was.
+    assert_eq!(
+        import(&new, &backup),
+        "created 4, updated 0, unchanged 0, failed 0"
+    );
+    assert_eq!(
+        registry(&redis, &new).await.load_all().await.unwrap(),
+        original
+    );
+
+    // --decrypt: credentials in clear, and they too read back unchanged.
+    let clear_file = dir.path().join("users-clear.jl");
+    let out = users_cmd(&redis, &new, &["users", "export", "--decrypt"])
+        .arg(&clear_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    let clear = std::fs::read_to_string(&clear_file).unwrap();
+    assert!(
+        clear.contains("dave-code") && !clear.contains("\"v1:"),
+        "{clear}"
+    );
+    assert_eq!(
+        import(&new, &clear_file),
+        "created 0, updated 0, unchanged 4, failed 0"
+    );
+
+    // Without a key a sealed export is refused, pointing at --decrypt.
+    let out = users_cmd(&redis, &old, &["users", "export"])
+        .env_remove("RAINFOREST_CREDENTIALS_KEY")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(
+        !out.status.success() && stdout.is_empty(),
+        "{stdout}{stderr}"
+    );
+    assert!(stderr.contains("--decrypt"), "{stderr}");
+
+    redis.delete_namespace(&old);
+    redis.delete_namespace(&new);
+}
