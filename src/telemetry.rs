@@ -1,5 +1,6 @@
 //! Logging set-up: human-readable or JSON lines on stderr, optional daily
-//! log files per service, levels from `-v` and `RUST_LOG`.
+//! log files per service (the newest `log_max_files` kept), levels from `-v`
+//! and `RUST_LOG`.
 //!
 //! Owns only the subscriber; modules log with `tracing` macros and never
 //! print to stderr themselves. Secrets reach no log line because they are
@@ -34,12 +35,16 @@ pub struct Guard {
 ///
 /// `verbose` raises the default level (0: info, 1: debug, 2+: trace) unless
 /// `RUST_LOG` says otherwise. With `log_dir`, events also go to
-/// `<log_dir>/<service>/<service>.<date>.log`, rotated daily.
+/// `<log_dir>/<service>/<service>.<YYYY-MM-DD>.log`, a new file each UTC
+/// day; of those, the newest `max_files` (today's included) are kept and
+/// older ones deleted at start and at each rotation, so a long-running
+/// deployment's log volume stays bounded.
 pub fn init(
     service: &str,
     format: LogFormat,
     verbose: u8,
     log_dir: Option<&Path>,
+    max_files: usize,
 ) -> anyhow::Result<Guard> {
     let default_level = match verbose {
         0 => "info",
@@ -61,6 +66,8 @@ pub fn init(
                 .rotation(Rotation::DAILY)
                 .filename_prefix(service)
                 .filename_suffix("log")
+                // Only files named <service>.*.log are counted and pruned.
+                .max_log_files(max_files)
                 .build(&dir)
                 .map_err(|e| anyhow::anyhow!("cannot open log file in {}: {e}", dir.display()))?;
             let (w, g) = tracing_appender::non_blocking(appender);

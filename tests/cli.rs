@@ -293,6 +293,67 @@ async fn bad_config_values_exit_2_naming_key_and_origin() {
     );
 }
 
+/// The `fetch` log files in `dir/logs/fetch` after a run that finds 20 old
+/// daily files (and a file of another name) there, with `extra` flags.
+async fn fetch_log_files_after_a_run_over_20_old_ones(dir: &Path, extra: &[&str]) -> Vec<String> {
+    let logs = dir.join("logs/fetch");
+    std::fs::create_dir_all(&logs).unwrap();
+    // Created oldest first: the appender orders files by creation time,
+    // which file systems keep at the kernel's coarse clock (a few ms), so the
+    // two newest are set apart by a pause.
+    for day in 1..=20 {
+        if day >= 19 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::fs::write(logs.join(format!("fetch.2025-01-{day:02}.log")), "old\n").unwrap();
+    }
+    std::fs::write(logs.join("notes.txt"), "not a log file\n").unwrap();
+    let sim = sim().await;
+    let id = simulator::meter_cloud_id(0);
+    let out = run(rainforest(dir)
+        .args(["fetch", id.as_str(), "--user", &simulator::meter_email(id)])
+        .args(["--password-env", "EAGLE_PW"])
+        .args(["--relay-url", sim.relay_url().as_str()])
+        .args(["--set", "log_dir=logs"])
+        .args(extra)
+        .env("EAGLE_PW", "wrong"))
+    .await;
+    assert_eq!(out.status.code(), Some(3));
+    let mut files: Vec<String> = std::fs::read_dir(&logs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test]
+async fn log_max_files_keeps_the_newest_daily_files_and_deletes_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files =
+        fetch_log_files_after_a_run_over_20_old_ones(dir.path(), &["--set", "log_max_files=3"])
+            .await;
+    let today = format!("fetch.{}.log", chrono::Utc::now().format("%Y-%m-%d"));
+    assert_eq!(
+        files,
+        [
+            "fetch.2025-01-19.log",
+            "fetch.2025-01-20.log",
+            today.as_str(),
+            "notes.txt"
+        ],
+        "the newest 3 daily files (today's included) and the foreign file stay"
+    );
+
+    // The default keeps two weeks.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = fetch_log_files_after_a_run_over_20_old_ones(dir.path(), &[]).await;
+    let logs = files.iter().filter(|f| f.ends_with(".log")).count();
+    assert_eq!(logs, 14, "{files:?}");
+    assert!(files.contains(&today), "{files:?}");
+}
+
 #[tokio::test]
 async fn log_dir_gets_a_daily_file_per_service() {
     let sim = sim().await;

@@ -37,6 +37,18 @@ async fn registry(redis: &RedisServer, ns: &str) -> Registry {
     Registry::Redis(support::sealed_registry(&redis.url(), ns).await)
 }
 
+/// The cloud ids in the registry, in order.
+async fn loaded_ids(redis: &RedisServer, ns: &str) -> Vec<String> {
+    registry(redis, ns)
+        .await
+        .load_all()
+        .await
+        .unwrap()
+        .iter()
+        .map(|u| u.cloud_id.to_string())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_through_the_server_reports_bad_lines_and_a_second_run_changes_nothing() {
     let Some(redis) = RedisServer::start() else {
@@ -334,15 +346,10 @@ async fn add_users_script_loads_the_example_file_and_the_pinger_polls_them() {
         "{stderr}"
     );
 
-    let reg = registry(&redis, &ns).await;
-    let ids: Vec<String> = reg
-        .load_all()
-        .await
-        .unwrap()
-        .iter()
-        .map(|u| u.cloud_id.to_string())
-        .collect();
-    assert_eq!(ids, ["a00000", "a00001", "a00002"]);
+    assert_eq!(
+        loaded_ids(&redis, &ns).await,
+        ["a00000", "a00001", "a00002"]
+    );
 
     // Within a minute (here: a few seconds, with short intervals) every
     // loaded meter has been polled into the spool.
@@ -372,4 +379,153 @@ fn reg_stats_sync(redis: &RedisServer, ns: &str, id: CloudId) -> Option<u64> {
         .query::<Option<u64>>(&mut conn)
         .ok()
         .flatten()
+}
+
+/// The EC2 path on a host with only Docker: `scripts/add_users FILE` with
+/// no built binary runs the import inside the compose `server` container,
+/// which holds the token, with the file on standard input. A stand-in for
+/// `docker compose` answers `ps -q server` and runs `exec -T server
+/// rainforest ...` as the real binary with the container's token, its
+/// loopback address mapped to the test server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_users_without_a_built_binary_imports_inside_the_compose_server_container() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let ns = support::unique_namespace();
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&redis.url(), &ns, dir.path(), "http://127.0.0.1:9/");
+    let compose = support::process::fake_compose(dir.path(), &server.base, ADMIN);
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = clean(Command::new(root.join("scripts/add_users")))
+        .current_dir(root)
+        .env("ADD_USERS_VIA", "compose")
+        .env("ADD_USERS_COMPOSE", &compose)
+        .arg("config/users.example.jl")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        "created 3, updated 0, unchanged 0, failed 0",
+        "{stderr}"
+    );
+    let calls = std::fs::read_to_string(dir.path().join("compose-calls")).unwrap();
+    assert_eq!(
+        calls.trim(),
+        "exec -T server rainforest users import --server http://127.0.0.1:8000 -",
+        "the file must go in on standard input, to the container's own server"
+    );
+    assert_eq!(
+        loaded_ids(&redis, &ns).await,
+        ["a00000", "a00001", "a00002"]
+    );
+    redis.delete_namespace(&ns);
+}
+
+/// `rainforest` over the test Redis under namespace `ns`, running `args`.
+fn users_cmd(redis: &RedisServer, ns: &str, args: &[&str]) -> Command {
+    let mut cmd = rainforest();
+    cmd.args(["--redis-url", &redis.url()])
+        .args(["--set", &format!("redis_namespace={ns}")])
+        .args(args);
+    cmd
+}
+
+/// Backups and moving hosts: `users export` writes every user (sealed, a
+/// private file) so that `users import` reads it back unchanged, into the
+/// same Redis or a new one; `--decrypt` writes credentials in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_then_import_round_trips_every_user_sealed_or_decrypted() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (old, new) = (support::unique_namespace(), support::unique_namespace());
+    let dir = tempfile::tempdir().unwrap();
+    let input = fixture("users_old_format.jsonl");
+    let seeded = users_cmd(&redis, &old, &["users", "import", "--direct"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(seeded.status.success(), "{:?}", text(&seeded));
+    let original = registry(&redis, &old).await.load_all().await.unwrap();
+    assert_eq!(original.len(), 4);
+
+    let backup = dir.path().join("users-backup.jl");
+    let out = users_cmd(&redis, &old, &["users", "export"])
+        .arg(&backup)
+        .output()
+        .unwrap();
+    let (_, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("Exported 4 users"), "{err}");
+    let sealed = std::fs::read_to_string(&backup).unwrap();
+    assert_eq!(sealed.lines().count(), 4, "{sealed}");
+    // Three passwords and one install code, none in clear.
+    assert_eq!(sealed.matches("\"v1:").count(), 4, "{sealed}");
+    assert!(
+        !sealed.contains("alice-pw") && !sealed.contains("dave-code"),
+        "{sealed}"
+    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&backup).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the backup holds credentials");
+
+    let import = |ns: &str, file: &Path| {
+        let out = users_cmd(&redis, ns, &["users", "import", "--direct"])
+            .arg(file)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}{stderr}");
+        stdout.trim().to_string()
+    };
+    // Into the same Redis: nothing changes.
+    assert_eq!(
+        import(&old, &backup),
+        "created 0, updated 0, unchanged 4, failed 0"
+    );
+    // Into a new one (same key): every user as it was.
+    assert_eq!(
+        import(&new, &backup),
+        "created 4, updated 0, unchanged 0, failed 0"
+    );
+    assert_eq!(
+        registry(&redis, &new).await.load_all().await.unwrap(),
+        original
+    );
+
+    // --decrypt: credentials in clear, and they too read back unchanged.
+    let clear_file = dir.path().join("users-clear.jl");
+    let out = users_cmd(&redis, &new, &["users", "export", "--decrypt"])
+        .arg(&clear_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    let clear = std::fs::read_to_string(&clear_file).unwrap();
+    assert!(
+        clear.contains("dave-code") && !clear.contains("\"v1:"),
+        "{clear}"
+    );
+    assert_eq!(
+        import(&new, &clear_file),
+        "created 0, updated 0, unchanged 4, failed 0"
+    );
+
+    // Without a key a sealed export is refused, pointing at --decrypt.
+    let out = users_cmd(&redis, &old, &["users", "export"])
+        .env_remove("RAINFOREST_CREDENTIALS_KEY")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(
+        !out.status.success() && stdout.is_empty(),
+        "{stdout}{stderr}"
+    );
+    assert!(stderr.contains("--decrypt"), "{stderr}");
+
+    redis.delete_namespace(&old);
+    redis.delete_namespace(&new);
 }

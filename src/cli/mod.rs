@@ -122,6 +122,7 @@ pub fn main() -> ExitCode {
         cli.global.log_format,
         cli.global.verbose,
         config.log_dir.as_deref(),
+        config.log_max_files,
     ) {
         Ok(g) => g,
         Err(e) => {

@@ -1,9 +1,9 @@
 //! `rainforest users`: bulk import and quick edits of the user registry.
 //!
 //! `import` goes through a running server (`--server URL`) or straight into
-//! the registry (`--direct`); `list`, `add` and `remove` always work on the
-//! configured registry (`redis_url` or `users_file`); `rekey` re-seals every
-//! credential in Redis under the current credentials key. Passwords and keys
+//! the registry (`--direct`); `list`, `add`, `remove` and `export` always
+//! work on the configured registry (`redis_url` or `users_file`); `rekey`
+//! re-seals every credential in Redis under the current credentials key. Passwords and keys
 //! come from files or environment variables, never from flags, so they stay
 //! out of shell history and `ps`.
 
@@ -17,6 +17,7 @@ use url::Url;
 
 use crate::cloud_id::CloudId;
 use crate::config::Config;
+use crate::importer::export::Credentials;
 use crate::importer::{self, Report, Reporter, ServerClient, Target};
 use crate::registry::{LocalSource, RedisRegistry, Registry, RegistryError, User};
 use crate::secret::Secret;
@@ -37,6 +38,10 @@ enum UsersCommand {
     Import(ImportArgs),
     /// List users with their state and statistics (never passwords).
     List,
+    /// Write every user as a users file that `users import` reads back
+    /// unchanged: a backup, or the way to move users to another host.
+    /// Credentials stay sealed under the credentials key unless --decrypt.
+    Export(ExportArgs),
     /// Add or update one user.
     Add(AddArgs),
     /// Remove one user and its statistics.
@@ -88,6 +93,19 @@ struct ImportArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct ExportArgs {
+    /// A new file (created readable by its owner only, never overwritten),
+    /// or - for standard output.
+    #[arg(value_name = "FILE|-", default_value = "-")]
+    file: PathBuf,
+    /// Write passwords and install codes in clear instead of sealed (needs
+    /// the key that sealed them in Redis); for a deployment with another
+    /// credentials key, or none. Keep such a file like a password store.
+    #[arg(long)]
+    decrypt: bool,
+}
+
+#[derive(Debug, clap::Args)]
 struct AddArgs {
     /// The meter's cloud id (6 hex digits).
     #[arg(value_parser = parse_cloud_id)]
@@ -118,6 +136,7 @@ pub async fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
     match args.command {
         UsersCommand::Import(a) => import(a, config).await,
         UsersCommand::List => list(config).await,
+        UsersCommand::Export(a) => export(a, config).await,
         UsersCommand::Add(a) => add(a, config).await,
         UsersCommand::Rekey { new_key_file } => rekey(new_key_file.as_deref(), config).await,
         UsersCommand::Remove { cloud_id } => {
@@ -166,8 +185,10 @@ async fn import(args: ImportArgs, config: &Config) -> anyhow::Result<ExitCode> {
             ),
         };
         let text = read_input(args.file.as_deref())?;
+        // Opens the credentials of a sealed backup (`users export`).
+        let vault = configured_vault(config)?;
         let reporter = Reporter::new(Some(importer::count_lines(&text)), interactive);
-        let report = importer::import_lines(&text, &target, &reporter).await;
+        let report = importer::import_lines(&text, &target, vault.as_ref(), &reporter).await;
         reporter.finish();
         report
     };
@@ -200,6 +221,68 @@ fn finish(report: Report) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The credentials key(s) the configuration names, if any.
+fn configured_vault(config: &Config) -> anyhow::Result<Option<Vault>> {
+    Vault::from_config(config).map_err(|e| {
+        anyhow::Error::new(RegistryError::Config {
+            reason: e.to_string(),
+        })
+    })
+}
+
+/// `users export`: every valid user, sorted by cloud id. An invalid user
+/// (one the pinger skips too) is named in a warning and left out.
+async fn export(args: ExportArgs, config: &Config) -> anyhow::Result<ExitCode> {
+    let vault = configured_vault(config)?;
+    let credentials = match (&vault, args.decrypt) {
+        (_, true) => Credentials::Clear,
+        (Some(v), false) => Credentials::Sealed(v),
+        (None, false) => anyhow::bail!(
+            "no credentials key to seal the export with: {HOW_TO_MAKE_A_KEY}; or pass --decrypt to write credentials in clear"
+        ),
+    };
+    let registry = open_registry(config).await?;
+    let users = registry.load_all().await?;
+    let text = importer::export::export_text(&users, credentials);
+    if args.file.as_os_str() == "-" {
+        std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())
+            .context("cannot write the export to standard output")?;
+    } else {
+        write_private(&args.file, &text)?;
+    }
+    let how = match credentials {
+        Credentials::Sealed(v) => format!("credentials sealed under key id {}", v.current_id()),
+        Credentials::Clear => "credentials IN CLEAR".to_string(),
+    };
+    eprintln!(
+        "Exported {} users from {} ({how}).",
+        users.len(),
+        registry.describe()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `text` to a new file only its owner can read: it holds
+/// credentials, sealed or not.
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "cannot create {} (an existing file is never overwritten)",
+                path.display()
+            )
+        })?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 async fn list(config: &Config) -> anyhow::Result<ExitCode> {

@@ -46,7 +46,12 @@ pub const KEYS: &[Key] = &[
     key(
         "log_dir",
         "",
-        "When set, each service also logs to <log_dir>/<service>/<service>.log, rotated daily",
+        "When set, each service also logs to <log_dir>/<service>/<service>.<YYYY-MM-DD>.log, a new file each day (UTC)",
+    ),
+    key(
+        "log_max_files",
+        "14",
+        "Daily log files kept per service in log_dir, today's included; older ones are deleted at start and at each day's rotation",
     ),
     key(
         "relay_url",

@@ -162,6 +162,7 @@ impl Layers {
             users_file: p.opt_path("users_file"),
             data_dir: p.path("data_dir"),
             log_dir: p.opt_path("log_dir"),
+            log_max_files: p.number("log_max_files"),
             relay_url: p.url("relay_url", &["http", "https"]),
             relay_insecure_tls: p.bool("relay_insecure_tls"),
             local_networks: p.networks("local_networks"),
@@ -448,6 +449,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Optional directory for per-service log files.
     pub log_dir: Option<PathBuf>,
+    /// Daily log files kept per service, so `log_dir` does not grow forever.
+    pub log_max_files: usize,
     /// The relay's URL.
     pub relay_url: Url,
     /// Skip TLS verification for the relay.

@@ -27,6 +27,7 @@ impl Config {
             ("users_file", path(self.users_file.as_deref())),
             ("data_dir", self.data_dir.display().to_string()),
             ("log_dir", path(self.log_dir.as_deref())),
+            ("log_max_files", self.log_max_files.to_string()),
             ("relay_url", url(Some(&self.relay_url))),
             ("relay_insecure_tls", self.relay_insecure_tls.to_string()),
             (

@@ -5,9 +5,11 @@ use std::collections::HashMap;
 
 use futures::StreamExt;
 
+use super::export::open_from_file;
 use super::{CONCURRENCY, Failure, Report, Reporter, Summary, Target};
 use crate::cloud_id::CloudId;
 use crate::registry::User;
+use crate::vault::Vault;
 
 /// One parsed line: a user, or why the line is not one.
 pub(super) enum Parsed {
@@ -58,11 +60,24 @@ pub fn count_lines(text: &str) -> u64 {
 
 /// Imports JSON lines in the old format (`cloud_id`, `user_email`,
 /// `user_pw`, optional `active` and `local`; the old statistics fields are
-/// ignored) into `target`.
-pub async fn import_lines(text: &str, target: &Target, reporter: &Reporter) -> Report {
+/// ignored) into `target`. Credentials sealed by `users export` are opened
+/// with `vault` first, so a sealed backup loads where its key is configured.
+pub async fn import_lines(
+    text: &str,
+    target: &Target,
+    vault: Option<&Vault>,
+    reporter: &Reporter,
+) -> Report {
     let mut summary = Summary::default();
     let mut users = Vec::new();
     for parsed in parse_lines(text) {
+        let parsed = match parsed {
+            Parsed::User(n, u) => match open_from_file(u, vault) {
+                Ok(u) => Parsed::User(n, u),
+                Err(e) => Parsed::Bad(n, e.to_string()),
+            },
+            bad => bad,
+        };
         match parsed {
             Parsed::User(n, u) => users.push((n, u)),
             Parsed::Bad(n, reason) => {

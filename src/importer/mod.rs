@@ -1,4 +1,5 @@
-//! Bulk loading of users: `rainforest users import` and `scripts/add_users`.
+//! Bulk loading of users: `rainforest users import` and `scripts/add_users`,
+//! and the backup they read back, `rainforest users export` ([`export`]).
 //!
 //! Owns reading the old system's users (JSON lines, or its Redis layout),
 //! sending each user to a [`Target`] (a running server's API, or the
@@ -15,6 +16,7 @@
 //! server do) and never prints a password.
 
 mod client;
+pub mod export;
 mod legacy;
 mod lines;
 mod report;

@@ -7,7 +7,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -184,4 +184,40 @@ pub async fn wait_within(what: &str, limit: Duration, mut cond: impl AsyncFnMut(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A stand-in for `docker compose` in `dir`, for scripts that reach the
+/// compose `server` container: `ps -q server` names a container, and
+/// `exec -T server rainforest ARGS` runs this build's binary with `token` as
+/// the container's API token and `http://127.0.0.1:8000` (the container's
+/// own server) mapped to `server_base`. Each call is appended to
+/// `dir/compose-calls`. Returns the script's path.
+pub fn fake_compose(dir: &Path, server_base: &str, token: &str) -> PathBuf {
+    let path = dir.join("fake-compose");
+    let script = format!(
+        r#"#!/usr/bin/env bash
+set -euo pipefail
+echo "$*" >> {calls:?}
+case "$1" in
+  ps) echo 0123456789ab ;;
+  exec)
+    [ "$2 $3 $4" = "-T server rainforest" ] || {{ echo "fake compose: unexpected exec $*" >&2; exit 2; }}
+    shift 4
+    args=()
+    for a in "$@"; do args+=("${{a/http:\/\/127.0.0.1:8000/{server_base}}}"); done
+    RAINFOREST_API_TOKEN={token:?} RAINFOREST_CREDENTIALS_KEY={key:?} exec {bin:?} "${{args[@]}}" ;;
+  *) echo "fake compose: unexpected $*" >&2; exit 2 ;;
+esac
+"#,
+        calls = dir.join("compose-calls"),
+        bin = env!("CARGO_BIN_EXE_rainforest"),
+        key = super::TEST_CREDENTIALS_KEY,
+    );
+    std::fs::write(&path, script).expect("write the fake compose script");
+    let mut perms = std::fs::metadata(&path)
+        .expect("fake compose")
+        .permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&path, perms).expect("make the fake compose executable");
+    path
 }
