@@ -243,6 +243,7 @@ async fn a_request_that_cannot_go_out_by_its_deadline_is_late_not_sent() {
         listen: ([127, 0, 0, 1], 0).into(),
         meters: 2,
         latency: "600ms".parse().expect("latency"),
+        record_arrivals: true,
         ..SimulateArgs::default()
     })
     .await
@@ -290,4 +291,18 @@ async fn a_request_that_cannot_go_out_by_its_deadline_is_late_not_sent() {
         .await
         .expect("sent when a permit is free");
     assert_eq!(sim.requests_for(second), 1);
+    // The simulator's record, which the pinger benchmark grades from.
+    let record = sim.arrivals();
+    let seen: Vec<(&str, &[bool])> = record
+        .meters
+        .iter()
+        .map(|m| (m.cloud_id.as_str(), m.served.as_slice()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (first.as_str(), &[true][..]),
+            (second.as_str(), &[true][..])
+        ]
+    );
 }
