@@ -7,7 +7,10 @@
 //! simulator records arrivals. Paused time makes a minute of 600 meters
 //! take milliseconds and every figure exact. One test drives the real EAGLE
 //! client against the simulator, so the deadline is proven to sit where the
-//! request waits for the caps.
+//! request waits for the caps; one runs the real `rainforest pinger` over
+//! capacity and reads what it tells the operator.
+
+mod support;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,6 +28,7 @@ use rainforest::registry::{StatsUpdate, User};
 use rainforest::scheduler::{ReadMeter, Scheduler, SchedulerOptions, slots};
 use rainforest::secret::Secret;
 use rainforest::simulator::{self, SimulateArgs, Simulator};
+use support::process::{Proc, rainforest, wait_for};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -304,5 +308,85 @@ async fn a_request_that_cannot_go_out_by_its_deadline_is_late_not_sent() {
             (first.as_str(), &[true][..]),
             (second.as_str(), &[true][..])
         ]
+    );
+}
+
+#[tokio::test]
+async fn the_pinger_says_once_a_minute_that_it_is_over_capacity_and_what_to_raise() {
+    // 20 meters every second through 4 permits of 800 ms: 5 polls/s for 20.
+    let sim = Simulator::start(SimulateArgs {
+        listen: ([127, 0, 0, 1], 0).into(),
+        meters: 20,
+        latency: "800ms".parse().expect("latency"),
+        ..SimulateArgs::default()
+    })
+    .await
+    .expect("simulator");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let users_file = dir.path().join("users.jl");
+    let text: String = users(20).iter().map(|u| u.to_file_line() + "\n").collect();
+    std::fs::write(&users_file, text).expect("users file");
+    let log = dir.path().join("pinger.log");
+    let metrics = format!("127.0.0.1:{}", support::free_port());
+    let mut cmd = rainforest();
+    cmd.arg("pinger")
+        .arg("--users-file")
+        .arg(&users_file)
+        .args(["--relay-url", sim.relay_url().as_str()])
+        .arg("--data-dir")
+        .arg(dir.path().join("logs"))
+        .args([
+            "--set",
+            "poll_interval=1s",
+            "--set",
+            "request_timeout=900ms",
+        ])
+        .args(["--set", "max_concurrent_requests=4"])
+        .args(["--set", &format!("metrics_listen={metrics}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"));
+    let mut pinger = Proc::spawn(&mut cmd, "rainforest pinger");
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for("three summary lines", async || {
+        read_log().matches("skipped_overload=").count() >= 3
+    })
+    .await;
+    let body = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    pinger.terminate(Duration::from_secs(10));
+    let text = read_log();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("Over capacity"))
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning per minute, not one per interval:\n{text}"
+    );
+    let warning = warnings[0];
+    assert!(
+        warning.contains("20 polls/s needed")
+            && warning.contains("raise max_concurrent_requests from 4 to at least"),
+        "says by how much and what to raise: {warning}"
+    );
+    let skipped: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("rainforest_polls_skipped_overload_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no skip counter in /metrics:\n{body}"));
+    assert!(skipped > 0, "{body}");
+    let ratio: f64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("rainforest_capacity_ratio "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no capacity gauge in /metrics:\n{body}"));
+    assert!(
+        (0.15..0.4).contains(&ratio),
+        "about 5 of the 20 polls/s needed: {ratio}"
     );
 }
