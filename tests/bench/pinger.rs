@@ -347,24 +347,21 @@ fn main() -> anyhow::Result<ExitCode> {
     drop(redis);
     let (s, steady, warmup, cpu, steady_cpu, (write_errors, lines_dropped), arrivals) = result?;
 
-    // The steady window in the simulator's clock: whole intervals after
-    // warm-up, counted from the first request it saw.
+    // The steady window in the simulator's clock: the whole intervals that
+    // end at the last request it saw (the pinger stopping) and start after
+    // the warm-up, which ends `warmup` after the first request.
     let interval_ms = config.poll_interval.as_millis() as u64;
-    let first = arrivals
-        .meters
-        .iter()
-        .filter_map(|m| m.at_ms.first())
-        .min()
-        .copied()
-        .context("the simulator saw no request")?;
-    let from_ms = first + warmup.as_millis() as u64;
-    let whole = (a.seconds * 1000 - warmup.as_millis() as u64) / interval_ms;
+    let times = || arrivals.meters.iter().flat_map(|m| m.at_ms.iter().copied());
+    let first = times().min().context("the simulator saw no request")?;
+    let last = times().max().unwrap_or(first);
+    let whole = last.saturating_sub(first + warmup.as_millis() as u64) / interval_ms;
+    let to_ms = last + 1;
     let g = grade(
         &arrivals,
         a.meters,
         interval_ms,
-        from_ms,
-        from_ms + whole * interval_ms,
+        to_ms - whole * interval_ms,
+        to_ms,
     );
 
     let on_disk = lines_per_meter(&data)?;
