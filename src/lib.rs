@@ -28,7 +28,7 @@
 //! - [`registry`]: users and their statistics, in Redis or a JSON-lines file.
 //! - [`vault`]: the credentials key, and the sealing of passwords and install
 //!   codes before they reach Redis.
-//! - [`scheduler`]: per-meter slots and backoff.
+//! - [`scheduler`]: per-meter slots, backoff, and skips under overload.
 //! - [`poll`]: one reading from the wire to the spool, and the statistics
 //!   update it makes (the scheduler and on-demand reads share it).
 //! - [`pinger`]: the polling service wired together.

@@ -4,7 +4,9 @@
 //! (riding out registry outages on the last known list, and keeping it
 //! while a users file is caught half-written or suddenly emptied, see
 //! [`FileRegistry::reload`](crate::registry::FileRegistry::reload)), the
-//! summary line per interval, and the ordered shutdown (stop scheduling,
+//! summary line per interval with the capacity estimate, the over-capacity
+//! warning (at most once a minute: needed against achieved polls per
+//! second, and which setting to raise), and the ordered shutdown (stop scheduling,
 //! let in-flight polls finish, flush statistics, flush and close every
 //! file). The pieces themselves live in their own modules: the scheduler
 //! decides when each meter is polled and hands changed credentials to its
@@ -19,14 +21,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::poll::Poller;
+use crate::protocol::pacing::Usage;
 use crate::protocol::{AddressPolicy, Eagle, EagleOptions};
 use crate::registry::file::Reload;
 use crate::registry::{Registry, StatsWriter};
-use crate::scheduler::{Counters, Scheduler, SchedulerOptions, Snapshot};
+use crate::scheduler::{Capacity, Counters, Scheduler, SchedulerOptions, Snapshot};
 use crate::spool::{Spool, SpoolOptions};
 
 /// How often batched statistics are written to the registry.
 const STATS_FLUSH: Duration = Duration::from_secs(1);
+
+/// Least time between two over-capacity warnings: often enough to be seen,
+/// rarely enough not to drown the log during a long overload.
+const OVERLOAD_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// Builds the EAGLE client from the configuration, with its own global caps
 /// (`max_concurrent_requests`, `max_requests_per_second`) and address
@@ -111,6 +118,7 @@ impl Pinger {
         let stats_stop = CancellationToken::new();
         let (stats, stats_task) =
             StatsWriter::spawn(registry.clone(), STATS_FLUSH, stats_stop.clone());
+        let caps_eagle = eagle.clone();
         let poller = Poller::new(eagle, spool.clone());
         let sched_stop = CancellationToken::new();
         let scheduler = Scheduler::new(
@@ -118,6 +126,7 @@ impl Pinger {
                 poll_interval: config.poll_interval,
                 max_backoff: config.max_backoff,
                 auth_backoff: config.auth_backoff,
+                max_start_lag: config.max_start_lag,
             },
             poller,
             Some(stats),
@@ -127,13 +136,12 @@ impl Pinger {
         let reload_every = config.user_reload_interval;
         let poll_interval = config.poll_interval;
         let grace = config.request_timeout + Duration::from_secs(2);
-        let max_concurrent = config.max_concurrent_requests;
         let summary_counters = counters.clone();
         let done = tokio::spawn(async move {
             let summary = tokio::spawn(summaries(
                 summary_counters,
+                caps_eagle,
                 poll_interval,
-                max_concurrent,
                 shutdown.clone(),
             ));
             let scheduler = reload_loop(registry, scheduler, reload_every, shutdown).await;
@@ -218,21 +226,54 @@ async fn reload_loop(
 
 async fn summaries(
     counters: Arc<Counters>,
+    eagle: crate::protocol::Eagle,
     every: Duration,
-    max_concurrent: usize,
     shutdown: CancellationToken,
 ) {
+    let caps = eagle.caps();
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     let mut last = Snapshot::default();
+    let mut last_usage = Usage::default();
+    let mut warned: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
         let now = counters.snapshot();
-        let line = now.since(&last).summary_line(every, max_concurrent);
+        let usage = caps.usage();
+        let mut window = now.since(&last);
+        let capacity = Capacity::estimate(
+            every,
+            every,
+            now.meters - now.meters_in_backoff,
+            usage.started.saturating_sub(last_usage.started),
+            usage.busy_micros.saturating_sub(last_usage.busy_micros),
+            caps.max_concurrent(),
+            caps.max_per_second(),
+        );
+        counters.set_capacity(&capacity);
+        window.capacity_ratio = capacity.ratio();
+        let line = window.summary_line(every, caps.max_concurrent());
         tracing::info!("{line}");
+        if window.skipped_overload > 0 && warned.is_none_or(|t| t.elapsed() >= OVERLOAD_WARN_EVERY)
+        {
+            warned = Some(tokio::time::Instant::now());
+            tracing::warn!(
+                needed_per_s = capacity.needed_per_s.round() as u64,
+                achieved_per_s = capacity.achieved_per_s.round() as u64,
+                capacity_ratio = capacity.ratio(),
+                skipped = window.skipped_overload,
+                "Over capacity: {} polls/s needed, {} achieved; {} slots skipped in the last {} s (spread evenly over the meters). To keep up, {}.",
+                capacity.needed_per_s.round(),
+                capacity.achieved_per_s.round(),
+                window.skipped_overload,
+                every.as_secs(),
+                capacity.advice()
+            );
+        }
         last = now;
+        last_usage = usage;
     }
 }

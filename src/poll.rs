@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::cloud_id::CloudId;
-use crate::protocol::{Eagle, ErrorKind, ProtocolError};
+use crate::protocol::{Eagle, ErrorKind, Late, ProtocolError, ReadError, Start};
 use crate::record::Record;
 use crate::registry::{StatsUpdate, User};
 use crate::spool::{Spool, SpoolError};
@@ -30,6 +30,19 @@ pub enum PollError {
     /// The reading was taken but the spool is gone (shutting down).
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    /// Not sent by the start deadline: the slot is skipped, the meter is
+    /// not at fault.
+    #[error(transparent)]
+    Late(#[from] Late),
+}
+
+impl From<ReadError> for PollError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Late(late) => PollError::Late(late),
+            ReadError::Failed(e) => PollError::Protocol(e),
+        }
+    }
 }
 
 /// A reading that is in the spool, and how it counts in the meter's
@@ -72,6 +85,11 @@ impl Poller {
         self
     }
 
+    /// The EAGLE client, whose caps' usage the pinger reports.
+    pub fn eagle(&self) -> &Eagle {
+        &self.eagle
+    }
+
     /// The spool lines go to.
     pub fn spool(&self) -> &Spool {
         &self.spool
@@ -79,10 +97,19 @@ impl Poller {
 
     /// Reads the user's meter once and appends the record to the spool.
     pub async fn poll(&self, user: &User) -> Result<Polled, PollError> {
+        self.poll_by(user, Start::ANYTIME).await
+    }
+
+    /// Like [`Poller::poll`], but the request goes out by `start`'s
+    /// deadline or not at all ([`PollError::Late`]).
+    pub async fn poll_by(&self, user: &User, start: Start) -> Result<Polled, PollError> {
         let source = user.source();
         let polled_at = self.clock.now();
         let started = Instant::now();
-        let reading = self.eagle.read_demand(user.cloud_id, &source).await?;
+        let reading = self
+            .eagle
+            .read_demand_by(user.cloud_id, &source, start)
+            .await?;
         let latency_ms = started.elapsed().as_millis() as u64;
         let kind = source.kind();
         let record = Record::new(user.cloud_id, polled_at, latency_ms, kind, &reading);

@@ -122,6 +122,11 @@ pub const KEYS: &[Key] = &[
         "Let a Redis registry keep passwords in clear when no credentials key is set (not for production)",
     ),
     key(
+        "max_start_lag",
+        "",
+        "Latest start of a poll after its slot; a poll that cannot go out by then (the caps are full) is skipped and counted, never run late (empty: a quarter of poll_interval)",
+    ),
+    key(
         "max_concurrent_requests",
         "4096",
         "Global cap on EAGLE requests in flight",

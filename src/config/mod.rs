@@ -177,6 +177,7 @@ impl Layers {
             credentials_old_key: p.opt_string("credentials_old_key").map(Secret::new),
             credentials_old_key_file: p.opt_path("credentials_old_key_file"),
             allow_plaintext_credentials: p.bool("allow_plaintext_credentials"),
+            max_start_lag: p.start_lag("max_start_lag", "poll_interval"),
             max_concurrent_requests: p.number("max_concurrent_requests"),
             max_requests_per_second: p.number("max_requests_per_second"),
             file_prefix: p.file_prefix("file_prefix"),
@@ -279,6 +280,28 @@ impl Parser<'_> {
                 format!("{v:?} is not a duration ({e}); use forms like 6s, 500ms, 2m"),
             ),
         }
+    }
+
+    /// `max_start_lag`: empty means a quarter of the interval (so the
+    /// default follows `poll_interval`); set, it must be shorter than the
+    /// interval, or a late poll would run into the meter's next slot.
+    fn start_lag(&mut self, key: &str, interval_key: &str) -> Duration {
+        let interval = humantime::parse_duration(self.raw(interval_key).0).unwrap_or_default();
+        if self.string(key).is_empty() {
+            return interval / 4;
+        }
+        let lag = self.duration(key);
+        if !interval.is_zero() && lag >= interval {
+            return self.fail(
+                key,
+                format!(
+                    "{} must be shorter than poll_interval ({}); a quarter of it is the default",
+                    humantime::format_duration(lag),
+                    humantime::format_duration(interval)
+                ),
+            );
+        }
+        lag
     }
 
     fn bool(&mut self, key: &str) -> bool {
@@ -481,6 +504,9 @@ pub struct Config {
     pub credentials_old_key_file: Option<PathBuf>,
     /// Let a Redis registry keep credentials in clear (no key needed).
     pub allow_plaintext_credentials: bool,
+    /// Latest start of a poll after its slot before it is skipped; a
+    /// quarter of `poll_interval` unless set, always shorter than it.
+    pub max_start_lag: Duration,
     /// Global cap on requests in flight.
     pub max_concurrent_requests: usize,
     /// Global cap on requests started per second.
@@ -675,6 +701,29 @@ mod tests {
             .to_string();
         assert!(
             err.contains("`local_networks`") && err.contains("\"lan\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn start_lag_defaults_to_a_quarter_interval_and_must_be_shorter() {
+        let c = Layers::defaults()
+            .env(env(&[("RAINFOREST_POLL_INTERVAL", "10s")]))
+            .build()
+            .unwrap();
+        assert_eq!(c.max_start_lag, Duration::from_millis(2500));
+        let c = Layers::defaults()
+            .env(env(&[("RAINFOREST_MAX_START_LAG", "500ms")]))
+            .build()
+            .unwrap();
+        assert_eq!(c.max_start_lag, Duration::from_millis(500));
+        let err = Layers::defaults()
+            .env(env(&[("RAINFOREST_MAX_START_LAG", "6s")]))
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`max_start_lag`") && err.contains("shorter than poll_interval"),
             "{err}"
         );
     }

@@ -61,6 +61,7 @@ impl Config {
                 "allow_plaintext_credentials",
                 self.allow_plaintext_credentials.to_string(),
             ),
+            ("max_start_lag", d(self.max_start_lag)),
             (
                 "max_concurrent_requests",
                 self.max_concurrent_requests.to_string(),

@@ -23,7 +23,7 @@ use url::Url;
 
 use super::address::{AddressPolicy, LocalHost};
 use super::devices::MeterAddresses;
-use super::pacing::{Caps, DevicePace};
+use super::pacing::{Caps, DevicePace, Late, Start};
 use super::resolve::{self, AddressRefused, FencedResolver};
 use super::trace::Curl;
 use super::{Command, ProtocolError, Reading, Source, parse};
@@ -50,6 +50,30 @@ pub struct EagleOptions {
     pub max_concurrent: usize,
     /// Global cap on requests started per second (`max_requests_per_second`).
     pub max_per_second: u32,
+}
+
+/// Why a read with a start deadline produced no reading.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ReadError {
+    /// Not sent: no room under the caps by the deadline. The meter is fine;
+    /// the process (or its caps) cannot keep up.
+    #[error(transparent)]
+    Late(#[from] Late),
+    /// Sent, and it failed.
+    #[error(transparent)]
+    Failed(#[from] ProtocolError),
+}
+
+/// The result of a read without a deadline, which is never [`Late`].
+fn anytime<T>(r: Result<T, ReadError>) -> Result<T, ProtocolError> {
+    r.map_err(|e| match e {
+        ReadError::Failed(e) => e,
+        // Only a deadline makes a request late; kept total rather than
+        // panicking.
+        ReadError::Late(late) => ProtocolError::Timeout {
+            after_ms: late.waited_ms,
+        },
+    })
 }
 
 /// The EAGLE client shared by every poll in the process.
@@ -121,16 +145,33 @@ impl Eagle {
         &self.opts
     }
 
-    /// Reads instantaneous demand from a meter, whatever its source.
+    /// The global caps, for their usage figures.
+    pub fn caps(&self) -> &Caps {
+        &self.caps
+    }
+
+    /// Reads instantaneous demand from a meter, whatever its source, however
+    /// long the caps make it wait.
     pub async fn read_demand(
         &self,
         cloud_id: CloudId,
         source: &Source,
     ) -> Result<Reading, ProtocolError> {
+        anytime(self.read_demand_by(cloud_id, source, Start::ANYTIME).await)
+    }
+
+    /// Reads instantaneous demand, sending the request only if it can go out
+    /// by `start`'s deadline (a scheduled poll's slot plus `max_start_lag`).
+    pub async fn read_demand_by(
+        &self,
+        cloud_id: CloudId,
+        source: &Source,
+        start: Start,
+    ) -> Result<Reading, ReadError> {
         match source {
             Source::Relay { .. } => {
                 let body = self
-                    .relay(cloud_id, source, &Command::InstantaneousDemand)
+                    .relay_by(cloud_id, source, &Command::InstantaneousDemand, start)
                     .await?;
                 let demand = parse::demand(&body)?;
                 Ok(Reading {
@@ -141,9 +182,11 @@ impl Eagle {
                 })
             }
             Source::Local { host, .. } => {
-                let address = self.local_meter_address(cloud_id, source, host).await?;
+                let address = self
+                    .local_meter_address(cloud_id, source, host, start)
+                    .await?;
                 let body = self
-                    .local(cloud_id, source, &device_query_xml(&address))
+                    .local_by(cloud_id, source, &device_query_xml(&address), start)
                     .await?;
                 let reading = parse::device_query(&body)?;
                 let demand_kw = reading.demand_kw.ok_or_else(|| ProtocolError::Malformed {
@@ -166,10 +209,24 @@ impl Eagle {
         source: &Source,
         command: &Command,
     ) -> Result<Vec<u8>, ProtocolError> {
+        anytime(
+            self.relay_by(cloud_id, source, command, Start::ANYTIME)
+                .await,
+        )
+    }
+
+    async fn relay_by(
+        &self,
+        cloud_id: CloudId,
+        source: &Source,
+        command: &Command,
+        start: Start,
+    ) -> Result<Vec<u8>, ReadError> {
         let Source::Relay { user, password } = source else {
             return Err(ProtocolError::Malformed {
                 reason: "relay command sent to a local EAGLE-200 source".into(),
-            });
+            }
+            .into());
         };
         let body = command.to_xml();
         let mut headers = HeaderMap::new();
@@ -190,7 +247,7 @@ impl Eagle {
                 .line()
         });
         let request = self.relay_http.post(url).headers(headers).body(body);
-        self.send(cloud_id, request, trace).await
+        self.send(cloud_id, request, trace, start).await
     }
 
     /// Sends a raw command body to a local EAGLE-200: first its pace, then
@@ -201,14 +258,27 @@ impl Eagle {
         source: &Source,
         body: &str,
     ) -> Result<Vec<u8>, ProtocolError> {
+        anytime(self.local_by(cloud_id, source, body, Start::ANYTIME).await)
+    }
+
+    async fn local_by(
+        &self,
+        cloud_id: CloudId,
+        source: &Source,
+        body: &str,
+        start: Start,
+    ) -> Result<Vec<u8>, ReadError> {
         let Source::Local { host, install_code } = source else {
             return Err(ProtocolError::Malformed {
                 reason: "local command sent to a relay source".into(),
-            });
+            }
+            .into());
         };
         let host = self.allowed_host(host)?;
         let url = host.command_url();
-        self.local_pace.until_ready(&host.to_string()).await;
+        self.local_pace
+            .until_ready_by(&host.to_string(), start)
+            .await?;
         let trace = self.opts.trace_http.then(|| {
             Curl::post(&url)
                 .basic_auth_from_env(cloud_id.as_str(), INSTALL_CODE_VAR)
@@ -222,7 +292,7 @@ impl Eagle {
             .basic_auth(cloud_id.as_str(), Some(install_code.expose()))
             .header(CONTENT_TYPE, "text/xml")
             .body(body.to_string());
-        self.send(cloud_id, request, trace).await
+        self.send(cloud_id, request, trace, start).await
     }
 
     /// The stored host, parsed, and refused when it is an IP literal the
@@ -248,14 +318,27 @@ impl Eagle {
         cloud_id: CloudId,
         source: &Source,
     ) -> Result<Vec<parse::LocalDevice>, ProtocolError> {
+        anytime(
+            self.local_devices_by(cloud_id, source, Start::ANYTIME)
+                .await,
+        )
+    }
+
+    async fn local_devices_by(
+        &self,
+        cloud_id: CloudId,
+        source: &Source,
+        start: Start,
+    ) -> Result<Vec<parse::LocalDevice>, ReadError> {
         let body = self
-            .local(
+            .local_by(
                 cloud_id,
                 source,
                 "<Command>\r\n  <Name>device_list</Name>\r\n</Command>\r\n",
+                start,
             )
             .await?;
-        parse::device_list(&body)
+        Ok(parse::device_list(&body)?)
     }
 
     async fn local_meter_address(
@@ -263,12 +346,13 @@ impl Eagle {
         cloud_id: CloudId,
         source: &Source,
         host: &str,
-    ) -> Result<String, ProtocolError> {
+        start: Start,
+    ) -> Result<String, ReadError> {
         let key = format!("{cloud_id}@{host}");
         if let Some(addr) = self.local_meters.get(&key) {
             return Ok(addr);
         }
-        let devices = self.local_devices(cloud_id, source).await?;
+        let devices = self.local_devices_by(cloud_id, source, start).await?;
         let meter = devices
             .iter()
             .find(|d| d.model_id.eq_ignore_ascii_case("electric_meter"))
@@ -285,8 +369,9 @@ impl Eagle {
         cloud_id: CloudId,
         request: reqwest::RequestBuilder,
         trace: Option<String>,
-    ) -> Result<Vec<u8>, ProtocolError> {
-        let _permit = self.caps.admit().await;
+        start: Start,
+    ) -> Result<Vec<u8>, ReadError> {
+        let _permit = self.caps.admit(start).await?;
         let started = Instant::now();
         let result = self.send_inner(request).await;
         if let Some(curl) = trace {
@@ -300,7 +385,7 @@ impl Eagle {
                 }
             }
         }
-        result.map(|(_, body)| body)
+        Ok(result.map(|(_, body)| body)?)
     }
 
     async fn send_inner(

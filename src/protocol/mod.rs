@@ -27,7 +27,8 @@ use chrono::{DateTime, Utc};
 use crate::secret::Secret;
 
 pub use address::{AddressPolicy, HostError, LocalHost};
-pub use client::{Eagle, EagleOptions, MAX_BODY};
+pub use client::{Eagle, EagleOptions, MAX_BODY, ReadError};
+pub use pacing::{Late, Start};
 pub use parse::{Demand, Header, LocalDevice, LocalReading, Price, Summation};
 
 /// Where a meter is read from, with the credentials that unlock it.

@@ -1,4 +1,5 @@
-//! How fast requests go out: the global caps and the per-device pace.
+//! How fast requests go out: the global caps, the per-device pace, and the
+//! start deadline.
 //!
 //! Owns the two limits every EAGLE request passes, in this order: first the
 //! device's pace ([`DevicePace`], one request per second per EAGLE-200, for
@@ -8,21 +9,183 @@
 //! device alone and never starve relay meters. The client owns both, so the
 //! scheduler, on-demand reads and `rainforest fetch` share whatever caps
 //! their client was built with. It knows nothing about users or schedules.
+//!
+//! Every wait here honours the request's [`Start`]: a scheduled poll that
+//! cannot go out by its deadline gets [`Late`] instead of a permit, so an
+//! overloaded process skips slots rather than running every poll late. While
+//! permits are short, a freed one goes to the waiter of highest
+//! [`Start::rank`] (earliest first among equals): the scheduler ranks a
+//! meter by how many slots it has already skipped, so the meters that
+//! skipped least are the ones left waiting, and skips rotate through the
+//! fleet. On-demand reads rank above every poll and have no deadline.
 
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
+
+/// When a request must have gone out to be worth sending, and its place in
+/// the queue for the caps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Start {
+    /// Past this instant the request is not sent ([`Late`]); `None` waits
+    /// as long as it takes.
+    pub by: Option<Instant>,
+    /// Higher ranks get freed permits first.
+    pub rank: u64,
+}
+
+impl Start {
+    /// No deadline, first in the queue: on-demand reads and `rainforest
+    /// fetch`, which a person is waiting for.
+    pub const ANYTIME: Start = Start {
+        by: None,
+        rank: u64::MAX,
+    };
+
+    /// A scheduled poll: sent by `deadline` or not at all.
+    pub fn by(deadline: Instant, rank: u64) -> Start {
+        Start {
+            by: Some(deadline),
+            rank,
+        }
+    }
+}
+
+/// A request that could not go out by its [`Start::by`]: the device's pace or
+/// the global caps had no room in time. Not a failure of the meter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "not sent: no room under the device pace or the global caps within {waited_ms} ms (the start deadline)"
+)]
+pub struct Late {
+    /// How long the request waited before giving up.
+    pub waited_ms: u64,
+}
+
+impl Late {
+    fn since(asked: Instant) -> Late {
+        Late {
+            waited_ms: asked.elapsed().as_millis() as u64,
+        }
+    }
+}
+
+/// What the caps have let through so far, for the capacity estimate.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    /// Requests that went out.
+    pub started: u64,
+    /// Total time permits were held by requests that went out (µs): the
+    /// requests' own round trips, without any queueing.
+    pub busy_micros: u64,
+}
 
 /// The process-wide caps (`max_concurrent_requests`,
 /// `max_requests_per_second`).
 #[derive(Debug)]
 pub struct Caps {
-    permits: Semaphore,
+    gate: Arc<Gate>,
     rate: DefaultDirectRateLimiter,
+    max_per_second: u32,
+}
+
+/// The requests-in-flight cap: a semaphore whose waiters are served by rank.
+#[derive(Debug)]
+struct Gate {
+    max: usize,
+    state: Mutex<GateState>,
+    started: AtomicU64,
+    busy_micros: AtomicU64,
+}
+
+/// A waiter's place: highest rank first, then first come.
+type QueueKey = (Reverse<u64>, u64);
+
+#[derive(Debug, Default)]
+struct GateState {
+    in_flight: usize,
+    /// Highest rank first, then first come; a waiter that gives up removes
+    /// its own entry.
+    queue: BTreeMap<QueueKey, oneshot::Sender<Permit>>,
+    next_seq: u64,
+}
+
+/// One request in flight; dropping it frees the slot for the best waiter.
+#[derive(Debug)]
+pub struct Permit {
+    /// `None` once disarmed (a hand-over that found its waiter gone).
+    gate: Option<Arc<Gate>>,
+    since: Instant,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(gate) = self.gate.take() {
+            gate.busy_micros
+                .fetch_add(self.since.elapsed().as_micros() as u64, Ordering::Relaxed);
+            Gate::release(&gate);
+        }
+    }
+}
+
+impl Gate {
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        // The state stays consistent even if a holder panicked: every
+        // change is a single step under the lock.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A permit now, or a place in the queue.
+    fn take_or_queue(
+        gate: &Arc<Gate>,
+        rank: u64,
+    ) -> Result<Permit, (QueueKey, oneshot::Receiver<Permit>)> {
+        let mut st = gate.lock();
+        // The queue is only ever non-empty while every permit is out
+        // (release hands a freed permit straight to a waiter).
+        if st.in_flight < gate.max {
+            st.in_flight += 1;
+            return Ok(Permit {
+                gate: Some(gate.clone()),
+                since: Instant::now(),
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        let key = (Reverse(rank), st.next_seq);
+        st.next_seq += 1;
+        st.queue.insert(key, tx);
+        Err((key, rx))
+    }
+
+    /// Hands a freed permit to the best waiter still waiting, or returns it.
+    fn release(gate: &Arc<Gate>) {
+        let mut st = gate.lock();
+        while let Some((_, tx)) = st.queue.pop_first() {
+            let permit = Permit {
+                gate: Some(gate.clone()),
+                since: Instant::now(),
+            };
+            match tx.send(permit) {
+                Ok(()) => return,
+                // The waiter was cancelled (shutdown): its permit must not
+                // release again, the slot is still ours to hand on.
+                Err(mut unused) => unused.gate = None,
+            }
+        }
+        st.in_flight = st.in_flight.saturating_sub(1);
+    }
+
+    /// Leaves the queue; `false` when a permit was already handed over.
+    fn leave(&self, key: &QueueKey) -> bool {
+        self.lock().queue.remove(key).is_some()
+    }
 }
 
 impl Caps {
@@ -33,23 +196,77 @@ impl Caps {
         // A burst of a tenth of a second keeps the start of each slot smooth.
         let burst = NonZeroU32::new((max_per_second / 10).max(1)).unwrap_or(NonZeroU32::MIN);
         Caps {
-            permits: Semaphore::new(max_concurrent.max(1)),
+            gate: Arc::new(Gate {
+                max: max_concurrent.max(1),
+                state: Mutex::new(GateState::default()),
+                started: AtomicU64::new(0),
+                busy_micros: AtomicU64::new(0),
+            }),
             rate: RateLimiter::direct(Quota::per_second(rps).allow_burst(burst)),
+            max_per_second: rps.get(),
         }
     }
 
-    /// Waits for a slot under both caps; the request is in flight until the
-    /// returned permit drops. `None` only if the semaphore were closed,
-    /// which nothing does.
-    pub async fn admit(&self) -> Option<SemaphorePermit<'_>> {
-        let permit = self.permits.acquire().await.ok();
-        self.rate.until_ready().await;
-        permit
+    /// Waits for room under both caps, by `start`'s deadline; the request is
+    /// in flight until the returned permit drops. The in-flight cap serves
+    /// waiters by rank; the rate cap comes second, with the permit held.
+    pub async fn admit(&self, start: Start) -> Result<Permit, Late> {
+        let asked = Instant::now();
+        let mut permit = match Gate::take_or_queue(&self.gate, start.rank) {
+            Ok(permit) => permit,
+            Err((key, mut rx)) => {
+                let handed = match start.by {
+                    None => (&mut rx).await.ok(),
+                    Some(by) => match tokio::time::timeout_at(by, &mut rx).await {
+                        Ok(handed) => handed.ok(),
+                        Err(_) if self.gate.leave(&key) => return Err(Late::since(asked)),
+                        // Handed over just as the deadline passed: it is
+                        // already in the channel, and ours.
+                        Err(_) => rx.try_recv().ok(),
+                    },
+                };
+                handed.ok_or_else(|| Late::since(asked))?
+            }
+        };
+        match start.by {
+            None => self.rate.until_ready().await,
+            Some(by) => {
+                if tokio::time::timeout_at(by, self.rate.until_ready())
+                    .await
+                    .is_err()
+                {
+                    // Not a request's round trip: keep it out of the busy time.
+                    permit.since = Instant::now();
+                    return Err(Late::since(asked));
+                }
+            }
+        }
+        self.gate.started.fetch_add(1, Ordering::Relaxed);
+        permit.since = Instant::now();
+        Ok(permit)
     }
 
     /// Permits free now (for tests and metrics).
     pub fn available(&self) -> usize {
-        self.permits.available_permits()
+        self.gate.max.saturating_sub(self.gate.lock().in_flight)
+    }
+
+    /// `max_concurrent_requests` as applied.
+    pub fn max_concurrent(&self) -> usize {
+        self.gate.max
+    }
+
+    /// `max_requests_per_second` as applied.
+    pub fn max_per_second(&self) -> u32 {
+        self.max_per_second
+    }
+
+    /// Requests let through and the time they held their permits.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            started: self.gate.started.load(Ordering::Relaxed),
+            busy_micros: self.gate.busy_micros.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -95,6 +312,19 @@ impl DevicePace {
         self.limiter.until_key_ready(&device.to_string()).await;
     }
 
+    /// Waits until `device` may get its next request, or [`Late`] when that
+    /// is after `start`'s deadline (its turn is then not used up).
+    pub async fn until_ready_by(&self, device: &str, start: Start) -> Result<(), Late> {
+        let Some(by) = start.by else {
+            self.until_ready(device).await;
+            return Ok(());
+        };
+        let asked = Instant::now();
+        tokio::time::timeout_at(by, self.until_ready(device))
+            .await
+            .map_err(|_| Late::since(asked))
+    }
+
     /// Devices remembered now.
     pub fn len(&self) -> usize {
         self.limiter.len()
@@ -129,6 +359,59 @@ impl Default for DevicePace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One permit; no rate limit to speak of.
+    fn one_permit() -> Arc<Caps> {
+        Arc::new(Caps::new(1, 1_000_000))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_freed_permit_goes_to_the_highest_rank_and_the_rest_are_late() {
+        let caps = one_permit();
+        let held = caps.admit(Start::ANYTIME).await.unwrap();
+        let t0 = Instant::now();
+        let by = t0 + Duration::from_secs(1);
+        let low = tokio::spawn({
+            let caps = caps.clone();
+            async move { caps.admit(Start::by(by, 0)).await.map(|_| Instant::now()) }
+        });
+        tokio::task::yield_now().await;
+        let high = tokio::spawn({
+            let caps = caps.clone();
+            async move {
+                let p = caps.admit(Start::by(by, 5)).await;
+                // Holds the permit past the low waiter's deadline.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                p.map(|_| ())
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(held);
+        assert_eq!(
+            high.await.unwrap(),
+            Ok(()),
+            "the higher rank came later but goes first"
+        );
+        let late = low.await.unwrap().unwrap_err();
+        assert_eq!(late.waited_ms, 1000, "gives up exactly at its deadline");
+        assert_eq!(caps.available(), 1, "the permit came back");
+        assert_eq!(caps.usage().started, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_gets_a_permit_freed_before_its_deadline() {
+        let caps = one_permit();
+        let held = caps.admit(Start::ANYTIME).await.unwrap();
+        let by = Instant::now() + Duration::from_secs(1);
+        let waiter = tokio::spawn({
+            let caps = caps.clone();
+            async move { caps.admit(Start::by(by, 0)).await.map(|_| Instant::now()) }
+        });
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let freed = Instant::now();
+        drop(held);
+        assert_eq!(waiter.await.unwrap(), Ok(freed));
+    }
 
     #[tokio::test]
     async fn idle_devices_are_forgotten() {

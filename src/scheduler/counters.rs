@@ -45,6 +45,12 @@ pub struct Counters {
     pub missed_slots: AtomicU64,
     /// Slots skipped because the meter was backing off.
     pub backoff_skips: AtomicU64,
+    /// Slots skipped because the poll could not go out within
+    /// `max_start_lag` of its slot (the caps were full).
+    pub skipped_overload: AtomicU64,
+    /// Achievable over needed polls per second, as `f64` bits; set once per
+    /// interval from [`Capacity`] (0 until the first estimate).
+    pub capacity_ratio_bits: AtomicU64,
     /// Meters currently in backoff (including auth_failed).
     pub meters_in_backoff: AtomicI64,
     /// Meters currently flagged auth_failed.
@@ -122,6 +128,12 @@ impl Counters {
         }
     }
 
+    /// Publishes the latest capacity estimate.
+    pub fn set_capacity(&self, c: &Capacity) {
+        self.capacity_ratio_bits
+            .store(c.ratio().to_bits(), Ordering::Relaxed);
+    }
+
     /// A point-in-time copy of every counter.
     pub fn snapshot(&self) -> Snapshot {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -132,6 +144,8 @@ impl Counters {
             slots_on_time: get(&self.slots_on_time),
             missed_slots: get(&self.missed_slots),
             backoff_skips: get(&self.backoff_skips),
+            skipped_overload: get(&self.skipped_overload),
+            capacity_ratio: f64::from_bits(get(&self.capacity_ratio_bits)),
             meters_in_backoff: self.meters_in_backoff.load(Ordering::Relaxed),
             meters_auth_failed: self.meters_auth_failed.load(Ordering::Relaxed),
             meters: self.meters.load(Ordering::Relaxed),
@@ -156,6 +170,10 @@ pub struct Snapshot {
     pub missed_slots: u64,
     /// See [`Counters::backoff_skips`].
     pub backoff_skips: u64,
+    /// See [`Counters::skipped_overload`].
+    pub skipped_overload: u64,
+    /// Gauge: achievable over needed polls per second (see [`Capacity`]).
+    pub capacity_ratio: f64,
     /// Gauge: meters in backoff.
     pub meters_in_backoff: i64,
     /// Gauge: meters flagged auth_failed.
@@ -177,6 +195,9 @@ impl Snapshot {
             slots_on_time: self.slots_on_time.saturating_sub(earlier.slots_on_time),
             missed_slots: self.missed_slots.saturating_sub(earlier.missed_slots),
             backoff_skips: self.backoff_skips.saturating_sub(earlier.backoff_skips),
+            skipped_overload: self
+                .skipped_overload
+                .saturating_sub(earlier.skipped_overload),
             busy_micros: self.busy_micros.saturating_sub(earlier.busy_micros),
             lag: std::array::from_fn(|i| self.lag[i].saturating_sub(earlier.lag[i])),
             ..self.clone()
@@ -222,7 +243,7 @@ impl Snapshot {
         let capacity = window.as_micros() as f64 * max_concurrent.max(1) as f64;
         let spare = (1.0 - self.busy_micros as f64 / capacity).clamp(0.0, 1.0) * 100.0;
         format!(
-            "meters={} ok={} failed={} [{}] in_backoff={} auth_failed={} missed_slots={} lag_p50={} lag_p99={} spare={spare:.1}%",
+            "meters={} ok={} failed={} [{}] in_backoff={} auth_failed={} missed_slots={} skipped_overload={} capacity={:.2} lag_p50={} lag_p99={} spare={spare:.1}%",
             self.meters,
             self.polls_ok,
             self.failed(),
@@ -230,15 +251,163 @@ impl Snapshot {
             self.meters_in_backoff,
             self.meters_auth_failed,
             self.missed_slots,
+            self.skipped_overload,
+            self.capacity_ratio,
             q(0.5),
             q(0.99),
         )
     }
 }
 
+/// How many polls per second the fleet needs and the caps allow, from one
+/// interval's figures; what the over-capacity warning says.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Capacity {
+    /// Meters due (scheduled, not backing off) over the poll interval.
+    pub needed_per_s: f64,
+    /// Requests that went out per second in the window.
+    pub achieved_per_s: f64,
+    /// What the caps allow at the requests' mean round trip: Little's law
+    /// on `max_concurrent_requests`, bounded by `max_requests_per_second`.
+    pub achievable_per_s: f64,
+    /// Mean time a request held its permit, in seconds (0: none went out).
+    pub mean_round_trip_s: f64,
+    /// `max_concurrent_requests`.
+    pub max_concurrent: usize,
+    /// `max_requests_per_second`.
+    pub max_per_second: u32,
+}
+
+/// Headroom asked for when the warning names a new cap value.
+const HEADROOM: f64 = 1.2;
+
+impl Capacity {
+    /// The estimate for a window of `window` in which `started` requests
+    /// went out holding permits for `busy_micros` in total, with `due`
+    /// meters every `interval`.
+    pub fn estimate(
+        window: Duration,
+        interval: Duration,
+        due: i64,
+        started: u64,
+        busy_micros: u64,
+        max_concurrent: usize,
+        max_per_second: u32,
+    ) -> Capacity {
+        let needed_per_s = due.max(0) as f64 / interval.as_secs_f64().max(1e-3);
+        let achieved_per_s = started as f64 / window.as_secs_f64().max(1e-3);
+        let mean_round_trip_s = if started == 0 {
+            0.0
+        } else {
+            busy_micros as f64 / 1e6 / started as f64
+        };
+        let by_concurrency = if mean_round_trip_s > 0.0 {
+            max_concurrent as f64 / mean_round_trip_s
+        } else {
+            f64::INFINITY
+        };
+        Capacity {
+            needed_per_s,
+            achieved_per_s,
+            achievable_per_s: by_concurrency.min(f64::from(max_per_second)),
+            mean_round_trip_s,
+            max_concurrent,
+            max_per_second,
+        }
+    }
+
+    /// Achievable over needed (1 when nothing is needed); below 1 the
+    /// pinger must skip slots.
+    pub fn ratio(&self) -> f64 {
+        if self.needed_per_s <= 0.0 {
+            1.0
+        } else {
+            (self.achievable_per_s / self.needed_per_s * 1000.0).round() / 1000.0
+        }
+    }
+
+    /// What to raise, with the value that would carry the load plus a
+    /// fifth: the cap that binds, or more pingers when the caps are not
+    /// what stops it (the machine is).
+    pub fn advice(&self) -> String {
+        let rps_binds = f64::from(self.max_per_second) * 1.0001
+            < self.max_concurrent as f64 / self.mean_round_trip_s.max(1e-9);
+        if self.ratio() >= 1.0 {
+            format!(
+                "the caps would allow {:.0}/s, so this process (CPU, network) is what falls behind: spread the meters over more pingers",
+                self.achievable_per_s
+            )
+        } else if rps_binds {
+            format!(
+                "raise max_requests_per_second from {} to at least {:.0}, or spread the meters over more pingers",
+                self.max_per_second,
+                (self.needed_per_s * HEADROOM).ceil()
+            )
+        } else {
+            format!(
+                "raise max_concurrent_requests from {} to at least {:.0} (requests take {:.2} s each), or spread the meters over more pingers",
+                self.max_concurrent,
+                (self.needed_per_s * self.mean_round_trip_s * HEADROOM).ceil(),
+                self.mean_round_trip_s
+            )
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capacity_names_the_cap_that_binds() {
+        // 10,000 meters every 6 s through 4,096 permits of 3 s each.
+        let slow = Capacity::estimate(
+            Duration::from_secs(6),
+            Duration::from_secs(6),
+            10_000,
+            8_192,
+            8_192 * 3_000_000,
+            4_096,
+            20_000,
+        );
+        assert!((slow.needed_per_s - 1666.7).abs() < 0.1, "{slow:?}");
+        assert!((slow.achievable_per_s - 1365.3).abs() < 0.1, "{slow:?}");
+        assert_eq!(slow.ratio(), 0.819);
+        let advice = slow.advice();
+        assert!(
+            advice.contains("max_concurrent_requests from 4096 to at least 6000"),
+            "{advice}"
+        );
+        // Fast answers, but only 1,000 starts a second allowed.
+        let capped = Capacity::estimate(
+            Duration::from_secs(6),
+            Duration::from_secs(6),
+            10_000,
+            6_000,
+            6_000 * 10_000,
+            4_096,
+            1_000,
+        );
+        assert_eq!(capped.ratio(), 0.6);
+        assert!(
+            capped
+                .advice()
+                .contains("max_requests_per_second from 1000 to at least 2000"),
+            "{}",
+            capped.advice()
+        );
+        // Nothing needed: not over capacity.
+        let idle = Capacity::estimate(
+            Duration::from_secs(6),
+            Duration::from_secs(6),
+            0,
+            0,
+            0,
+            4_096,
+            20_000,
+        );
+        assert_eq!(idle.ratio(), 1.0);
+    }
 
     #[test]
     fn quantiles_and_summary() {

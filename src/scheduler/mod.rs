@@ -1,11 +1,15 @@
-//! When each meter is polled: phases, slots, global caps, backoff.
+//! When each meter is polled: phases, slots, start deadlines, backoff.
 //!
 //! Owns one lightweight task per meter that sleeps until its next slot
 //! ([`slots`]: pure slot arithmetic) and hands the actual reading to
 //! [`crate::poll::Poller`]. The global concurrency and rate caps are the
 //! EAGLE client's ([`crate::protocol::pacing`]): each request waits for its
 //! device's pace first and only then for a global permit, and on-demand
-//! reads through the same client share the same caps. It decides what a failure means for the meter's
+//! reads through the same client share the same caps. Overload is a state,
+//! not a collapse: each poll must go out within `max_start_lag` of its slot
+//! or the slot is skipped and counted (never run late), so the polls that
+//! do run keep their meter's phase; which meters yield is the skip
+//! ledger's call ([`fairness`]). It decides what a failure means for the meter's
 //! cadence: ordinary failures wait with the shared [`crate::backoff::Backoff`]
 //! (one interval, doubling to `max_backoff`, jittered), rejected credentials
 //! pause the meter for `auth_backoff`, and a change of the user's
@@ -15,10 +19,12 @@
 //! the pinger feeds it user lists.
 
 pub mod counters;
+pub mod fairness;
 pub mod slots;
 pub mod spark;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -28,13 +34,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use counters::{Counters, Snapshot};
+pub use counters::{Capacity, Counters, Snapshot};
+pub use fairness::SkipLedger;
 
 use crate::backoff::{self, Backoff};
 use crate::clock::now_unix;
 use crate::cloud_id::CloudId;
 use crate::poll::{self, PollError, Polled, Poller};
-use crate::protocol::ErrorKind;
+use crate::protocol::{ErrorKind, Start};
 use crate::registry::{MeterState, StatsUpdate, StatsWriter, User};
 
 /// Settings of the scheduler.
@@ -47,16 +54,42 @@ pub struct SchedulerOptions {
     /// Pause after rejected credentials; a change of the user's
     /// credentials or address ends it at the next slot.
     pub auth_backoff: Duration,
+    /// Latest start of a poll after its slot; a poll that cannot go out by
+    /// then is skipped (`max_start_lag`).
+    pub max_start_lag: Duration,
 }
 
-struct Shared {
+/// What reads one meter for the scheduler: the [`Poller`] in production, a
+/// stand-in when tests drive the scheduler under paused time.
+pub trait ReadMeter: Send + Sync + 'static {
+    /// Reads `user`'s meter once, sent by `start`'s deadline or not at all
+    /// ([`PollError::Late`]).
+    fn read(
+        &self,
+        user: &User,
+        start: Start,
+    ) -> impl Future<Output = Result<Polled, PollError>> + Send;
+}
+
+impl ReadMeter for Poller {
+    fn read(
+        &self,
+        user: &User,
+        start: Start,
+    ) -> impl Future<Output = Result<Polled, PollError>> + Send {
+        self.poll_by(user, start)
+    }
+}
+
+struct Shared<R> {
     opts: SchedulerOptions,
     /// After ordinary failures: from one interval, doubling to `max_backoff`.
     backoff: Backoff,
     origin: Instant,
-    poller: Poller,
+    poller: R,
     stats: Option<StatsWriter>,
     counters: Arc<Counters>,
+    skips: SkipLedger,
 }
 
 struct MeterHandle {
@@ -66,19 +99,19 @@ struct MeterHandle {
 
 /// Runs the per-meter tasks; [`Scheduler::apply`] reconciles them with the
 /// latest user list.
-pub struct Scheduler {
-    shared: Arc<Shared>,
+pub struct Scheduler<R = Poller> {
+    shared: Arc<Shared<R>>,
     meters: HashMap<CloudId, MeterHandle>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
 
-impl Scheduler {
+impl<R: ReadMeter> Scheduler<R> {
     /// A scheduler with no meters yet. `shutdown` stops every meter task
     /// after its in-flight poll.
     pub fn new(
         opts: SchedulerOptions,
-        poller: Poller,
+        poller: R,
         stats: Option<StatsWriter>,
         shutdown: CancellationToken,
     ) -> Self {
@@ -86,6 +119,7 @@ impl Scheduler {
             backoff: Backoff::new(opts.poll_interval, opts.max_backoff),
             origin: Instant::now(),
             counters: Arc::new(Counters::default()),
+            skips: SkipLedger::default(),
             poller,
             stats,
             opts,
@@ -101,6 +135,12 @@ impl Scheduler {
     /// The counters every meter task updates.
     pub fn counters(&self) -> Arc<Counters> {
         self.shared.counters.clone()
+    }
+
+    /// The fewest and most slots any scheduled meter has skipped for
+    /// overload (the fairness the skip ledger keeps).
+    pub fn skip_spread(&self) -> Option<(u64, u64)> {
+        self.shared.skips.spread()
     }
 
     /// Number of meters scheduled.
@@ -179,6 +219,8 @@ struct MeterRun {
     failures: u32,
     backoff_until: Option<Instant>,
     auth_failed: bool,
+    /// Slots skipped for overload: the meter's rank at the caps.
+    skips: u64,
 }
 
 impl MeterRun {
@@ -192,8 +234,8 @@ impl MeterRun {
     }
 }
 
-async fn meter_task(
-    shared: Arc<Shared>,
+async fn meter_task<R: ReadMeter>(
+    shared: Arc<Shared<R>>,
     id: CloudId,
     mut user: watch::Receiver<User>,
     stop: CancellationToken,
@@ -202,7 +244,10 @@ async fn meter_task(
     let phase = slots::phase_for(id, interval);
     let counters = &shared.counters;
     let mut k = slots::first_slot_at_or_after(shared.origin.elapsed(), phase, interval);
-    let mut run = MeterRun::default();
+    let mut run = MeterRun {
+        skips: shared.skips.join(),
+        ..MeterRun::default()
+    };
     loop {
         let slot = shared.origin + slots::slot_offset(k, phase, interval);
         tokio::select! {
@@ -221,11 +266,21 @@ async fn meter_task(
             continue;
         }
         let started = Instant::now();
-        counters.lag(started.saturating_duration_since(slot));
         let current = user.borrow_and_update().clone();
-        // Waits for the device's pace and the global caps inside, so the
-        // latency includes queueing under the caps.
-        let result = shared.poller.poll(&current).await;
+        // Waits for the device's pace and the global caps inside, by the
+        // deadline; the latency includes queueing under the caps.
+        let start = Start::by(slot + shared.opts.max_start_lag, run.skips);
+        let result = shared.poller.read(&current, start).await;
+        if let Err(PollError::Late(late)) = result {
+            // Running it now would shift the meter off its phase and push
+            // the next meters later still; skip it and keep the grid.
+            counters.skipped_overload.fetch_add(1, Ordering::Relaxed);
+            shared.skips.skipped(&mut run.skips);
+            tracing::trace!(cloud_id = %id, waited_ms = late.waited_ms, "Slot skipped: over capacity.");
+            k += 1;
+            continue;
+        }
+        counters.lag(started.saturating_duration_since(slot));
         counters.latency(started.elapsed());
         let shutting_down = matches!(result, Err(PollError::Spool(_)));
         outcome(&shared, id, &mut run, result);
@@ -240,6 +295,7 @@ async fn meter_task(
         k = next;
     }
     run.end_pause(counters);
+    shared.skips.leave(run.skips);
     if run.auth_failed {
         counters.meters_auth_failed.fetch_sub(1, Ordering::Relaxed);
     }
@@ -248,7 +304,12 @@ async fn meter_task(
 /// Counts a poll's result and decides the meter's pause. The statistics
 /// update comes from the poll ([`Polled::stats`], [`poll::failure_stats`]);
 /// this adds only what the scheduler knows: the streak and the state.
-fn outcome(shared: &Shared, id: CloudId, run: &mut MeterRun, result: Result<Polled, PollError>) {
+fn outcome<R>(
+    shared: &Shared<R>,
+    id: CloudId,
+    run: &mut MeterRun,
+    result: Result<Polled, PollError>,
+) {
     let counters = &shared.counters;
     match result {
         Ok(polled) => {
@@ -274,6 +335,8 @@ fn outcome(shared: &Shared, id: CloudId, run: &mut MeterRun, result: Result<Poll
         Err(PollError::Spool(e)) => {
             tracing::debug!(cloud_id = %id, error = %e, "Reading not written: spool closed.");
         }
+        // Handled in `meter_task` before any counting.
+        Err(PollError::Late(_)) => {}
         Err(PollError::Protocol(e)) => {
             let kind = e.kind();
             counters.failure(kind);

@@ -157,7 +157,8 @@ pub async fn read_meter(
                 source: source.for_client(),
             });
         }
-        Err(PollError::Spool(e)) => {
+        // `poll` sets no start deadline, so `Late` cannot happen here.
+        Err(e @ (PollError::Spool(_) | PollError::Late(_))) => {
             return Err(ApiError::Unavailable {
                 detail: e.to_string(),
             });

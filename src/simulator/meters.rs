@@ -4,8 +4,8 @@
 //! simulators started with the same flags answer the same numbers, and tests
 //! can derive every credential without asking the server.
 
-use std::sync::RwLock;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, RwLock};
 
 use rand::{Rng, RngExt};
 
@@ -211,6 +211,18 @@ pub(crate) struct MeterState {
     /// A test-set password replacing [`meter_password`]; one lock per meter,
     /// so readers never contend across meters.
     password: RwLock<Option<Box<str>>>,
+    /// When requests arrived and whether each got a reading, kept only with
+    /// `--record-arrivals` (one lock per meter, like the password).
+    pub(crate) arrivals: Mutex<Vec<Arrival>>,
+}
+
+/// One request as the simulator saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Arrival {
+    /// Milliseconds since the simulator started.
+    pub(crate) at_ms: u64,
+    /// Whether the answer was a reading (authorized, no injected fault).
+    pub(crate) served: bool,
 }
 
 impl MeterState {
@@ -222,6 +234,7 @@ impl MeterState {
             requests: AtomicU64::new(0),
             served: AtomicU64::new(0),
             password: RwLock::new(None),
+            arrivals: Mutex::new(Vec::new()),
         }
     }
 

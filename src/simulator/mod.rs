@@ -65,6 +65,31 @@ pub struct SimulateArgs {
     /// Seed of the demand curves and injected faults (same seed, same run).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Keep every request's arrival time and outcome per meter, served at
+    /// `GET /sim/arrivals`, so a benchmark grades the pinger from outside.
+    /// Memory grows with every request: for benchmarks, not for demos.
+    #[arg(long)]
+    pub record_arrivals: bool,
+}
+
+/// What `GET /sim/arrivals` answers: per meter, when each request arrived
+/// (ms since the simulator started) and whether it was answered with a
+/// reading. Empty unless `--record-arrivals` is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Arrivals {
+    /// One entry per simulated meter that was asked at least once.
+    pub meters: Vec<MeterArrivals>,
+}
+
+/// One meter's requests, in arrival order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MeterArrivals {
+    /// The meter's cloud id.
+    pub cloud_id: String,
+    /// Arrival times, ms since the simulator started.
+    pub at_ms: Vec<u64>,
+    /// Per arrival: answered with a reading (a line the pinger should write).
+    pub served: Vec<bool>,
 }
 
 impl Default for SimulateArgs {
@@ -77,6 +102,7 @@ impl Default for SimulateArgs {
             error_rate: 0.0,
             garbage_rate: 0.0,
             seed: 1,
+            record_arrivals: false,
         }
     }
 }
@@ -230,6 +256,11 @@ impl Simulator {
     /// client's failure counts against the faults it was actually served.
     pub fn answers(&self, kind: AnswerKind) -> u64 {
         self.shared.answers[kind as usize].load(Ordering::Relaxed)
+    }
+
+    /// Every recorded arrival (see [`SimulateArgs::record_arrivals`]).
+    pub fn arrivals(&self) -> Arrivals {
+        self.shared.arrivals()
     }
 
     /// Changes meter `id`'s valid relay password from now on, so tests can

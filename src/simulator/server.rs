@@ -15,14 +15,15 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, Engine, GeneralPurpose, GeneralPurposeConfig};
+use tokio::time::Instant;
 
-use super::SimulateArgs;
 use super::faults::{LatencySpec, RequestRng};
-use super::meters::{self, MeterState};
+use super::meters::{self, Arrival, MeterState};
 use super::render::{self, Macs};
+use super::{Arrivals, MeterArrivals, SimulateArgs};
 use crate::cloud_id::CloudId;
 use crate::protocol::parse::EAGLE_EPOCH_OFFSET;
 
@@ -48,6 +49,8 @@ pub(crate) struct Shared {
     latency: LatencySpec,
     error_rate: f64,
     garbage_rate: f64,
+    /// Set with `--record-arrivals`: the zero point of arrival times.
+    recording: Option<Instant>,
 }
 
 impl Shared {
@@ -63,7 +66,25 @@ impl Shared {
             latency: args.latency,
             error_rate: args.error_rate,
             garbage_rate: args.garbage_rate,
+            recording: args.record_arrivals.then(Instant::now),
         }
+    }
+
+    /// Every meter's recorded arrivals.
+    pub(crate) fn arrivals(&self) -> Arrivals {
+        let meters = self
+            .meters
+            .iter()
+            .filter_map(|m| {
+                let list = m.arrivals.lock().unwrap_or_else(|e| e.into_inner());
+                (!list.is_empty()).then(|| MeterArrivals {
+                    cloud_id: m.id.to_string(),
+                    at_ms: list.iter().map(|a| a.at_ms).collect(),
+                    served: list.iter().map(|a| a.served).collect(),
+                })
+            })
+            .collect();
+        Arrivals { meters }
     }
 
     /// The state of `id`, when it is a simulated meter.
@@ -76,6 +97,7 @@ impl Shared {
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route(PATH, post(post_manager))
+        .route("/sim/arrivals", get(arrivals))
         .with_state(shared)
 }
 
@@ -239,6 +261,7 @@ async fn post_manager(State(sim): State<Arc<Shared>>, request: Request) -> Respo
         garble: rng.chance(sim.garbage_rate),
         garbage_bits: rng.next_u64(),
     };
+    let arrived = Instant::now();
     let (parts, body) = request.into_parts();
     let caller = Caller::identify(&parts.headers, &sim);
     if let Some(i) = caller.meter {
@@ -265,11 +288,25 @@ async fn post_manager(State(sim): State<Arc<Shared>>, request: Request) -> Respo
     if let (AnswerKind::Reading, Some(i)) = (kind, caller.meter) {
         sim.meters[i].served.fetch_add(1, Ordering::Relaxed);
     }
+    if let (Some(zero), Some(i)) = (sim.recording, caller.meter) {
+        let served = caller.authorized && !faults.fail && !faults.garble;
+        let at_ms = arrived.duration_since(zero).as_millis() as u64;
+        let mut list = sim.meters[i]
+            .arrivals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        list.push(Arrival { at_ms, served });
+    }
     if faults.garble {
         garbage(answer, faults.garbage_bits)
     } else {
         answer.into_response()
     }
+}
+
+/// `GET /sim/arrivals`: the record the pinger benchmark grades from.
+async fn arrivals(State(sim): State<Arc<Shared>>) -> axum::Json<Arrivals> {
+    axum::Json(sim.arrivals())
 }
 
 fn relay_answer(sim: &Shared, caller: Caller, faults: Faults, body: &[u8]) -> Answer {

@@ -41,12 +41,14 @@ fn fold_all<'a, T: Clone + 'a>(
     Some(parts.fold(first, |acc, p| fold(&acc, p)))
 }
 
-/// Slots a pinger handled: every slot is either polled (ok or failed) or
-/// missed, so this is the denominator of its on-time ratio.
+/// Slots a pinger handled: every slot is either polled (ok or failed),
+/// missed, or skipped for overload, so this is the denominator of its
+/// on-time ratio.
 fn slots(p: &PingerSnapshot) -> u64 {
     p.ok_total
         .saturating_add(p.failed_total)
         .saturating_add(p.missed_slots_total)
+        .saturating_add(p.skipped_overload_total)
 }
 
 /// Two pingers as one.
@@ -67,6 +69,12 @@ pub fn fold_pingers(a: &PingerSnapshot, b: &PingerSnapshot) -> PingerSnapshot {
         in_backoff: a.in_backoff + b.in_backoff,
         auth_failed: a.auth_failed + b.auth_failed,
         missed_slots_total: a.missed_slots_total.saturating_add(b.missed_slots_total),
+        skipped_overload_total: a
+            .skipped_overload_total
+            .saturating_add(b.skipped_overload_total),
+        // The pinger worst off: meters are not shared between pingers, so
+        // one over capacity is not helped by another's headroom.
+        capacity_ratio: a.capacity_ratio.min(b.capacity_ratio),
         on_time_ratio,
         lag_p50_ms: a.lag_p50_ms.max(b.lag_p50_ms),
         lag_p99_ms: a.lag_p99_ms.max(b.lag_p99_ms),

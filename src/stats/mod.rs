@@ -182,7 +182,9 @@ impl Hub {
             version: env!("CARGO_PKG_VERSION").to_string(),
             instances: None,
             pinger: pinger.map(|s| {
-                let slots = s.slots_polled + s.missed_slots;
+                // Every slot: polled, missed after an overrun, or skipped
+                // for overload (skips are not on time).
+                let slots = s.slots_polled + s.missed_slots + s.skipped_overload;
                 PingerSnapshot {
                     meters: s.meters,
                     polls_per_s: rates.polls_per_s,
@@ -193,6 +195,8 @@ impl Hub {
                     in_backoff: s.meters_in_backoff,
                     auth_failed: s.meters_auth_failed,
                     missed_slots_total: s.missed_slots,
+                    skipped_overload_total: s.skipped_overload,
+                    capacity_ratio: s.capacity_ratio,
                     on_time_ratio: if slots == 0 {
                         1.0
                     } else {

@@ -198,6 +198,21 @@ impl Collector for HubCollector {
                 s.slots_polled.saturating_sub(s.slots_on_time),
             )?;
             counter(&mut enc, "slots_polled", "Polls started", s.slots_polled)?;
+            counter(
+                &mut enc,
+                "polls_skipped_overload",
+                "Slots skipped because the poll could not start within max_start_lag (over capacity)",
+                s.skipped_overload,
+            )?;
+            {
+                let g = ConstGauge::new(s.capacity_ratio);
+                g.encode(enc.encode_descriptor(
+                    "capacity_ratio",
+                    "Polls per second the caps allow over those the meters need; below 1 the pinger skips slots",
+                    None,
+                    g.metric_type(),
+                )?)?;
+            }
         }
         if let Some(sp) = &self.0.spool {
             let st = sp.stats();
@@ -298,6 +313,18 @@ mod tests {
         let counters = Arc::new(Counters::default());
         counters.failure(ErrorKind::Timeout);
         counters.latency(std::time::Duration::from_millis(120));
+        counters
+            .skipped_overload
+            .fetch_add(3, std::sync::atomic::Ordering::Relaxed);
+        counters.set_capacity(&crate::scheduler::Capacity::estimate(
+            std::time::Duration::from_secs(6),
+            std::time::Duration::from_secs(6),
+            10_000,
+            8_192,
+            8_192 * 3_000_000,
+            4_096,
+            20_000,
+        ));
         super::super::lock(&hub.0.parts).pinger = Some(counters);
         let text = hub.prometheus();
         assert!(text.contains("rainforest_build_info{version="), "{text}");
@@ -310,6 +337,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("rainforest_meters{state=\"ok\"} 0"), "{text}");
+        assert!(
+            text.contains("rainforest_polls_skipped_overload_total 3"),
+            "{text}"
+        );
+        assert!(text.contains("rainforest_capacity_ratio 0.819"), "{text}");
         assert!(!text.contains("# EOF"), "{text}");
     }
 }

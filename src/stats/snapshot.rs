@@ -59,6 +59,13 @@ pub struct PingerSnapshot {
     pub auth_failed: i64,
     /// Slots skipped because the previous poll overran.
     pub missed_slots_total: u64,
+    /// Slots skipped because their poll could not go out within
+    /// `max_start_lag` (the pinger is over capacity).
+    pub skipped_overload_total: u64,
+    /// Polls per second the caps allow over those the meters need, as of
+    /// the last interval; below 1 the pinger is over capacity. 0 before the
+    /// first estimate.
+    pub capacity_ratio: f64,
     /// Share of slots (polled or missed) whose poll started within 500 ms;
     /// 1 before the first slot.
     pub on_time_ratio: f64,

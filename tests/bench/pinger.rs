@@ -1,20 +1,36 @@
-//! Pinger benchmark: N simulated meters, a fixed run time, one JSON line.
+//! Pinger benchmark: N simulated meters, a fixed run time, one JSON line,
+//! graded from outside.
 //!
-//! Run through `scripts/bench pinger [--meters N] [--seconds S]`. The
-//! simulator runs as a separate `rainforest simulate` process (so its CPU is
-//! not counted); the pinger runs in this process with the embedded users
-//! file registry, and its CPU and peak RSS come from /proc/self.
+//! Run through `scripts/bench pinger [--meters N] [--seconds S] [--latency D]
+//! [--error-rate R] [--registry redis|file]`. The simulator runs as a
+//! separate `rainforest simulate --record-arrivals` process (so its CPU is
+//! not counted) and is the judge: on-time and on-phase shares, skipped
+//! slots and the spread of polls per meter come from its record of when
+//! each meter's requests arrived, never from the pinger's own counters.
+//! The pinger runs in this process as production runs it: the Redis
+//! registry (a private `redis-server`, or `TEST_REDIS_URL`), credentials
+//! sealed, statistics written every second; its CPU and peak RSS come from
+//! /proc/self. `--registry file` uses the embedded users file instead.
+//!
+//! Exit status 1 when the lines on disk differ, meter by meter, from the
+//! readings the simulator served: a benchmark that loses data has no
+//! figures worth printing.
 
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use rainforest::config::{Config, Layers};
 use rainforest::pinger::{self, Pinger};
-use rainforest::registry::Registry;
-use rainforest::simulator::{meter_cloud_id, meter_email, meter_password};
+use rainforest::registry::{Registry, User};
+use rainforest::secret::Secret;
+use rainforest::simulator::{Arrivals, meter_cloud_id, meter_email, meter_password};
 use rainforest::spool::SpoolStats;
 use tokio_util::sync::CancellationToken;
 
@@ -22,10 +38,16 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// A gap between two polls of a meter within this of a whole number of
+/// intervals is on phase (of exactly one interval: on time).
+const TOLERANCE_MS: i64 = 500;
+
 struct Args {
     meters: u32,
     seconds: u64,
     latency: String,
+    error_rate: f64,
+    redis: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -33,6 +55,8 @@ fn args() -> anyhow::Result<Args> {
         meters: 10_000,
         seconds: 60,
         latency: "150ms±50ms".into(),
+        error_rate: 0.0,
+        redis: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -40,10 +64,18 @@ fn args() -> anyhow::Result<Args> {
             "--meters" => a.meters = it.next().context("--meters N")?.parse()?,
             "--seconds" => a.seconds = it.next().context("--seconds S")?.parse()?,
             "--latency" => a.latency = it.next().context("--latency D")?,
-            "--bench" => {}
-            other => {
-                bail!("unknown argument {other}; use --meters N --seconds S [--latency 150ms±50ms]")
+            "--error-rate" => a.error_rate = it.next().context("--error-rate R")?.parse()?,
+            "--registry" => {
+                a.redis = match it.next().as_deref() {
+                    Some("redis") => true,
+                    Some("file") => false,
+                    other => bail!("--registry redis|file, got {other:?}"),
+                }
             }
+            "--bench" => {}
+            other => bail!(
+                "unknown argument {other}; use --meters N --seconds S [--latency 150ms±50ms] [--error-rate R] [--registry redis|file]"
+            ),
         }
     }
     Ok(a)
@@ -56,12 +88,6 @@ impl Drop for Sim {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn proc_field(file: &str, key: &str) -> Option<u64> {
@@ -80,8 +106,13 @@ fn cpu_seconds() -> f64 {
     ticks as f64 / 100.0
 }
 
-fn count_lines(dir: &Path) -> u64 {
-    let mut n = 0;
+/// Lines on disk per cloud id.
+fn lines_per_meter(dir: &Path) -> anyhow::Result<HashMap<String, u64>> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        cloud_id: String,
+    }
+    let mut out = HashMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         let Ok(rd) = std::fs::read_dir(&d) else {
@@ -91,28 +122,102 @@ fn count_lines(dir: &Path) -> u64 {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if let Ok(bytes) = std::fs::read(&p) {
-                n += bytes.iter().filter(|b| **b == b'\n').count() as u64;
+                continue;
+            }
+            let text = std::fs::read_to_string(&p)
+                .with_context(|| format!("cannot read spool file {}", p.display()))?;
+            for (n, line) in text.lines().enumerate() {
+                let parsed: Line = serde_json::from_str(line)
+                    .with_context(|| format!("{} line {}: not a record", p.display(), n + 1))?;
+                *out.entry(parsed.cloud_id).or_insert(0) += 1;
             }
         }
     }
-    n
+    Ok(out)
 }
 
-fn main() -> anyhow::Result<()> {
+/// The simulator's verdict on a run.
+#[derive(Debug, Default)]
+struct Graded {
+    /// Slots in the steady window (meters x whole intervals).
+    slots: u64,
+    /// Requests that arrived in the window.
+    arrived: u64,
+    /// Arrivals one interval (±0.5 s) after the meter's previous one.
+    on_time: u64,
+    /// Arrivals a whole number of intervals (±0.5 s) after the previous one.
+    on_phase: u64,
+    /// Fewest and most requests any meter got in the window.
+    per_meter: (u64, u64),
+    /// Requests answered with something other than a reading (whole run).
+    failed_served: u64,
+    /// Readings served per meter (whole run).
+    served: HashMap<String, u64>,
+}
+
+fn grade(arrivals: &Arrivals, meters: u32, interval_ms: u64, from_ms: u64, to_ms: u64) -> Graded {
+    let mut g = Graded {
+        slots: u64::from(meters) * ((to_ms - from_ms) / interval_ms),
+        per_meter: (u64::MAX, 0),
+        ..Graded::default()
+    };
+    let mut asked = 0;
+    for m in &arrivals.meters {
+        asked += 1;
+        let mut in_window = 0;
+        for (i, at) in m.at_ms.iter().enumerate() {
+            if *at >= from_ms && *at < to_ms {
+                in_window += 1;
+                if let Some(prev) = i.checked_sub(1).map(|j| m.at_ms[j]) {
+                    let gap = (*at - prev) as i64;
+                    let k = (gap + interval_ms as i64 / 2) / interval_ms as i64;
+                    let off = (gap - k * interval_ms as i64).abs();
+                    if k >= 1 && off <= TOLERANCE_MS {
+                        g.on_phase += 1;
+                        if k == 1 {
+                            g.on_time += 1;
+                        }
+                    }
+                }
+            }
+        }
+        g.arrived += in_window;
+        g.per_meter = (g.per_meter.0.min(in_window), g.per_meter.1.max(in_window));
+        let served = m.served.iter().filter(|s| **s).count() as u64;
+        g.failed_served += m.served.len() as u64 - served;
+        g.served.insert(m.cloud_id.clone(), served);
+    }
+    if asked < meters {
+        g.per_meter.0 = 0;
+    }
+    g
+}
+
+fn ratio(n: u64, d: u64) -> f64 {
+    if d == 0 {
+        0.0
+    } else {
+        (n as f64 / d as f64 * 10_000.0).floor() / 10_000.0
+    }
+}
+
+fn main() -> anyhow::Result<ExitCode> {
     let a = args()?;
     let bin = PathBuf::from(
         std::env::var("BENCH_RAINFOREST_BIN")
             .unwrap_or_else(|_| "target/release/rainforest".into()),
     );
-    let port = free_port()?;
+    let port = support::free_port();
     let sim = Sim(Command::new(&bin)
         .args([
             "simulate",
+            "--record-arrivals",
             "--meters",
             &a.meters.to_string(),
             "--latency",
             &a.latency,
+            "--error-rate",
+            &a.error_rate.to_string(),
             "--listen",
             &format!("127.0.0.1:{port}"),
         ])
@@ -127,32 +232,56 @@ fn main() -> anyhow::Result<()> {
         })?);
 
     let dir = tempfile::tempdir()?;
-    let users = dir.path().join("users.jl");
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&users)?);
-    for i in 0..a.meters {
-        let id = meter_cloud_id(i);
-        writeln!(
-            f,
-            r#"{{"cloud_id":"{id}","user_email":"{}","user_pw":"{}"}}"#,
-            meter_email(id),
-            meter_password(id)
-        )?;
-    }
-    f.flush()?;
-    drop(f);
+    let users: Vec<User> = (0..a.meters)
+        .map(|i| {
+            let id = meter_cloud_id(i);
+            User {
+                cloud_id: id,
+                user_email: meter_email(id),
+                user_pw: Secret::new(meter_password(id)),
+                active: true,
+                local: None,
+            }
+        })
+        .collect();
     let data = dir.path().join("logs");
     // RAINFOREST_* variables tune the pinger under test (e.g. RAINFOREST_OPEN_FILES).
-    let config: Config = Layers::defaults()
+    let mut layers = Layers::defaults()
         .env(std::env::vars())
-        .flag("users_file", users.display().to_string(), "bench")
         .flag("data_dir", data.display().to_string(), "bench")
         .flag(
             "relay_url",
             format!("http://127.0.0.1:{port}/cgi-bin/post_manager"),
             "bench",
         )
-        .flag("user_reload_interval", "600s", "bench")
-        .build()?;
+        .flag("user_reload_interval", "600s", "bench");
+    let redis = if a.redis {
+        let redis = support::RedisServer::start().context(
+            "no Redis: install redis-server or set TEST_REDIS_URL (or use --registry file)",
+        )?;
+        let key = hex::encode(rand::random::<[u8; 32]>());
+        layers = layers
+            .flag("redis_url", redis.url(), "bench")
+            .flag("redis_namespace", redis.namespace(), "bench")
+            .flag("credentials_key", key, "bench");
+        Some(redis)
+    } else {
+        let path = dir.path().join("users.jl");
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        for u in &users {
+            writeln!(
+                f,
+                r#"{{"cloud_id":"{}","user_email":"{}","user_pw":"{}"}}"#,
+                u.cloud_id,
+                u.user_email,
+                u.user_pw.expose()
+            )?;
+        }
+        f.flush()?;
+        layers = layers.flag("users_file", path.display().to_string(), "bench");
+        None
+    };
+    let config: Config = layers.build()?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -169,6 +298,11 @@ fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let registry = Registry::from_config(&config).await?;
+        if a.redis {
+            for u in &users {
+                registry.put(u).await?;
+            }
+        }
         let eagle = pinger::eagle_from_config(&config, false)?;
         let spool = pinger::spool_from_config(&config)?;
         let cpu0 = cpu_seconds();
@@ -181,16 +315,10 @@ fn main() -> anyhow::Result<()> {
         // is taken after them.
         let warmup = (config.poll_interval * 2).min(Duration::from_secs(a.seconds / 2));
         tokio::time::sleep(warmup).await;
-        let (cpu_warm, polls_warm) = (cpu_seconds(), {
-            let w = counters.snapshot();
-            w.polls_ok + w.failed()
-        });
+        let (cpu_warm, warm) = (cpu_seconds(), counters.snapshot());
         tokio::time::sleep(Duration::from_secs(a.seconds).saturating_sub(warmup)).await;
         let steady_cpu = cpu_seconds() - cpu_warm;
-        let steady_polls = {
-            let e = counters.snapshot();
-            e.polls_ok + e.failed() - polls_warm
-        };
+        let steady = counters.snapshot().since(&warm);
         stop.cancel();
         p.join().await;
         let cpu = cpu_seconds() - cpu0;
@@ -199,21 +327,81 @@ fn main() -> anyhow::Result<()> {
             SpoolStats::get(&st.write_errors),
             SpoolStats::get(&st.lines_dropped),
         );
-        anyhow::Ok((counters.snapshot(), cpu, steady_cpu, steady_polls, spool))
+        let arrivals: Arrivals = reqwest::get(format!("http://127.0.0.1:{port}/sim/arrivals"))
+            .await?
+            .error_for_status()?
+            .json()
+            .await
+            .context("the simulator's arrival record")?;
+        anyhow::Ok((
+            counters.snapshot(),
+            steady,
+            warmup,
+            cpu,
+            steady_cpu,
+            spool,
+            arrivals,
+        ))
     });
     drop(sim);
-    let (s, cpu, steady_cpu, steady_polls, (write_errors, lines_dropped)) = result?;
+    drop(redis);
+    let (s, steady, warmup, cpu, steady_cpu, (write_errors, lines_dropped), arrivals) = result?;
+
+    // The steady window in the simulator's clock: the whole intervals that
+    // end at the last request it saw (the pinger stopping) and start after
+    // the warm-up, which ends `warmup` after the first request.
+    let interval_ms = config.poll_interval.as_millis() as u64;
+    let times = || arrivals.meters.iter().flat_map(|m| m.at_ms.iter().copied());
+    let first = times().min().context("the simulator saw no request")?;
+    let last = times().max().unwrap_or(first);
+    let whole = last.saturating_sub(first + warmup.as_millis() as u64) / interval_ms;
+    let to_ms = last + 1;
+    let g = grade(
+        &arrivals,
+        a.meters,
+        interval_ms,
+        to_ms - whole * interval_ms,
+        to_ms,
+    );
+
+    let on_disk = lines_per_meter(&data)?;
+    let mut differ: Vec<String> = g
+        .served
+        .iter()
+        .filter(|(id, n)| on_disk.get(*id).copied().unwrap_or(0) != **n)
+        .map(|(id, n)| {
+            format!(
+                "{id}: served {n}, on disk {}",
+                on_disk.get(id).unwrap_or(&0)
+            )
+        })
+        .collect();
+    differ.extend(
+        on_disk
+            .iter()
+            .filter(|(id, _)| !g.served.contains_key(*id))
+            .map(|(id, n)| format!("{id}: served 0, on disk {n}")),
+    );
+    let lines_on_disk: u64 = on_disk.values().sum();
+    let served_total: u64 = g.served.values().sum();
+    let steady_polls = steady.polls_ok + steady.failed();
     let polls = s.polls_ok + s.failed();
-    let slots = s.slots_polled + s.missed_slots;
-    let lines_on_disk = count_lines(&data);
     println!(
         "{}",
         serde_json::json!({
             "meters": a.meters,
             "seconds": a.seconds,
+            "latency": a.latency,
+            "registry": if a.redis { "redis" } else { "file" },
             "polls_per_s": (polls as f64 / a.seconds as f64 * 10.0).round() / 10.0,
-            "on_time_ratio": if slots == 0 { 0.0 } else { ((s.slots_on_time as f64 / slots as f64) * 10000.0).floor() / 10000.0 },
-            "missed_slots": s.missed_slots,
+            "window_slots": g.slots,
+            "on_time_share": ratio(g.on_time, g.slots),
+            "on_phase_share": ratio(g.on_phase, g.arrived),
+            "polled_share": ratio(g.arrived, g.slots),
+            "skipped_overload_share": ratio(steady.skipped_overload, g.slots),
+            "polls_per_meter_min": g.per_meter.0,
+            "polls_per_meter_max": g.per_meter.1,
+            "failed_served": g.failed_served,
             "failed_polls": s.failed(),
             "failures_by_kind": rainforest::protocol::ErrorKind::ALL
                 .iter()
@@ -221,15 +409,31 @@ fn main() -> anyhow::Result<()> {
                 .filter(|(_, n)| *n > 0)
                 .map(|(k, n)| (k.as_str().to_string(), serde_json::json!(n)))
                 .collect::<serde_json::Map<_, _>>(),
+            "capacity_ratio": s.capacity_ratio,
             "cpu_s_per_1000_polls": if steady_polls == 0 { 0.0 } else { (steady_cpu / steady_polls as f64 * 1000.0 * 1000.0).round() / 1000.0 },
             "cpu_s_per_1000_polls_incl_startup": if polls == 0 { 0.0 } else { (cpu / polls as f64 * 1000.0 * 1000.0).round() / 1000.0 },
             "cpu_cores_used": (cpu / a.seconds as f64 * 1000.0).round() / 1000.0,
             "peak_rss_mb": proc_field("/proc/self/status", "VmHWM:").unwrap_or(0) / 1024,
+            "readings_served": served_total,
             "lines_written": lines_on_disk,
-            "lines_match_polls": lines_on_disk == s.polls_ok,
+            "lines_match_served": differ.is_empty(),
             "spool_write_errors": write_errors,
             "spool_lines_dropped": lines_dropped,
         })
     );
-    Ok(())
+    if !differ.is_empty() {
+        differ.sort();
+        eprintln!(
+            "lines on disk differ from the readings served for {} meters, e.g. {}",
+            differ.len(),
+            differ
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
 }

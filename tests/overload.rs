@@ -1,0 +1,392 @@
+//! Overload is a state, not a collapse: what the scheduler does when the
+//! relay is too slow for the global caps.
+//!
+//! The scheduler runs in-process under paused time with a stand-in relay
+//! that goes through the real [`Caps`] (rank-ordered permits, start
+//! deadlines) and records when each request goes out, the way the
+//! simulator records arrivals. Paused time makes a minute of 600 meters
+//! take milliseconds and every figure exact. One test drives the real EAGLE
+//! client against the simulator, so the deadline is proven to sit where the
+//! request waits for the caps; one runs the real `rainforest pinger` over
+//! capacity and reads what it tells the operator.
+
+mod support;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use rainforest::cloud_id::CloudId;
+use rainforest::poll::{PollError, Polled};
+use rainforest::protocol::pacing::Caps;
+use rainforest::protocol::{AddressPolicy, Eagle, EagleOptions, ReadError, Reading, Source, Start};
+use rainforest::record::Record;
+use rainforest::registry::{StatsUpdate, User};
+use rainforest::scheduler::{ReadMeter, Scheduler, SchedulerOptions, slots};
+use rainforest::secret::Secret;
+use rainforest::simulator::{self, SimulateArgs, Simulator};
+use support::process::{Proc, rainforest, wait_for};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+const INTERVAL: Duration = Duration::from_secs(6);
+const MAX_START_LAG: Duration = Duration::from_millis(1500);
+const METERS: u32 = 600;
+/// 240 permits of 3 s: 80 polls/s for the 100/s that 600 meters need.
+const PERMITS: usize = 240;
+const SLOW: Duration = Duration::from_secs(3);
+
+/// A relay behind the real caps whose answers take `latency`; it records
+/// when each request went out.
+#[derive(Clone)]
+struct Relay(Arc<RelayInner>);
+
+struct RelayInner {
+    caps: Caps,
+    latency_ms: AtomicU64,
+    arrivals: Mutex<HashMap<CloudId, Vec<Instant>>>,
+}
+
+impl Relay {
+    fn new(permits: usize, latency: Duration) -> Relay {
+        Relay(Arc::new(RelayInner {
+            caps: Caps::new(permits, 1_000_000),
+            latency_ms: AtomicU64::new(latency.as_millis() as u64),
+            arrivals: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn set_latency(&self, latency: Duration) {
+        self.0
+            .latency_ms
+            .store(latency.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn arrivals(&self) -> HashMap<CloudId, Vec<Instant>> {
+        self.0.arrivals.lock().unwrap().clone()
+    }
+}
+
+impl ReadMeter for Relay {
+    fn read(
+        &self,
+        user: &User,
+        start: Start,
+    ) -> impl Future<Output = Result<Polled, PollError>> + Send {
+        let relay = self.0.clone();
+        let id = user.cloud_id;
+        async move {
+            let _permit = relay.caps.admit(start).await?;
+            relay
+                .arrivals
+                .lock()
+                .unwrap()
+                .entry(id)
+                .or_default()
+                .push(Instant::now());
+            let latency = Duration::from_millis(relay.latency_ms.load(Ordering::Relaxed));
+            tokio::time::sleep(latency).await;
+            let reading = Reading {
+                demand_kw: 1.0,
+                meter_time: None,
+                raw: None,
+                meter_mac_id: None,
+            };
+            Ok(Polled {
+                record: Record::new(id, Utc::now(), 0, "relay", &reading),
+                stats: StatsUpdate::new(id),
+                at: 0.0,
+            })
+        }
+    }
+}
+
+fn users(n: u32) -> Vec<User> {
+    (0..n)
+        .map(|i| {
+            let id = simulator::meter_cloud_id(i);
+            User {
+                cloud_id: id,
+                user_email: simulator::meter_email(id),
+                user_pw: Secret::new(simulator::meter_password(id)),
+                active: true,
+                local: None,
+            }
+        })
+        .collect()
+}
+
+fn scheduler(relay: Relay, shutdown: CancellationToken) -> Scheduler<Relay> {
+    Scheduler::new(
+        SchedulerOptions {
+            poll_interval: INTERVAL,
+            max_backoff: Duration::from_secs(60),
+            auth_backoff: Duration::from_secs(900),
+            max_start_lag: MAX_START_LAG,
+        },
+        relay,
+        None,
+        shutdown,
+    )
+}
+
+/// How far after its slot on the meter's phase grid a request went out.
+fn off_phase(id: CloudId, origin: Instant, at: Instant) -> Duration {
+    let phase = slots::phase_for(id, INTERVAL);
+    let since = at.duration_since(origin).saturating_sub(phase);
+    Duration::from_nanos((since.as_nanos() % INTERVAL.as_nanos()) as u64)
+}
+
+#[tokio::test(start_paused = true)]
+async fn overload_skips_evenly_keeps_phase_and_recovers_within_one_interval() {
+    let relay = Relay::new(PERMITS, SLOW);
+    let shutdown = CancellationToken::new();
+    let origin = Instant::now();
+    let mut sched = scheduler(relay.clone(), shutdown.clone());
+    let counters = sched.counters();
+    sched.apply(users(METERS));
+
+    // A minute of overload, after one interval for the queue to form.
+    tokio::time::sleep(INTERVAL).await;
+    let from = Instant::now();
+    let skipped_before = counters.snapshot().skipped_overload;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let to = Instant::now();
+    let arrivals = relay.arrivals();
+    let skipped = counters.snapshot().skipped_overload - skipped_before;
+
+    let polls: Vec<usize> = (0..METERS)
+        .map(|i| {
+            let times = arrivals.get(&simulator::meter_cloud_id(i));
+            times.map_or(0, |t| t.iter().filter(|a| **a >= from && **a < to).count())
+        })
+        .collect();
+    let (least, most) = (*polls.iter().min().unwrap(), *polls.iter().max().unwrap());
+    let total: usize = polls.iter().sum();
+    // 10 slots per meter in the minute; the caps allow 80 % of them.
+    assert!(
+        (4_600..=5_000).contains(&total),
+        "{total} polls went out in a minute; the caps allow about 4,800"
+    );
+    assert!(
+        skipped >= 1_000,
+        "{skipped} slots skipped; the caps are 20 % short"
+    );
+    assert!(
+        most - least <= 1,
+        "polls per meter over a minute range {least}..{most}: skips must rotate"
+    );
+    let (fewest, most_skips) = sched.skip_spread().unwrap();
+    assert!(
+        most_skips - fewest <= 1,
+        "skips per meter range {fewest}..{most_skips}"
+    );
+    for (id, times) in &arrivals {
+        for at in times {
+            let off = off_phase(*id, origin, *at);
+            assert!(
+                off <= MAX_START_LAG,
+                "meter {id} polled {off:?} after its slot: a poll ran late instead of being skipped"
+            );
+        }
+    }
+
+    // The relay is fast again: within one interval every meter is on time.
+    relay.set_latency(Duration::from_millis(20));
+    let fast = Instant::now();
+    tokio::time::sleep(INTERVAL * 3).await;
+    let arrivals = relay.arrivals();
+    let settled = fast + INTERVAL;
+    for i in 0..METERS {
+        let id = simulator::meter_cloud_id(i);
+        let after: Vec<Duration> = arrivals[&id]
+            .iter()
+            .filter(|a| **a >= settled)
+            .map(|a| off_phase(id, origin, *a))
+            .collect();
+        assert_eq!(
+            after.len(),
+            2,
+            "meter {id}: every slot from one interval after recovery is polled"
+        );
+        assert!(
+            after.iter().all(|off| *off <= Duration::from_millis(500)),
+            "meter {id} still late one interval after recovery: {after:?}"
+        );
+    }
+    shutdown.cancel();
+    sched.drain().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn meters_that_join_during_overload_start_at_the_fleet_minimum() {
+    let relay = Relay::new(PERMITS / 2, SLOW);
+    let shutdown = CancellationToken::new();
+    let mut sched = scheduler(relay.clone(), shutdown.clone());
+    sched.apply(users(METERS / 2));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let (floor, _) = sched.skip_spread().unwrap();
+    assert!(floor >= 1, "the first half skipped in a minute of overload");
+    sched.apply(users(METERS));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let (fewest, most) = sched.skip_spread().unwrap();
+    assert!(
+        most - fewest <= 1,
+        "newcomers neither jump the queue nor pay for old skips: {fewest}..{most}"
+    );
+    shutdown.cancel();
+    sched.drain().await;
+}
+
+#[tokio::test]
+async fn a_request_that_cannot_go_out_by_its_deadline_is_late_not_sent() {
+    let sim = Simulator::start(SimulateArgs {
+        listen: ([127, 0, 0, 1], 0).into(),
+        meters: 2,
+        latency: "600ms".parse().expect("latency"),
+        record_arrivals: true,
+        ..SimulateArgs::default()
+    })
+    .await
+    .expect("simulator");
+    // One permit in the whole process.
+    let client = Eagle::new(EagleOptions {
+        relay_url: sim.relay_url(),
+        request_timeout: Duration::from_secs(5),
+        insecure_tls: false,
+        trace_http: false,
+        local_networks: AddressPolicy::loopback(),
+        max_concurrent: 1,
+        max_per_second: 10_000,
+    })
+    .expect("client builds");
+    let relay = |i: u32| {
+        let id = simulator::meter_cloud_id(i);
+        let source = Source::Relay {
+            user: simulator::meter_email(id),
+            password: Secret::new(simulator::meter_password(id)),
+        };
+        (id, source)
+    };
+    let (first, first_source) = relay(0);
+    let busy = tokio::spawn({
+        let client = client.clone();
+        async move { client.read_demand(first, &first_source).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (second, second_source) = relay(1);
+    let deadline = Instant::now() + Duration::from_millis(200);
+    let late = client
+        .read_demand_by(second, &second_source, Start::by(deadline, 0))
+        .await;
+    assert!(
+        matches!(late, Err(ReadError::Late(_))),
+        "the only permit is busy for 600 ms: {late:?}"
+    );
+    assert!(busy.await.unwrap().is_ok());
+    assert_eq!(sim.requests_for(second), 0, "a late request is never sent");
+    // With room, the same call goes out.
+    let deadline = Instant::now() + Duration::from_millis(200);
+    client
+        .read_demand_by(second, &second_source, Start::by(deadline, 0))
+        .await
+        .expect("sent when a permit is free");
+    assert_eq!(sim.requests_for(second), 1);
+    // The simulator's record, which the pinger benchmark grades from.
+    let record = sim.arrivals();
+    let seen: Vec<(&str, &[bool])> = record
+        .meters
+        .iter()
+        .map(|m| (m.cloud_id.as_str(), m.served.as_slice()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (first.as_str(), &[true][..]),
+            (second.as_str(), &[true][..])
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_pinger_says_once_a_minute_that_it_is_over_capacity_and_what_to_raise() {
+    // 20 meters every second through 4 permits of 800 ms: 5 polls/s for 20.
+    let sim = Simulator::start(SimulateArgs {
+        listen: ([127, 0, 0, 1], 0).into(),
+        meters: 20,
+        latency: "800ms".parse().expect("latency"),
+        ..SimulateArgs::default()
+    })
+    .await
+    .expect("simulator");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let users_file = dir.path().join("users.jl");
+    let text: String = users(20).iter().map(|u| u.to_file_line() + "\n").collect();
+    std::fs::write(&users_file, text).expect("users file");
+    let log = dir.path().join("pinger.log");
+    let metrics = format!("127.0.0.1:{}", support::free_port());
+    let mut cmd = rainforest();
+    cmd.arg("pinger")
+        .arg("--users-file")
+        .arg(&users_file)
+        .args(["--relay-url", sim.relay_url().as_str()])
+        .arg("--data-dir")
+        .arg(dir.path().join("logs"))
+        .args([
+            "--set",
+            "poll_interval=1s",
+            "--set",
+            "request_timeout=900ms",
+        ])
+        .args(["--set", "max_concurrent_requests=4"])
+        .args(["--set", &format!("metrics_listen={metrics}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"));
+    let mut pinger = Proc::spawn(&mut cmd, "rainforest pinger");
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for("three summary lines", async || {
+        read_log().matches("skipped_overload=").count() >= 3
+    })
+    .await;
+    let body = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    pinger.terminate(Duration::from_secs(10));
+    let text = read_log();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("Over capacity"))
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning per minute, not one per interval:\n{text}"
+    );
+    let warning = warnings[0];
+    assert!(
+        warning.contains("20 polls/s needed")
+            && warning.contains("raise max_concurrent_requests from 4 to at least"),
+        "says by how much and what to raise: {warning}"
+    );
+    let skipped: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("rainforest_polls_skipped_overload_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no skip counter in /metrics:\n{body}"));
+    assert!(skipped > 0, "{body}");
+    let ratio: f64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("rainforest_capacity_ratio "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no capacity gauge in /metrics:\n{body}"));
+    assert!(
+        (0.15..0.4).contains(&ratio),
+        "about 5 of the 20 polls/s needed: {ratio}"
+    );
+}
