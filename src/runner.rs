@@ -17,9 +17,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ArchiveSetting, Config, Origin, redact_url};
 use crate::pinger::{self, Pinger};
 use crate::poll::Poller;
-use crate::registry::{Registry, User};
+use crate::registry::Registry;
 use crate::rotator::Rotator;
-use crate::secret::Secret;
 use crate::server::{self, AppState, AuthMode};
 use crate::simulator::{self, SimulateArgs, Simulator};
 use crate::stats::Hub;
@@ -53,18 +52,7 @@ pub async fn start_demo(n: u32, config: &mut Config) -> anyhow::Result<Simulator
     std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
     let path = base.join("demo-users.jl");
     let out: String = (0..n)
-        .map(|i| {
-            let id = simulator::meter_cloud_id(i);
-            User {
-                cloud_id: id,
-                user_email: simulator::meter_email(id),
-                user_pw: Secret::new(simulator::meter_password(id)),
-                active: true,
-                local: None,
-            }
-            .to_file_line()
-                + "\n"
-        })
+        .map(|i| simulator::meter_user(i).to_file_line() + "\n")
         .collect();
     std::fs::File::create(&path)
         .and_then(|mut f| f.write_all(out.as_bytes()))

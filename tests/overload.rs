@@ -105,18 +105,7 @@ impl ReadMeter for Relay {
 }
 
 fn users(n: u32) -> Vec<User> {
-    (0..n)
-        .map(|i| {
-            let id = simulator::meter_cloud_id(i);
-            User {
-                cloud_id: id,
-                user_email: simulator::meter_email(id),
-                user_pw: Secret::new(simulator::meter_password(id)),
-                active: true,
-                local: None,
-            }
-        })
-        .collect()
+    (0..n).map(simulator::meter_user).collect()
 }
 
 fn scheduler(relay: Relay, shutdown: CancellationToken) -> Scheduler<Relay> {

@@ -40,6 +40,20 @@ pub fn meter_password(id: CloudId) -> String {
     format!("pw-{id}")
 }
 
+/// The registry entry of simulated meter `index`: active, read through the
+/// relay, with the credentials the simulator accepts; what the demo, the
+/// tests and the benchmarks load.
+pub fn meter_user(index: u32) -> crate::registry::User {
+    let id = meter_cloud_id(index);
+    crate::registry::User {
+        cloud_id: id,
+        user_email: meter_email(id),
+        user_pw: crate::secret::Secret::new(meter_password(id)),
+        active: true,
+        local: None,
+    }
+}
+
 /// The EAGLE-200 install code (HTTP Basic password) the simulator accepts for `id`.
 pub fn meter_install_code(id: CloudId) -> String {
     format!("ic-{id}")

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cloud_id::CloudId;
 
 pub use faults::{LatencySpec, LatencySpecError};
-pub use meters::{meter_cloud_id, meter_email, meter_install_code, meter_password};
+pub use meters::{meter_cloud_id, meter_email, meter_install_code, meter_password, meter_user};
 pub use server::AnswerKind;
 
 /// How long [`Simulator::stop`] lets in-flight requests finish before it

@@ -3,19 +3,11 @@
 //! accepts.
 
 use rainforest::registry::User;
-use rainforest::secret::Secret;
 use rainforest::simulator;
 
 /// The user of simulated meter `i`, active, polled through the relay.
 pub fn sim_user(i: u32) -> User {
-    let id = simulator::meter_cloud_id(i);
-    User {
-        cloud_id: id,
-        user_email: simulator::meter_email(id),
-        user_pw: Secret::new(simulator::meter_password(id)),
-        active: true,
-        local: None,
-    }
+    simulator::meter_user(i)
 }
 
 /// `users` as a users file holds them, one line each.
