@@ -112,6 +112,11 @@ async fn users_in_redis_are_polled_into_the_right_files_and_removed_users_stop()
         metrics.contains("rainforest_spool_lines_written_total"),
         "{metrics}"
     );
+    // A failed fsync at an hour's seal is counted where alerts can see it.
+    assert!(
+        metrics.contains("rainforest_spool_fsync_errors_total 0"),
+        "{metrics}"
+    );
     // It also publishes its snapshot in Redis for a split deployment's server.
     let client = redis::Client::open(redis.url()).expect("redis client");
     let mut conn = client

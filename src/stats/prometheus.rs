@@ -240,6 +240,12 @@ impl Collector for HubCollector {
                 "Lines dropped because the disk kept failing",
                 SpoolStats::get(&st.lines_dropped),
             )?;
+            counter(
+                &mut enc,
+                "spool_fsync_errors",
+                "Failed fsyncs when an hour's files were sealed or closed (their lines may not be durable)",
+                SpoolStats::get(&st.fsync_errors),
+            )?;
         }
         if let Some(r) = &self.0.rotator {
             let r = r.snapshot();
