@@ -113,24 +113,13 @@ fn lines_per_meter(dir: &Path) -> anyhow::Result<HashMap<String, u64>> {
         cloud_id: String,
     }
     let mut out = HashMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-                continue;
-            }
-            let text = std::fs::read_to_string(&p)
-                .with_context(|| format!("cannot read spool file {}", p.display()))?;
-            for (n, line) in text.lines().enumerate() {
-                let parsed: Line = serde_json::from_str(line)
-                    .with_context(|| format!("{} line {}: not a record", p.display(), n + 1))?;
-                *out.entry(parsed.cloud_id).or_insert(0) += 1;
-            }
+    for p in support::spool::spool_files(dir) {
+        let text = std::fs::read_to_string(&p)
+            .with_context(|| format!("cannot read spool file {}", p.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let parsed: Line = serde_json::from_str(line)
+                .with_context(|| format!("{} line {}: not a record", p.display(), n + 1))?;
+            *out.entry(parsed.cloud_id).or_insert(0) += 1;
         }
     }
     Ok(out)
