@@ -25,6 +25,8 @@
 //! - [`protocol`]: EAGLE relay and EAGLE-200 clients and parsers, where an
 //!   EAGLE-200 may be (`local_networks`), device pace and the global caps.
 //! - [`record`]: the JSON line written per reading.
+//! - [`stream`]: the kinds of reading (demand, summation, price), each its
+//!   own stream of files.
 //! - [`registry`]: users and their statistics, in Redis or a JSON-lines file.
 //! - [`vault`]: the credentials key, and the sealing of passwords and install
 //!   codes before they reach Redis.
@@ -71,6 +73,7 @@ pub mod server;
 pub mod simulator;
 pub mod spool;
 pub mod stats;
+pub mod stream;
 pub mod telemetry;
 pub mod tokens;
 pub mod vault;

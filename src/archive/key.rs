@@ -10,6 +10,7 @@ use std::fmt;
 
 use crate::cloud_id::CloudId;
 use crate::spool::HourBucket;
+use crate::stream::Kind;
 
 /// A key inside the archive, built only by [`ObjectKey::for_hour`], so every
 /// key has the documented layout and no `..` or empty segment (which would
@@ -27,6 +28,20 @@ impl ObjectKey {
         cloud_id: CloudId,
         hour: HourBucket,
     ) -> ObjectKey {
+        ObjectKey::for_stream(prefix, file_prefix, Kind::Demand, cloud_id, hour)
+    }
+
+    /// The key of `cloud_id`'s `kind` file for `hour`: the same tree as
+    /// demand, with the kind in the file name
+    /// (`…/<file_prefix>-summation-<cloud_id>-YYYY-MM-DD-HH.jl.gz`).
+    pub fn for_stream(
+        prefix: &str,
+        file_prefix: &str,
+        kind: Kind,
+        cloud_id: CloudId,
+        hour: HourBucket,
+    ) -> ObjectKey {
+        let file_prefix = kind.file_prefix(file_prefix);
         let mut key = clean_prefix(prefix);
         let start = hour.start();
         key.push_str(&format!(
@@ -90,6 +105,17 @@ mod tests {
         assert_eq!(
             k.as_str(),
             "rainforest-logs/00ce69/2025/01/05/iseif-rainforest-00ce69-2025-01-05-07.jl.gz"
+        );
+        let s = ObjectKey::for_stream(
+            "rainforest-logs",
+            "iseif-rainforest",
+            Kind::Summation,
+            id,
+            hour("2025-01-05-07"),
+        );
+        assert_eq!(
+            s.as_str(),
+            "rainforest-logs/00ce69/2025/01/05/iseif-rainforest-summation-00ce69-2025-01-05-07.jl.gz"
         );
     }
 

@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 
 use crate::cloud_id::CloudId;
 use crate::spool::{HourBucket, parse_file_name};
+use crate::stream::Kind;
 
 /// One spool file of one meter for one hour.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,9 +97,14 @@ pub fn completed_files(
             let Some((base, claimed)) = fname.to_str().map(unclaimed_name) else {
                 continue;
             };
-            let Some((cloud_id, hour)) = parse_file_name(file_prefix, base) else {
+            let Some(name) = parse_file_name(file_prefix, base) else {
                 continue;
             };
+            // Only demand is shipped until the rotator names objects by kind.
+            if name.kind != Kind::Demand {
+                continue;
+            }
+            let (cloud_id, hour) = (name.cloud_id, name.hour);
             let Ok(meta) = f.metadata() else { continue };
             if !meta.is_file() {
                 continue;

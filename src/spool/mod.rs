@@ -20,7 +20,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
-pub use bucket::{HourBucket, hour_file, parse_file_name};
+pub use bucket::{HourBucket, SpoolName, WriterId, hour_file, parse_file_name};
 
 use crate::cloud_id::CloudId;
 
