@@ -7,6 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rainforest::cloud_id::CloudId;
 use rainforest::spool::{HourBucket, Spool, SpoolOptions, hour_file};
+use rainforest::stream::Kind;
 
 fn spool(dir: &Path, open_files: usize) -> Spool {
     Spool::start(SpoolOptions {
@@ -163,4 +164,25 @@ async fn disk_errors_are_counted_and_retried_until_the_lines_land() {
         HourBucket::of(t),
     ));
     assert_eq!(lines.len(), 3);
+}
+
+#[tokio::test]
+async fn each_kind_goes_to_its_own_file_and_demand_keeps_the_old_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = CloudId::parse("00ce69").expect("id");
+    let t = at("2025-01-15T10:20:00Z");
+    let s = spool(dir.path(), 8);
+    s.append(id, t, line(id, 1)).await.expect("append demand");
+    s.append_kind(Kind::Summation, id, t, line(id, 2))
+        .await
+        .expect("append summation");
+    s.close().await;
+    let demand = hour_file(dir.path(), "iseif-rainforest", id, HourBucket::of(t));
+    let summation = dir
+        .path()
+        .join("2025-01-15-10/iseif-rainforest-summation-00ce69-2025-01-15-10.jl");
+    assert_eq!(read_lines(&demand).len(), 1);
+    assert_eq!(read_lines(&demand)[0]["n"], 1);
+    assert_eq!(read_lines(&summation).len(), 1);
+    assert_eq!(read_lines(&summation)[0]["n"], 2);
 }

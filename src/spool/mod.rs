@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use bucket::{HourBucket, SpoolName, WriterId, hour_file, parse_file_name};
 
 use crate::cloud_id::CloudId;
+use crate::stream::Kind;
 
 /// Settings of the spool.
 #[derive(Debug, Clone)]
@@ -77,6 +78,7 @@ pub(crate) enum Msg {
 
 /// One line waiting for the writer.
 pub(crate) struct Queued {
+    pub(crate) kind: Kind,
     pub(crate) cloud_id: CloudId,
     pub(crate) hour: HourBucket,
     pub(crate) line: Vec<u8>,
@@ -150,12 +152,26 @@ impl Spool {
         Ok(Spool { tx, inbox, stats })
     }
 
-    /// Appends one line (which must end in `\n`) to the meter's file for the
-    /// hour of `polled_at`.
+    /// Appends one demand line (which must end in `\n`) to the meter's file
+    /// for the hour of `polled_at`.
     pub async fn append(
         &self,
         cloud_id: CloudId,
         polled_at: DateTime<Utc>,
+        line: String,
+    ) -> Result<(), SpoolError> {
+        self.append_kind(Kind::Demand, cloud_id, polled_at, line)
+            .await
+    }
+
+    /// Appends one line of stream `kind` to the meter's file of that kind
+    /// for the hour of `at` (the reading's hour, which for history answers
+    /// is not the hour of the request).
+    pub async fn append_kind(
+        &self,
+        kind: Kind,
+        cloud_id: CloudId,
+        at: DateTime<Utc>,
         line: String,
     ) -> Result<(), SpoolError> {
         let line = line.into_bytes();
@@ -167,8 +183,9 @@ impl Spool {
                 return Err(SpoolError::Closed(cloud_id));
             }
             lines.push(Queued {
+                kind,
                 cloud_id,
-                hour: HourBucket::of(polled_at),
+                hour: HourBucket::of(at),
                 line,
             });
         }

@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use tokio::sync::mpsc;
 
-use super::bucket::{HourBucket, hour_file};
+use super::bucket::{HourBucket, SpoolName};
 use super::{Inbox, Msg, SpoolOptions, SpoolStats};
 use crate::cloud_id::CloudId;
+use crate::stream::Kind;
 
 /// Bytes of unwritten lines kept for retry while the disk fails; beyond
 /// this, new lines are dropped (and counted) rather than exhausting memory.
@@ -26,7 +27,7 @@ const MAX_PENDING_BYTES: usize = 256 * 1024 * 1024;
 /// leaving room for polls that started just before the hour turned.
 const CLOSE_AFTER: Duration = Duration::from_secs(10);
 
-type FileKey = (CloudId, HourBucket);
+type FileKey = (Kind, CloudId, HourBucket);
 
 struct OpenFile {
     file: File,
@@ -72,7 +73,7 @@ pub(super) fn spawn(
         .spawn(move || {
             while let Some(msg) = rx.blocking_recv() {
                 for q in inbox.take() {
-                    w.buffer(q.cloud_id, q.hour, q.line);
+                    w.buffer(q.kind, q.cloud_id, q.hour, q.line);
                 }
                 match msg {
                     Msg::Flush(done) => {
@@ -82,7 +83,7 @@ pub(super) fn spawn(
                     }
                     Msg::Close(done) => {
                         for q in inbox.take_and_close() {
-                            w.buffer(q.cloud_id, q.hour, q.line);
+                            w.buffer(q.kind, q.cloud_id, q.hour, q.line);
                         }
                         w.flush_all();
                         // A failing disk gets a few more chances before
@@ -103,7 +104,7 @@ pub(super) fn spawn(
                 }
             }
             for q in inbox.take_and_close() {
-                w.buffer(q.cloud_id, q.hour, q.line);
+                w.buffer(q.kind, q.cloud_id, q.hour, q.line);
             }
             w.flush_all();
             w.close_all();
@@ -112,20 +113,27 @@ pub(super) fn spawn(
 }
 
 impl Writer {
-    fn buffer(&mut self, cloud_id: CloudId, hour: HourBucket, line: Vec<u8>) {
+    fn buffer(&mut self, kind: Kind, cloud_id: CloudId, hour: HourBucket, line: Vec<u8>) {
         if self.pending_bytes + line.len() > MAX_PENDING_BYTES {
             self.stats.lines_dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
         self.pending_bytes += line.len();
         self.pending
-            .entry((cloud_id, hour))
+            .entry((kind, cloud_id, hour))
             .or_default()
             .extend_from_slice(&line);
     }
 
     fn path(&self, key: FileKey) -> PathBuf {
-        hour_file(&self.opts.data_dir, &self.opts.prefix, key.0, key.1)
+        let (kind, cloud_id, hour) = key;
+        SpoolName {
+            kind,
+            cloud_id,
+            hour,
+            writer: None,
+        }
+        .path(&self.opts.data_dir, &self.opts.prefix)
     }
 
     fn flush_all(&mut self) {
@@ -208,11 +216,11 @@ impl Writer {
 
     fn open(&mut self, key: FileKey) -> io::Result<OpenFile> {
         let path = self.path(key);
-        if !self.dirs.contains(&key.1) {
+        if !self.dirs.contains(&key.2) {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            self.dirs.insert(key.1);
+            self.dirs.insert(key.2);
         }
         let open = || {
             OpenOptions::new()
@@ -265,7 +273,7 @@ impl Writer {
         let finished: Vec<FileKey> = self
             .pool
             .keys()
-            .filter(|(_, h)| {
+            .filter(|(_, _, h)| {
                 h.end() + chrono::Duration::from_std(CLOSE_AFTER).unwrap_or_default() <= now
             })
             .copied()
@@ -380,6 +388,7 @@ mod tests {
 
     fn key() -> FileKey {
         (
+            Kind::Demand,
             CloudId::parse("00000a").expect("id"),
             HourBucket::of(Utc::now()),
         )
@@ -406,7 +415,7 @@ mod tests {
         std::fs::remove_file(&path).expect("rm file");
         std::fs::remove_dir(path.parent().expect("dir")).expect("rm dir");
         // The writer still remembers the directory as made.
-        assert!(w.dirs.contains(&k.1));
+        assert!(w.dirs.contains(&k.2));
         w.write(k, b"{\"late\":1}\n")
             .expect("write after the rotator removed the hour");
         assert_eq!(std::fs::read(&path).expect("read"), b"{\"late\":1}\n");
