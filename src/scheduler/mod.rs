@@ -270,7 +270,10 @@ async fn meter_task<R: ReadMeter>(
         // Waits for the device's pace and the global caps inside, by the
         // deadline; the latency includes queueing under the caps.
         let start = Start::by(slot + shared.opts.max_start_lag, run.skips);
-        let result = shared.poller.read(&current, start).await;
+        // Boxed: the request's state machine is kilobytes, and inline it
+        // would make every idle meter's task that large (100,000 meters
+        // spend most of their life asleep between slots).
+        let result = Box::pin(shared.poller.read(&current, start)).await;
         if let Err(PollError::Late(late)) = result {
             // Running it now would shift the meter off its phase and push
             // the next meters later still; skip it and keep the grid.
@@ -373,5 +376,58 @@ fn outcome<R>(
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn size_of_future<F: Future>(_f: &F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Memory per meter is mostly its sleeping task: a request's state kept
+    /// inline made each one over 2 KB (200 MB at 100,000 meters).
+    #[tokio::test]
+    async fn a_sleeping_meter_task_stays_small() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = crate::spool::Spool::start(crate::spool::SpoolOptions {
+            data_dir: dir.path().to_path_buf(),
+            prefix: "p".into(),
+            open_files: 4,
+            flush_every: Duration::from_secs(1),
+        })
+        .expect("spool");
+        let eagle = crate::protocol::Eagle::new(crate::protocol::EagleOptions {
+            relay_url: url::Url::parse("http://127.0.0.1:1/").expect("url"),
+            request_timeout: Duration::from_secs(5),
+            insecure_tls: false,
+            trace_http: false,
+            local_networks: Default::default(),
+            max_concurrent: 10,
+            max_per_second: 10_000,
+        })
+        .expect("client");
+        let scheduler = Scheduler::new(
+            SchedulerOptions {
+                poll_interval: Duration::from_secs(6),
+                max_backoff: Duration::from_secs(60),
+                auth_backoff: Duration::from_secs(60),
+                max_start_lag: Duration::from_secs(1),
+            },
+            Poller::new(eagle, spool),
+            None,
+            CancellationToken::new(),
+        );
+        let (_tx, rx) = watch::channel(crate::simulator::meter_user(1));
+        let task = meter_task(
+            scheduler.shared.clone(),
+            CloudId::from_index(1),
+            rx,
+            CancellationToken::new(),
+        );
+        let size = size_of_future(&task);
+        assert!(size <= 768, "a meter task's future is {size} bytes");
     }
 }
