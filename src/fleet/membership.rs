@@ -226,6 +226,7 @@ pub(super) fn spawn(
         let mut tick = tokio::time::interval(opts.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
+        let mut recovered: Option<tokio::time::Instant> = None;
         loop {
             let activation = tx.borrow().next_activation(now_ms());
             let wake = async {
@@ -247,10 +248,25 @@ pub(super) fn spawn(
                 }
             }
             match heart.beat().await {
-                Ok(members) => {
+                Ok(mut members) => {
                     if failing {
                         failing = false;
-                        tracing::info!(member = %heart.id, members = members.len(), "Fleet: Redis reachable again; membership refreshed.");
+                        recovered = Some(tokio::time::Instant::now());
+                        tracing::info!(member = %heart.id, "Fleet: Redis reachable again; members known before the outage stay for member_ttl while they announce themselves again.");
+                    }
+                    // The others' keys may have expired during the outage
+                    // and come back only when their own connections do: a
+                    // list read now could show this member alone, and it
+                    // would grab everything. Members of the last view keep
+                    // their place for one ttl after the outage, the time
+                    // any live one has to announce itself again.
+                    if recovered.is_some_and(|at| at.elapsed() < opts.ttl) {
+                        let old = tx.borrow().members.clone();
+                        for m in old {
+                            if !members.iter().any(|n| n.id == m.id) {
+                                members.push(m);
+                            }
+                        }
                     }
                     let view = View::new(Mode::Membership, heart.id.clone(), members);
                     tx.send_if_modified(|old| {
