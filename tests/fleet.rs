@@ -143,6 +143,20 @@ async fn two_pingers_split_disjointly_and_a_third_takes_only_its_share() {
     wait_covered(&[&a, &b], from, to).await;
     let two = assert_split(&[&a, &b], from, to, &all);
     assert!(two.iter().all(|set| set.len() >= 4), "uneven: {two:?}");
+    // Both pingers put a meter's slots on one wall-clock grid: the epoch
+    // plus the meter's phase plus whole intervals.
+    let step = INTERVAL.as_millis() as i64;
+    for (id, slots) in a.slots(0, i64::MAX).into_iter().chain(b.slots(0, i64::MAX)) {
+        let cloud_id = rainforest::cloud_id::CloudId::parse(&id).expect("cloud id");
+        let phase = rainforest::scheduler::slots::phase_for(cloud_id, INTERVAL).as_millis() as i64;
+        for slot in slots {
+            assert_eq!(
+                slot.rem_euclid(step),
+                phase,
+                "{id}: slot {slot} off the grid"
+            );
+        }
+    }
     assert_eq!(s.members_index().len(), 2);
     let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
         .await

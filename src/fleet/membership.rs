@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{Mode, View};
+use super::{Mode, Shard, View};
 use crate::clock::now_unix;
 use crate::db::{DbError, Keys, Redis};
 
@@ -56,6 +56,9 @@ pub struct Member {
     pub heartbeat_ms: u64,
     /// How many meters it polled at that heartbeat.
     pub meters: u64,
+    /// `I/N` for a static shard announcing itself for display; such a
+    /// member takes no part in the membership split.
+    pub shard: Option<String>,
 }
 
 impl Member {
@@ -66,6 +69,7 @@ impl Member {
             active_from_ms: 0,
             heartbeat_ms: 0,
             meters: 0,
+            shard: None,
         }
     }
 }
@@ -77,6 +81,8 @@ struct Record {
     heartbeat_ms: u64,
     #[serde(default)]
     meters: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shard: Option<String>,
 }
 
 /// Now in unix milliseconds.
@@ -114,6 +120,7 @@ pub async fn read_members(db: &Redis, keys: &Keys) -> Result<Vec<Member>, DbErro
                 active_from_ms: r.active_from_ms,
                 heartbeat_ms: r.heartbeat_ms,
                 meters: r.meters,
+                shard: r.shard,
             }),
             Err(e) => {
                 tracing::debug!(member = %id, error = %e, "Skipping a member record that does not parse.");
@@ -137,6 +144,8 @@ struct Heart {
     opts: MembershipOptions,
     active_from_ms: Option<u64>,
     owned: Arc<AtomicU64>,
+    /// Set for a static shard: it announces itself, but its view is fixed.
+    shard: Option<Shard>,
 }
 
 impl Heart {
@@ -145,8 +154,9 @@ impl Heart {
         let now = now_ms();
         let active_from_ms = match self.active_from_ms {
             Some(a) => a,
+            None if self.shard.is_some() => now,
             None => {
-                let others = read_members(&self.db, &self.keys).await?;
+                let others = splitting(read_members(&self.db, &self.keys).await?);
                 if others.is_empty() {
                     now
                 } else {
@@ -158,6 +168,7 @@ impl Heart {
             active_from_ms,
             heartbeat_ms: now,
             meters: self.owned.load(Ordering::Relaxed),
+            shard: self.shard.map(|s| s.to_string()),
         };
         let body = serde_json::to_string(&record).unwrap_or_default();
         let key = self.keys.member(&self.id);
@@ -173,7 +184,7 @@ impl Heart {
         self.db
             .send::<()>(&format!("heartbeat {key}"), &pipe)
             .await?;
-        if self.active_from_ms.is_none() {
+        if self.active_from_ms.is_none() && self.shard.is_none() {
             let wait_ms = active_from_ms.saturating_sub(now);
             tracing::info!(member = %self.id, starts_in_ms = wait_ms, "Fleet: joined; polling this member's share once the others have seen it.");
         }
@@ -204,16 +215,29 @@ impl Heart {
     }
 }
 
-/// Beats until `shutdown`, publishing the view; then leaves the fleet.
+/// The members that split the meters by membership: static shards that
+/// announce themselves for display take no part.
+pub fn splitting(members: Vec<Member>) -> Vec<Member> {
+    members.into_iter().filter(|m| m.shard.is_none()).collect()
+}
+
+/// Beats until `shutdown`, publishing the view; then leaves the fleet. A
+/// static shard (`shard`) beats for display only: its view stays `fixed`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn spawn(
     db: Redis,
     keys: Keys,
     id: String,
     opts: MembershipOptions,
     owned: Arc<AtomicU64>,
+    shard: Option<Shard>,
     shutdown: CancellationToken,
 ) -> (watch::Receiver<View>, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = watch::channel(View::new(Mode::Membership, id.clone(), Vec::new()));
+    let first = match shard {
+        Some(s) => View::shard(s),
+        None => View::new(Mode::Membership, id.clone(), Vec::new()),
+    };
+    let (tx, rx) = watch::channel(first);
     let mut heart = Heart {
         db,
         keys,
@@ -221,6 +245,7 @@ pub(super) fn spawn(
         opts,
         active_from_ms: None,
         owned,
+        shard,
     };
     let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(opts.heartbeat);
@@ -248,7 +273,9 @@ pub(super) fn spawn(
                 }
             }
             match heart.beat().await {
-                Ok(mut members) => {
+                Ok(_) if shard.is_some() => failing = false,
+                Ok(members) => {
+                    let mut members = splitting(members);
                     if failing {
                         failing = false;
                         recovered = Some(tokio::time::Instant::now());

@@ -208,19 +208,30 @@ impl Fleet {
     /// over a Redis registry, else single. The heartbeat task (membership)
     /// runs until `shutdown`, then deletes this member's key.
     pub fn from_config(config: &Config, registry: &Registry, shutdown: CancellationToken) -> Fleet {
-        if let Some(shard) = config.shard {
-            tracing::info!(%shard, "Fleet: static shard; polling only this shard's meters.");
-            return Fleet::fixed(View::shard(shard));
-        }
-        match registry {
-            Registry::Redis(r) => {
-                let opts = MembershipOptions {
-                    heartbeat: config.member_heartbeat,
-                    ttl: config.member_ttl,
-                };
+        let opts = MembershipOptions {
+            heartbeat: config.member_heartbeat,
+            ttl: config.member_ttl,
+        };
+        match (config.shard, registry) {
+            (Some(shard), Registry::Redis(r)) => {
+                tracing::info!(%shard, "Fleet: static shard; polling only this shard's meters (announced in Redis for /api/fleet only).");
+                Fleet::spawn(
+                    r.db().clone(),
+                    r.keys().clone(),
+                    format!("shard-{}", shard.index()),
+                    opts,
+                    Some(shard),
+                    shutdown,
+                )
+            }
+            (Some(shard), _) => {
+                tracing::info!(%shard, "Fleet: static shard; polling only this shard's meters.");
+                Fleet::fixed(View::shard(shard))
+            }
+            (None, Registry::Redis(r)) => {
                 Fleet::membership(r.db().clone(), r.keys().clone(), opts, shutdown)
             }
-            _ => Fleet::fixed(View::single(member_id())),
+            (None, _) => Fleet::fixed(View::single(member_id())),
         }
     }
 
@@ -242,10 +253,21 @@ impl Fleet {
         opts: MembershipOptions,
         shutdown: CancellationToken,
     ) -> Fleet {
-        let owned = Arc::new(AtomicU64::new(0));
         let id = member_id();
         tracing::info!(member = %id, heartbeat_ms = opts.heartbeat.as_millis() as u64, ttl_ms = opts.ttl.as_millis() as u64, "Fleet: joining the pingers sharing this Redis namespace.");
-        let (rx, task) = membership::spawn(db, keys, id, opts, owned.clone(), shutdown);
+        Fleet::spawn(db, keys, id, opts, None, shutdown)
+    }
+
+    fn spawn(
+        db: crate::db::Redis,
+        keys: crate::db::Keys,
+        id: String,
+        opts: MembershipOptions,
+        shard: Option<Shard>,
+        shutdown: CancellationToken,
+    ) -> Fleet {
+        let owned = Arc::new(AtomicU64::new(0));
+        let (rx, task) = membership::spawn(db, keys, id, opts, owned.clone(), shard, shutdown);
         Fleet {
             view: rx,
             owned,

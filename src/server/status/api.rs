@@ -19,6 +19,7 @@ use crate::registry::MeterState;
 use crate::server::AppState;
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, Problem};
+use crate::server::fleet::Seen;
 use crate::stats::HubSnapshot;
 use crate::tokens::Scope;
 
@@ -218,7 +219,15 @@ pub async fn api_status(
         state: filter_state,
         q,
     };
-    let sel = select(&overview, &view, skip, per_page, now);
+    let mut sel = select(&overview, &view, skip, per_page, now);
+    // The owner column is a convenience: a fleet that cannot be read now
+    // leaves it empty rather than failing the whole page.
+    if let Ok(seen) = Seen::read(state.registry()).await {
+        let owners = seen.owners(sel.rows.iter().map(|r| r.cloud_id));
+        for (row, o) in sel.rows.iter_mut().zip(owners) {
+            row.owner = o.owner;
+        }
+    }
     Ok(Json(StatusPage {
         generated_at: now,
         totals: Totals::new(&overview.counts(now), state.hub().snapshot()),
