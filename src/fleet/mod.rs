@@ -115,15 +115,7 @@ impl View {
     /// The member that polls `id` at `now_ms` (unix milliseconds): the
     /// highest rendezvous weight among members active by then.
     pub fn owner(&self, id: CloudId, now_ms: u64) -> Option<&Member> {
-        let active: Vec<(usize, u64)> = self
-            .hashes
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| self.members[*i].active_from_ms <= now_ms)
-            .map(|(i, h)| (i, *h))
-            .collect();
-        let names: Vec<u64> = active.iter().map(|(_, h)| *h).collect();
-        rendezvous::owner(&names, id).map(|j| &self.members[active[j].0])
+        self.owner_at(now_ms).owner(id)
     }
 
     /// A filter answering [`View::owns`] for many meters at `now_ms`
@@ -179,9 +171,9 @@ pub struct Owners<'a> {
     hashes: Vec<u64>,
 }
 
-impl Owners<'_> {
+impl<'a> Owners<'a> {
     /// The member polling `id`.
-    pub fn owner(&self, id: CloudId) -> Option<&Member> {
+    pub fn owner(&self, id: CloudId) -> Option<&'a Member> {
         rendezvous::owner(&self.hashes, id).map(|j| &self.view.members[self.index[j]])
     }
 

@@ -19,6 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, Problem};
+use super::status::api::{paging, query_error};
 use crate::cloud_id::CloudId;
 use crate::fleet::membership::{now_ms, splitting};
 use crate::fleet::{Member, Mode, Shard, View, read_members};
@@ -184,7 +185,7 @@ pub async fn api_fleet(
     query: Result<Query<FleetQuery>, QueryRejection>,
 ) -> Result<Json<FleetAnswer>, ApiError> {
     caller.require(Scope::Read)?;
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid-query", e.body_text()))?;
+    let Query(query) = query.map_err(query_error)?;
     let meter = match query.meter.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(m) => Some(
@@ -192,20 +193,7 @@ pub async fn api_fleet(
                 .map_err(|e| ApiError::bad_request("invalid-meter", format!("`meter` {e}")))?,
         ),
     };
-    let page = query.page.unwrap_or(1);
-    if page == 0 {
-        return Err(ApiError::bad_request(
-            "invalid-page",
-            "`page` counts from 1",
-        ));
-    }
-    let per_page = query.per_page.unwrap_or(DEFAULT_PER_PAGE);
-    if !(1..=MAX_PER_PAGE).contains(&per_page) {
-        return Err(ApiError::bad_request(
-            "invalid-per-page",
-            format!("`per_page` must be between 1 and {MAX_PER_PAGE}"),
-        ));
-    }
+    let (page, per_page) = paging(query.page, query.per_page, DEFAULT_PER_PAGE, MAX_PER_PAGE)?;
     let seen = Seen::read(state.registry()).await?;
     let overview = state.overview().get(state.registry()).await?;
     let mut ids = overview.ids();

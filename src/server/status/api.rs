@@ -146,8 +146,34 @@ pub struct StatsQuery {
     pub limit: Option<usize>,
 }
 
-fn query_error(e: QueryRejection) -> ApiError {
+/// A query that does not parse, as a 400.
+pub(crate) fn query_error(e: QueryRejection) -> ApiError {
     ApiError::bad_request("invalid-query", e.body_text())
+}
+
+/// Checks a paged query: `page` from 1 (default 1), `per_page` from 1 to
+/// `max` (default `default`).
+pub(crate) fn paging(
+    page: Option<usize>,
+    per_page: Option<usize>,
+    default: usize,
+    max: usize,
+) -> Result<(usize, usize), ApiError> {
+    let page = page.unwrap_or(1);
+    if page == 0 {
+        return Err(ApiError::bad_request(
+            "invalid-page",
+            "`page` counts from 1",
+        ));
+    }
+    let per_page = per_page.unwrap_or(default);
+    if !(1..=max).contains(&per_page) {
+        return Err(ApiError::bad_request(
+            "invalid-per-page",
+            format!("`per_page` must be between 1 and {max}"),
+        ));
+    }
+    Ok((page, per_page))
 }
 
 /// The status page's data: totals and one page of meters.
@@ -175,20 +201,7 @@ pub async fn api_status(
 ) -> Result<Json<StatusPage>, ApiError> {
     caller.require(Scope::Read)?;
     let Query(query) = query.map_err(query_error)?;
-    let page = query.page.unwrap_or(1);
-    if page == 0 {
-        return Err(ApiError::bad_request(
-            "invalid-page",
-            "`page` counts from 1",
-        ));
-    }
-    let per_page = query.per_page.unwrap_or(DEFAULT_PER_PAGE);
-    if !(1..=MAX_PER_PAGE).contains(&per_page) {
-        return Err(ApiError::bad_request(
-            "invalid-per-page",
-            format!("`per_page` must be between 1 and {MAX_PER_PAGE}"),
-        ));
-    }
+    let (page, per_page) = paging(query.page, query.per_page, DEFAULT_PER_PAGE, MAX_PER_PAGE)?;
     let filter_state = match query.state.as_deref() {
         None | Some("") => None,
         Some(s) => Some(
