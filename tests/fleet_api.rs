@@ -127,6 +127,7 @@ async fn api_fleet_lists_members_with_heartbeats_and_pages_each_meters_owner() {
     // Bad queries are 400s; no token is a 401.
     for q in [
         "meter=xyz",
+        "meter=",
         "page=0",
         "per_page=0",
         "per_page=1001",

@@ -187,7 +187,7 @@ pub async fn api_fleet(
     caller.require(Scope::Read)?;
     let Query(query) = query.map_err(query_error)?;
     let meter = match query.meter.as_deref().map(str::trim) {
-        None | Some("") => None,
+        None => None,
         Some(m) => Some(
             CloudId::parse(&m.to_ascii_lowercase())
                 .map_err(|e| ApiError::bad_request("invalid-meter", format!("`meter` {e}")))?,
