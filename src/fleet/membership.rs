@@ -308,7 +308,13 @@ pub(super) fn spawn(
                 Err(e) => {
                     if !failing {
                         failing = true;
-                        tracing::warn!(member = %heart.id, error = %e, "Fleet: heartbeat failed; keeping the last known membership (polling what this member owned) until Redis answers.");
+                        if heart.active_from_ms.is_none() {
+                            // Polling everything unannounced could double
+                            // every slot of a running fleet.
+                            tracing::error!(member = %heart.id, error = %e, "Fleet: cannot join; polling nothing until the first heartbeat succeeds. Check that Redis is reachable and the user may write the member keys.");
+                        } else {
+                            tracing::warn!(member = %heart.id, error = %e, "Fleet: heartbeat failed; keeping the last known membership (polling what this member owned) until Redis answers.");
+                        }
                     }
                 }
             }

@@ -227,6 +227,20 @@ fn main() -> anyhow::Result<()> {
     }
     drop(running);
 
+    // What each pinger said about skipped slots and hand-overs, for
+    // reading the figures (on a loaded machine most misses are skips).
+    for entry in std::fs::read_dir(dir.path())?.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let last = text
+                .lines()
+                .filter(|l| l.contains("meters=") || l.contains("Fleet:"))
+                .last()
+                .unwrap_or_default();
+            eprintln!("{}: {last}", path.display());
+        }
+    }
     let per_dir: Vec<Vec<Line>> = dirs
         .iter()
         .map(|d| lines(d))
