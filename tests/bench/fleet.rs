@@ -235,8 +235,8 @@ fn main() -> anyhow::Result<()> {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             let last = text
                 .lines()
-                .filter(|l| l.contains("meters=") || l.contains("Fleet:"))
-                .last()
+                .rev()
+                .find(|l| l.contains("meters=") || l.contains("Fleet:"))
                 .unwrap_or_default();
             eprintln!("{}: {last}", path.display());
         }
