@@ -316,3 +316,20 @@ async fn static_shards_split_disjointly_without_membership() {
     let sets = assert_split(&refs, from, to, &all_meters());
     assert!(sets.iter().all(|s| !s.is_empty()), "{sets:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pingers_started_together_split_after_their_first_heartbeats() {
+    let Some(s) = Setup::new().await else {
+        return;
+    };
+    // Each may find the others not yet announced and start alone; the next
+    // heartbeat shows them all, and from then on the split holds.
+    let a = s.member("a", &[]);
+    let b = s.member("b", &[]);
+    let c = s.member("c", &[]);
+    let (from, to) = window(now_ms() + settle().as_millis() as i64);
+    sleep_until_ms(to).await;
+    wait_covered(&[&a, &b, &c], from, to).await;
+    let sets = assert_split(&[&a, &b, &c], from, to, &all_meters());
+    assert!(sets.iter().all(|s| !s.is_empty()), "{sets:?}");
+}
