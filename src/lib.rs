@@ -33,6 +33,8 @@
 //! - [`scheduler`]: per-meter slots, backoff, and skips under overload.
 //! - [`poll`]: one reading from the wire to the spool, and the statistics
 //!   update it makes (the scheduler and on-demand reads share it).
+//! - [`fleet`]: which pinger polls which meter: heartbeat membership in
+//!   Redis with rendezvous hashing, a static `--shard I/N`, or one pinger.
 //! - [`pinger`]: the polling service wired together.
 //! - [`spool`]: hour-bucketed JSON-lines files, one writer thread.
 //! - [`rotator`]: ships completed hours to the archive exactly once
@@ -59,6 +61,7 @@ pub mod cloud_id;
 pub mod config;
 pub mod db;
 pub mod error_text;
+pub mod fleet;
 pub mod importer;
 pub mod pinger;
 pub mod poll;

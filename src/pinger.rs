@@ -11,7 +11,9 @@
 //! file). The pieces themselves live in their own modules: the scheduler
 //! decides when each meter is polled and hands changed credentials to its
 //! task, which ends any pause at the meter's next slot after the reload
-//! that brought them.
+//! that brought them. Which meters this pinger polls is the [`Fleet`]'s
+//! call: the user list is filtered through its view whenever either
+//! changes, and only the owned meters reach the scheduler.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,11 +22,12 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::fleet::{Fleet, View, membership::now_ms};
 use crate::poll::Poller;
 use crate::protocol::pacing::Usage;
 use crate::protocol::{AddressPolicy, Eagle, EagleOptions};
 use crate::registry::file::Reload;
-use crate::registry::{Registry, StatsWriter};
+use crate::registry::{Registry, StatsWriter, User};
 use crate::scheduler::{Capacity, Counters, Scheduler, SchedulerOptions, Snapshot};
 use crate::spool::{Spool, SpoolOptions};
 
@@ -105,8 +108,9 @@ pub struct Pinger {
 }
 
 impl Pinger {
-    /// Starts polling every active user of `registry`; stops when `shutdown`
-    /// is cancelled.
+    /// Starts polling the active users of `registry` this pinger owns (see
+    /// [`Fleet::from_config`]); stops when `shutdown` is cancelled, leaving
+    /// the fleet first.
     pub fn start(
         config: &Config,
         registry: Registry,
@@ -133,6 +137,7 @@ impl Pinger {
             sched_stop.clone(),
         );
         let counters = scheduler.counters();
+        let fleet = Fleet::from_config(config, &registry, shutdown.clone());
         let reload_every = config.user_reload_interval;
         let poll_interval = config.poll_interval;
         let grace = config.request_timeout + Duration::from_secs(2);
@@ -144,7 +149,8 @@ impl Pinger {
                 poll_interval,
                 shutdown.clone(),
             ));
-            let scheduler = reload_loop(registry, scheduler, reload_every, shutdown).await;
+            let (scheduler, fleet) =
+                reload_loop(registry, scheduler, fleet, reload_every, shutdown).await;
             sched_stop.cancel();
             if tokio::time::timeout(grace, scheduler.drain())
                 .await
@@ -158,6 +164,7 @@ impl Pinger {
             stats_stop.cancel();
             let _ = stats_task.await;
             spool.close().await;
+            fleet.stopped().await;
             let _ = summary.await;
             tracing::info!("Pinger stopped; every file flushed and closed.");
         });
@@ -175,19 +182,60 @@ impl Pinger {
     }
 }
 
+/// Hands the scheduler the users `view` says this pinger owns now, and
+/// records the fleet's gauges.
+fn apply_owned(
+    scheduler: &mut Scheduler,
+    fleet: &Fleet,
+    users: &[User],
+    view: &View,
+) -> (usize, usize, usize) {
+    let owners = view.owner_at(now_ms());
+    let owned: Vec<User> = users
+        .iter()
+        .filter(|u| owners.mine(u.cloud_id))
+        .cloned()
+        .collect();
+    let applied = scheduler.apply(owned);
+    fleet.set_owned(scheduler.len());
+    scheduler.counters().fleet_members.store(
+        view.members.len() as i64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    applied
+}
+
 async fn reload_loop(
     registry: Registry,
     mut scheduler: Scheduler,
+    fleet: Fleet,
     every: Duration,
     shutdown: CancellationToken,
-) -> Scheduler {
+) -> (Scheduler, Fleet) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut outage = false;
+    let mut view = fleet.view();
+    // Every user loaded last, owned or not: a change of the view re-splits
+    // them without a reload.
+    let mut users: Vec<User> = Vec::new();
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return scheduler,
+            _ = shutdown.cancelled() => return (scheduler, fleet),
             _ = tick.tick() => {}
+            changed = view.changed() => {
+                if changed.is_ok() {
+                    let v = view.borrow_and_update().clone();
+                    let (started, stopped, _) = apply_owned(&mut scheduler, &fleet, &users, &v);
+                    if started + stopped > 0 {
+                        tracing::info!(member = %v.me, members = v.members.len(), polling = scheduler.len(), started, stopped, "Fleet: meters handed over.");
+                    }
+                    continue;
+                }
+                // The heartbeat task ended (shutting down): no more changes.
+                shutdown.cancelled().await;
+                return (scheduler, fleet);
+            }
         }
         let loaded = match &registry {
             // A users file can be caught half-written; it says when to wait.
@@ -200,12 +248,13 @@ async fn reload_loop(
         }
         match loaded {
             Ok(Reload::Deferred(_)) => {}
-            Ok(Reload::Users(users)) => {
-                let total = users.len();
-                let (started, stopped, changed) = scheduler.apply(users);
+            Ok(Reload::Users(loaded)) => {
+                users = loaded;
+                let v = view.borrow().clone();
+                let (started, stopped, changed) = apply_owned(&mut scheduler, &fleet, &users, &v);
                 if started + stopped + changed > 0 {
                     tracing::info!(
-                        total,
+                        total = users.len(),
                         polling = scheduler.len(),
                         started,
                         stopped,

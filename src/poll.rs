@@ -12,6 +12,7 @@
 //! not decide when to poll or what a failure means for the cadence; the
 //! scheduler owns that.
 
+use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
 use crate::clock::Clock;
@@ -96,13 +97,22 @@ impl Poller {
     }
 
     /// Reads the user's meter once and appends the record to the spool.
+    /// An on-demand read has no schedule, so its record has no `slot`: the
+    /// merge's hand-over dedupe by `(cloud_id, slot)` must never drop it,
+    /// nor the scheduled reading of the slot it happened to fall in.
     pub async fn poll(&self, user: &User) -> Result<Polled, PollError> {
-        self.poll_by(user, Start::ANYTIME).await
+        self.poll_by(user, None, Start::ANYTIME).await
     }
 
     /// Like [`Poller::poll`], but the request goes out by `start`'s
-    /// deadline or not at all ([`PollError::Late`]).
-    pub async fn poll_by(&self, user: &User, start: Start) -> Result<Polled, PollError> {
+    /// deadline or not at all ([`PollError::Late`]); a scheduled poll names
+    /// its `slot`, which the record carries.
+    pub async fn poll_by(
+        &self,
+        user: &User,
+        slot: Option<DateTime<Utc>>,
+        start: Start,
+    ) -> Result<Polled, PollError> {
         let source = user.source();
         let polled_at = self.clock.now();
         let started = Instant::now();
@@ -112,7 +122,10 @@ impl Poller {
             .await?;
         let latency_ms = started.elapsed().as_millis() as u64;
         let kind = source.kind();
-        let record = Record::new(user.cloud_id, polled_at, latency_ms, kind, &reading);
+        let mut record = Record::new(user.cloud_id, polled_at, latency_ms, kind, &reading);
+        if let Some(slot) = slot {
+            record = record.with_slot(slot);
+        }
         self.spool
             .append(user.cloud_id, polled_at, record.to_line())
             .await?;

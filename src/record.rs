@@ -18,6 +18,12 @@ pub struct Record {
     pub cloud_id: CloudId,
     /// When the poll was sent, UTC RFC 3339 with milliseconds; decides the hour file.
     pub polled_at: String,
+    /// The scheduled instant this reading was taken for, UTC RFC 3339 with
+    /// milliseconds: the same for every pinger, so a hand-over duplicate is
+    /// recognised by `(cloud_id, slot)`. Absent for on-demand reads, which
+    /// have no schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
     /// When the meter measured (from `TimeStamp`), UTC RFC 3339; absent for EAGLE-200s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meter_time: Option<String>,
@@ -98,6 +104,7 @@ impl Record {
         Record {
             cloud_id,
             polled_at: format_time(polled_at),
+            slot: None,
             meter_time: reading
                 .meter_time
                 .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
@@ -114,6 +121,12 @@ impl Record {
             device_mac_id: raw.map(|r| r.header.device_mac_id.clone()),
             meter_mac_id: reading.meter_mac_id.clone(),
         }
+    }
+
+    /// The record of a scheduled poll, for the instant `slot`.
+    pub fn with_slot(mut self, slot: DateTime<Utc>) -> Self {
+        self.slot = Some(format_time(slot));
+        self
     }
 
     /// The record as one JSON line, newline included.
@@ -156,5 +169,36 @@ mod tests {
         assert_eq!(v["Demand"], 2654);
         assert_eq!(v["MeterMacId"], "0x0013500100c4e2f7");
         assert!(line.ends_with('\n'));
+        assert!(v.get("slot").is_none(), "an unscheduled read has no slot");
+    }
+
+    #[test]
+    fn slot_follows_polled_at_with_milliseconds() {
+        let reading = Reading {
+            demand_kw: 1.5,
+            meter_time: None,
+            meter_mac_id: None,
+            raw: None,
+        };
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let line = Record::new(
+            CloudId::parse("00ce69").unwrap(),
+            at("2025-01-15T10:36:05.123Z"),
+            150,
+            "relay",
+            &reading,
+        )
+        .with_slot(at("2025-01-15T10:36:05.000Z"))
+        .to_line();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["slot"], "2025-01-15T10:36:05.000Z");
+        let keys: Vec<&str> = line
+            .trim_start_matches('{')
+            .split(",\"")
+            .map(|kv| kv.trim_start_matches('"').split('"').next().unwrap_or(""))
+            .collect();
+        assert_eq!(&keys[..3], ["cloud_id", "polled_at", "slot"]);
+        let back: Record = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.slot.as_deref(), Some("2025-01-15T10:36:05.000Z"));
     }
 }

@@ -74,6 +74,7 @@ impl ReadMeter for Relay {
     fn read(
         &self,
         user: &User,
+        _slot: chrono::DateTime<Utc>,
         start: Start,
     ) -> impl Future<Output = Result<Polled, PollError>> + Send {
         let relay = self.0.clone();
@@ -133,8 +134,8 @@ fn off_phase(id: CloudId, origin: Instant, at: Instant) -> Duration {
 async fn overload_skips_evenly_keeps_phase_and_recovers_within_one_interval() {
     let relay = Relay::new(PERMITS, SLOW);
     let shutdown = CancellationToken::new();
-    let origin = Instant::now();
     let mut sched = scheduler(relay.clone(), shutdown.clone());
+    let origin = sched.origin();
     let counters = sched.counters();
     sched.apply(users(METERS));
 

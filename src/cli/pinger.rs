@@ -21,6 +21,11 @@ pub struct Args {
     /// written to <data_dir>/../demo-users.jl (no Redis, no real meters).
     #[arg(long, value_name = "N")]
     demo: Option<u32>,
+    /// Poll only the static share I of N (0-based, e.g. 0/3 .. 2/3) instead
+    /// of splitting the meters by membership in Redis (key shard, env
+    /// RAINFOREST_SHARD).
+    #[arg(long, value_name = "I/N")]
+    shard: Option<crate::fleet::Shard>,
 }
 
 /// Runs the pinger until SIGINT/SIGTERM, then shuts down in order.
@@ -31,6 +36,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut config = config.clone();
+    if args.shard.is_some() {
+        config.shard = args.shard;
+    }
     let sim = match args.demo {
         Some(n) => Some(runner::start_demo(n, &mut config).await?),
         None => None,

@@ -127,6 +127,21 @@ pub const KEYS: &[Key] = &[
         "Latest start of a poll after its slot; a poll that cannot go out by then (the caps are full) is skipped and counted, never run late (empty: a quarter of poll_interval)",
     ),
     key(
+        "member_heartbeat",
+        "2s",
+        "How often a pinger sharing a Redis registry renews its fleet membership; others see a join or a clean stop within this",
+    ),
+    key(
+        "member_ttl",
+        "6s",
+        "A pinger whose membership was not renewed for this long is dead and its meters go to the others (at least twice member_heartbeat; kill -9 is covered within member_ttl + member_heartbeat + poll_interval)",
+    ),
+    key(
+        "shard",
+        "",
+        "Static split instead of membership: I/N polls the N-th share numbered I from 0, e.g. 0/3 (also --shard; empty: membership with Redis, else every meter)",
+    ),
+    key(
         "max_concurrent_requests",
         "4096",
         "Global cap on EAGLE requests in flight",

@@ -178,6 +178,9 @@ impl Layers {
             credentials_old_key_file: p.opt_path("credentials_old_key_file"),
             allow_plaintext_credentials: p.bool("allow_plaintext_credentials"),
             max_start_lag: p.start_lag("max_start_lag", "poll_interval"),
+            member_heartbeat: p.duration("member_heartbeat"),
+            member_ttl: p.member_ttl("member_ttl", "member_heartbeat"),
+            shard: p.shard("shard"),
             max_concurrent_requests: p.number("max_concurrent_requests"),
             max_requests_per_second: p.number("max_requests_per_second"),
             file_prefix: p.file_prefix("file_prefix"),
@@ -302,6 +305,36 @@ impl Parser<'_> {
             );
         }
         lag
+    }
+
+    /// `member_ttl`: at least twice `member_heartbeat`, so one late or
+    /// failed heartbeat does not hand a live pinger's meters to the others.
+    fn member_ttl(&mut self, key: &str, heartbeat_key: &str) -> Duration {
+        let heartbeat = humantime::parse_duration(self.raw(heartbeat_key).0).unwrap_or_default();
+        let ttl = self.duration(key);
+        if !ttl.is_zero() && ttl < heartbeat * 2 {
+            return self.fail(
+                key,
+                format!(
+                    "{} must be at least twice member_heartbeat ({}), or one late heartbeat hands a live pinger's meters to the others",
+                    humantime::format_duration(ttl),
+                    humantime::format_duration(heartbeat)
+                ),
+            );
+        }
+        ttl
+    }
+
+    /// `shard`: empty, or `I/N` (see [`crate::fleet::Shard`]).
+    fn shard(&mut self, key: &str) -> Option<crate::fleet::Shard> {
+        let v = self.string(key);
+        if v.is_empty() {
+            return None;
+        }
+        match v.parse() {
+            Ok(s) => Some(s),
+            Err(e) => self.fail(key, e),
+        }
     }
 
     fn bool(&mut self, key: &str) -> bool {
@@ -507,6 +540,13 @@ pub struct Config {
     /// Latest start of a poll after its slot before it is skipped; a
     /// quarter of `poll_interval` unless set, always shorter than it.
     pub max_start_lag: Duration,
+    /// How often a pinger renews its fleet membership (see [`crate::fleet`]).
+    pub member_heartbeat: Duration,
+    /// How long a membership outlives its last renewal; at least twice
+    /// `member_heartbeat`.
+    pub member_ttl: Duration,
+    /// A static `--shard I/N` split instead of membership.
+    pub shard: Option<crate::fleet::Shard>,
     /// Global cap on requests in flight.
     pub max_concurrent_requests: usize,
     /// Global cap on requests started per second.

@@ -62,6 +62,12 @@ impl Config {
                 self.allow_plaintext_credentials.to_string(),
             ),
             ("max_start_lag", d(self.max_start_lag)),
+            ("member_heartbeat", d(self.member_heartbeat)),
+            ("member_ttl", d(self.member_ttl)),
+            (
+                "shard",
+                self.shard.map(|s| s.to_string()).unwrap_or_default(),
+            ),
             (
                 "max_concurrent_requests",
                 self.max_concurrent_requests.to_string(),

@@ -16,8 +16,8 @@
 //! | `<ns>:archive-lock:<object key>` | STRING | rotator | the merge lock on one archive object |
 //! | `<ns>:services` | ZSET | stats | published service snapshots, scored by unix seconds |
 //! | `<ns>:service:<service>:<instance>` | STRING | stats | one service's latest snapshot (expires) |
-//! | `<ns>:members` | ZSET | fleet (reserved) | live pinger instances, scored by unix seconds |
-//! | `<ns>:member:<instance>` | STRING | fleet (reserved) | one instance's membership record (expires) |
+//! | `<ns>:members` | ZSET | fleet | pinger member ids, scored by unix seconds of their last heartbeat (an index; liveness is the member key) |
+//! | `<ns>:member:<instance>` | STRING | fleet | one member's heartbeat record (JSON: `active_from_ms`, `heartbeat_ms`, `meters`, `shard`), expiring after `member_ttl` |
 //!
 //! One foreign layout is read, never written: the old Python system kept
 //! each user as a JSON string under its bare cloud id, with no namespace;
@@ -116,14 +116,14 @@ impl Keys {
         format!("{}:service:{service}:{instance}", self.namespace)
     }
 
-    /// Reserved for the fleet issue: the ZSET of live pinger instances,
-    /// scored by unix seconds of their last heartbeat.
+    /// The ZSET indexing fleet members, scored by unix seconds of their
+    /// last heartbeat, so members are found without scanning the keyspace.
     pub fn members(&self) -> String {
         format!("{}:members", self.namespace)
     }
 
-    /// Reserved for the fleet issue: the STRING holding one instance's
-    /// membership record, expiring when it stops beating.
+    /// The STRING holding one member's heartbeat record, expiring
+    /// `member_ttl` after its last heartbeat (see [`crate::fleet::membership`]).
     pub fn member(&self, instance: &str) -> String {
         format!("{}:member:{instance}", self.namespace)
     }

@@ -55,8 +55,10 @@ pub struct Counters {
     pub meters_in_backoff: AtomicI64,
     /// Meters currently flagged auth_failed.
     pub meters_auth_failed: AtomicI64,
-    /// Meters scheduled.
+    /// Meters scheduled: the active meters this pinger owns.
     pub meters: AtomicI64,
+    /// Live fleet members this pinger sees, itself included (1 alone).
+    pub fleet_members: AtomicI64,
     /// Sum of request latencies (µs), for spare-capacity estimates.
     pub busy_micros: AtomicU64,
     lag: [AtomicU64; LAG_BOUNDS_MS.len()],
@@ -149,6 +151,7 @@ impl Counters {
             meters_in_backoff: self.meters_in_backoff.load(Ordering::Relaxed),
             meters_auth_failed: self.meters_auth_failed.load(Ordering::Relaxed),
             meters: self.meters.load(Ordering::Relaxed),
+            fleet_members: self.fleet_members.load(Ordering::Relaxed),
             busy_micros: get(&self.busy_micros),
             lag: std::array::from_fn(|i| get(&self.lag[i])),
         }
@@ -180,6 +183,8 @@ pub struct Snapshot {
     pub meters_auth_failed: i64,
     /// Gauge: meters scheduled.
     pub meters: i64,
+    /// Gauge: see [`Counters::fleet_members`].
+    pub fleet_members: i64,
     /// See [`Counters::busy_micros`].
     pub busy_micros: u64,
     lag: [u64; LAG_BOUNDS_MS.len()],

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -62,11 +63,13 @@ pub struct SchedulerOptions {
 /// What reads one meter for the scheduler: the [`Poller`] in production, a
 /// stand-in when tests drive the scheduler under paused time.
 pub trait ReadMeter: Send + Sync + 'static {
-    /// Reads `user`'s meter once, sent by `start`'s deadline or not at all
+    /// Reads `user`'s meter once for the scheduled instant `slot` (the
+    /// record's `slot`), sent by `start`'s deadline or not at all
     /// ([`PollError::Late`]).
     fn read(
         &self,
         user: &User,
+        slot: DateTime<Utc>,
         start: Start,
     ) -> impl Future<Output = Result<Polled, PollError>> + Send;
 }
@@ -75,9 +78,10 @@ impl ReadMeter for Poller {
     fn read(
         &self,
         user: &User,
+        slot: DateTime<Utc>,
         start: Start,
     ) -> impl Future<Output = Result<Polled, PollError>> + Send {
-        self.poll_by(user, start)
+        self.poll_by(user, Some(slot), start)
     }
 }
 
@@ -85,7 +89,11 @@ struct Shared<R> {
     opts: SchedulerOptions,
     /// After ordinary failures: from one interval, doubling to `max_backoff`.
     backoff: Backoff,
+    /// The last wall-clock multiple of the interval before the start
+    /// ([`slots::epoch_offset`]), on the monotonic clock...
     origin: Instant,
+    /// ...and on the wall clock, to name each slot in its record.
+    origin_wall: DateTime<Utc>,
     poller: R,
     stats: Option<StatsWriter>,
     counters: Arc<Counters>,
@@ -115,9 +123,12 @@ impl<R: ReadMeter> Scheduler<R> {
         stats: Option<StatsWriter>,
         shutdown: CancellationToken,
     ) -> Self {
+        let (now, wall) = (Instant::now(), Utc::now());
+        let into = slots::epoch_offset(wall, opts.poll_interval);
         let shared = Shared {
             backoff: Backoff::new(opts.poll_interval, opts.max_backoff),
-            origin: Instant::now(),
+            origin: now.checked_sub(into).unwrap_or(now),
+            origin_wall: wall - chrono::Duration::from_std(into).unwrap_or_default(),
             counters: Arc::new(Counters::default()),
             skips: SkipLedger::default(),
             poller,
@@ -130,6 +141,12 @@ impl<R: ReadMeter> Scheduler<R> {
             tracker: TaskTracker::new(),
             shutdown,
         }
+    }
+
+    /// The instant slot offsets count from (a wall-clock multiple of the
+    /// interval, see [`slots`]), for tests that check phases.
+    pub fn origin(&self) -> Instant {
+        self.shared.origin
     }
 
     /// The counters every meter task updates.
@@ -249,7 +266,8 @@ async fn meter_task<R: ReadMeter>(
         ..MeterRun::default()
     };
     loop {
-        let slot = shared.origin + slots::slot_offset(k, phase, interval);
+        let offset = slots::slot_offset(k, phase, interval);
+        let slot = shared.origin + offset;
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep_until(slot) => {}
@@ -270,10 +288,11 @@ async fn meter_task<R: ReadMeter>(
         // Waits for the device's pace and the global caps inside, by the
         // deadline; the latency includes queueing under the caps.
         let start = Start::by(slot + shared.opts.max_start_lag, run.skips);
+        let slot_wall = shared.origin_wall + chrono::Duration::from_std(offset).unwrap_or_default();
         // Boxed: the request's state machine is kilobytes, and inline it
         // would make every idle meter's task that large (100,000 meters
         // spend most of their life asleep between slots).
-        let result = Box::pin(shared.poller.read(&current, start)).await;
+        let result = Box::pin(shared.poller.read(&current, slot_wall, start)).await;
         if let Err(PollError::Late(late)) = result {
             // Running it now would shift the meter off its phase and push
             // the next meters later still; skip it and keep the grid.

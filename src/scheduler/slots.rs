@@ -4,10 +4,32 @@
 //! from the origin (instead of sleeping `interval` after each poll) is what
 //! keeps ticks from drifting; the phase, derived from the cloud id, spreads
 //! meters evenly over the interval so the relay sees a steady rate.
+//!
+//! The origin is aligned to the wall clock: the last multiple of the
+//! interval since the Unix epoch before the scheduler started
+//! ([`epoch_offset`]). Every pinger thus puts a meter's slots at the same
+//! instants (`epoch + phase + k * interval`, up to the hosts' clock skew),
+//! so a meter handed from one pinger to another keeps its grid, and the
+//! slot a reading belongs to is a name two pingers agree on. Once started,
+//! slots follow the monotonic clock: a step of the wall clock does not
+//! move them.
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use crate::cloud_id::CloudId;
+
+/// How far `now` is past the last multiple of `interval` since the epoch:
+/// the scheduler's origin is `now` minus this.
+pub fn epoch_offset(now: DateTime<Utc>, interval: Duration) -> Duration {
+    let i = interval.as_nanos().max(1);
+    let since_epoch = now
+        .timestamp_nanos_opt()
+        .and_then(|n| u128::try_from(n).ok())
+        .unwrap_or(0);
+    Duration::from_nanos((since_epoch % i) as u64)
+}
 
 /// The meter's offset inside the interval, stable across restarts.
 ///
@@ -68,5 +90,23 @@ mod tests {
             3
         );
         assert_eq!(slot_offset(1000, phase, SIX), phase + SIX * 1000);
+    }
+
+    #[test]
+    fn origins_taken_at_different_times_share_one_wall_clock_grid() {
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        // 12:00:00 is a multiple of 6 s since the epoch; 12:00:04.5 is 4.5 s past it.
+        assert_eq!(
+            epoch_offset(at("2025-01-15T12:00:00Z"), SIX),
+            Duration::ZERO
+        );
+        let a = at("2025-01-15T12:00:04.500Z");
+        let b = at("2025-01-15T12:07:13.250Z");
+        let origin_a = a - chrono::Duration::from_std(epoch_offset(a, SIX)).unwrap();
+        let origin_b = b - chrono::Duration::from_std(epoch_offset(b, SIX)).unwrap();
+        assert_eq!(origin_a, at("2025-01-15T12:00:00Z"));
+        assert_eq!(origin_b, at("2025-01-15T12:07:12Z"));
+        // Two pingers started 7 minutes apart compute the same slot instants.
+        assert_eq!((origin_b - origin_a).num_milliseconds() % 6_000, 0);
     }
 }

@@ -18,6 +18,7 @@
 //! |-------|-------|
 //! | `GET /api/users`, `GET /api/users/{cloud_id}`, `GET /api/openapi.json` | read |
 //! | `GET /api/status`, `GET /api/stats` (what the status page shows) | read |
+//! | `GET /api/fleet` (the pingers sharing the meters, and each meter's owner) | read |
 //! | `POST /api/users/{cloud_id}`, `DELETE /api/users/{cloud_id}` | write |
 //! | `POST /api/event/{cloud_id}` (calls out with stored credentials, writes the spool; GET is 405) | write |
 //! | `GET /healthz`, `GET /readyz` | none |
@@ -29,13 +30,15 @@
 //!
 //! Layout: [`error`] is the problem+json format, `auth` the token
 //! middleware, `users`, `event` and `health` the handlers, [`status`] the
-//! status page, `/api/status`, `/api/stats` and `/metrics`, [`openapi`] the
+//! status page, `/api/status`, `/api/stats` and `/metrics`, [`fleet`] the
+//! pingers sharing the meters (`/api/fleet`), [`openapi`] the
 //! generated description, [`listen`] the accept loop (connection cap,
 //! header-read and idle timeouts, HTTPS).
 
 mod auth;
 pub mod error;
 mod event;
+pub mod fleet;
 mod health;
 pub mod listen;
 pub mod openapi;
@@ -240,7 +243,7 @@ impl AppState {
         self.inner.body_limit
     }
 
-    fn overview(&self) -> &status::OverviewCache {
+    pub(crate) fn overview(&self) -> &status::OverviewCache {
         &self.inner.overview
     }
 }
@@ -270,6 +273,7 @@ pub fn app(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/status", get(status::api_status))
         .route("/stats", get(status::api_stats))
+        .route("/fleet", get(fleet::api_fleet))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // After the routes and fallback, so unknown /api/ paths need a

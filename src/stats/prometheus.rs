@@ -185,6 +185,18 @@ impl Collector for HubCollector {
                     ("auth_failed", s.meters_auth_failed.max(0)),
                 ],
             )?;
+            gauge(
+                &mut enc,
+                "fleet_members",
+                "Live pingers sharing the meters, as this one sees them (itself included)",
+                s.fleet_members,
+            )?;
+            gauge(
+                &mut enc,
+                "fleet_owned_meters",
+                "Active meters this pinger owns and polls",
+                s.meters,
+            )?;
             counter(
                 &mut enc,
                 "slots_missed",

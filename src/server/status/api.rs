@@ -19,6 +19,7 @@ use crate::registry::MeterState;
 use crate::server::AppState;
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, Problem};
+use crate::server::fleet::Seen;
 use crate::stats::HubSnapshot;
 use crate::tokens::Scope;
 
@@ -145,8 +146,34 @@ pub struct StatsQuery {
     pub limit: Option<usize>,
 }
 
-fn query_error(e: QueryRejection) -> ApiError {
+/// A query that does not parse, as a 400.
+pub(crate) fn query_error(e: QueryRejection) -> ApiError {
     ApiError::bad_request("invalid-query", e.body_text())
+}
+
+/// Checks a paged query: `page` from 1 (default 1), `per_page` from 1 to
+/// `max` (default `default`).
+pub(crate) fn paging(
+    page: Option<usize>,
+    per_page: Option<usize>,
+    default: usize,
+    max: usize,
+) -> Result<(usize, usize), ApiError> {
+    let page = page.unwrap_or(1);
+    if page == 0 {
+        return Err(ApiError::bad_request(
+            "invalid-page",
+            "`page` counts from 1",
+        ));
+    }
+    let per_page = per_page.unwrap_or(default);
+    if !(1..=max).contains(&per_page) {
+        return Err(ApiError::bad_request(
+            "invalid-per-page",
+            format!("`per_page` must be between 1 and {max}"),
+        ));
+    }
+    Ok((page, per_page))
 }
 
 /// The status page's data: totals and one page of meters.
@@ -174,20 +201,7 @@ pub async fn api_status(
 ) -> Result<Json<StatusPage>, ApiError> {
     caller.require(Scope::Read)?;
     let Query(query) = query.map_err(query_error)?;
-    let page = query.page.unwrap_or(1);
-    if page == 0 {
-        return Err(ApiError::bad_request(
-            "invalid-page",
-            "`page` counts from 1",
-        ));
-    }
-    let per_page = query.per_page.unwrap_or(DEFAULT_PER_PAGE);
-    if !(1..=MAX_PER_PAGE).contains(&per_page) {
-        return Err(ApiError::bad_request(
-            "invalid-per-page",
-            format!("`per_page` must be between 1 and {MAX_PER_PAGE}"),
-        ));
-    }
+    let (page, per_page) = paging(query.page, query.per_page, DEFAULT_PER_PAGE, MAX_PER_PAGE)?;
     let filter_state = match query.state.as_deref() {
         None | Some("") => None,
         Some(s) => Some(
@@ -218,7 +232,15 @@ pub async fn api_status(
         state: filter_state,
         q,
     };
-    let sel = select(&overview, &view, skip, per_page, now);
+    let mut sel = select(&overview, &view, skip, per_page, now);
+    // The owner column is a convenience: a fleet that cannot be read now
+    // leaves it empty rather than failing the whole page.
+    if let Ok(seen) = Seen::read(state.registry()).await {
+        let owners = seen.owners(sel.rows.iter().map(|r| r.cloud_id));
+        for (row, o) in sel.rows.iter_mut().zip(owners) {
+            row.owner = o.owner;
+        }
+    }
     Ok(Json(StatusPage {
         generated_at: now,
         totals: Totals::new(&overview.counts(now), state.hub().snapshot()),

@@ -120,6 +120,11 @@ impl Overview {
     }
 
     /// The counts at `now` (unix seconds; staleness depends on it).
+    /// Every active meter's cloud id, in the overview's order.
+    pub(crate) fn ids(&self) -> Vec<CloudId> {
+        self.meters.iter().map(|m| m.cloud_id).collect()
+    }
+
     pub(super) fn counts(&self, now: f64) -> Counts {
         let mut c = Counts {
             meters: self.meters.len(),
@@ -159,7 +164,7 @@ pub(crate) struct OverviewCache {
 impl OverviewCache {
     /// The overview, read afresh when the cached one is older than
     /// [`OVERVIEW_TTL`]: what people look at.
-    pub(super) async fn get(&self, registry: &Registry) -> Result<Arc<Overview>, RegistryError> {
+    pub(crate) async fn get(&self, registry: &Registry) -> Result<Arc<Overview>, RegistryError> {
         self.get_within(registry, OVERVIEW_TTL).await
     }
 

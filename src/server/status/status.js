@@ -211,6 +211,7 @@
       tr.appendChild(age);
       tr.appendChild(el('td', 'num streak' + (m.consecutive_failures > 0 ? ' bad' : ''), count(m.consecutive_failures)));
       tr.appendChild(el('td', 'num', count(m.total_events_logged)));
+      tr.appendChild(el('td', 'owner', m.owner || '–'));
       frag.appendChild(tr);
     }
     body.replaceChildren(frag);
@@ -253,8 +254,40 @@
       const s = (Date.now() - fetchedAt) / 1000;
       $('updated').textContent = 'updated ' + (s < 2 ? 'just now' : duration(s) + ' ago');
     }
-    for (const td of document.querySelectorAll('#rows td.age')) {
+    for (const td of document.querySelectorAll('#rows td.age, #member-rows td.age')) {
       ageCell(td, td.dataset.at === '' ? null : Number(td.dataset.at));
+    }
+  }
+
+  const MODE_LABEL = { membership: 'sharing by membership', shard: 'static shards', single: 'one pinger' };
+
+  // The pingers sharing the meters: /api/fleet without its owner pages
+  // (each meter's owner is a column of the meters table).
+  function renderFleet(f) {
+    $('fleet-mode').textContent = '(' + (MODE_LABEL[f.mode] || f.mode) + ', ' + count(f.members.length) + ' live)';
+    const frag = document.createDocumentFragment();
+    for (const m of f.members) {
+      const tr = el('tr', 'member');
+      tr.dataset.member = m.id;
+      tr.appendChild(el('td', 'id', m.shard ? `${m.id} (${m.shard})` : m.id));
+      const at = m.last_heartbeat ? Date.parse(m.last_heartbeat) / 1000 : null;
+      const hb = el('td', 'num age');
+      hb.dataset.at = at == null ? '' : String(at);
+      ageCell(hb, at);
+      tr.appendChild(hb);
+      tr.appendChild(el('td', 'num', count(m.meters)));
+      frag.appendChild(tr);
+    }
+    $('member-rows').replaceChildren(frag);
+    $('fleet').hidden = f.mode === 'single';
+  }
+
+  async function loadFleet(headers) {
+    try {
+      const r = await fetch('/api/fleet?per_page=1', { headers, cache: 'no-store' });
+      if (r.ok) renderFleet(await r.json());
+    } catch (_) {
+      // The meters table is what matters; the fleet shows at the next load.
     }
   }
 
@@ -322,6 +355,7 @@
       banner('');
       showDashboard();
       render(d);
+      await loadFleet(headers);
       tick();
     } catch (e) {
       banner('Cannot reach the server (' + (e.name === 'AbortError' ? 'timed out' : e.message) + '). Showing the last data; retrying.');

@@ -192,6 +192,9 @@ pub struct MeterRow {
     /// up to 61 (`null` for a minute without a reading); the minute of the
     /// latest reading holds that reading, and minutes since are `null`.
     pub spark: Vec<Option<f64>>,
+    /// The pinger polling it (a member id from `/api/fleet`); `null` with a
+    /// users file, without live pingers, and in `/api/stats`.
+    pub owner: Option<String>,
 }
 
 impl MeterRow {
@@ -208,6 +211,7 @@ impl MeterRow {
             last_error_kind: s.last_error_kind.clone(),
             last_error_at: s.last_error_at,
             spark: spark_points(s, now),
+            owner: None,
         }
     }
 }
