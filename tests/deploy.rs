@@ -185,6 +185,21 @@ fn the_local_rotator_waits_for_the_bucket_and_moto_publishes_no_port() {
 }
 
 #[test]
+fn the_pinger_scales_no_fixed_name_and_no_published_port() {
+    // `docker compose up --scale pinger=3` starts three pingers only if none
+    // of them claims a container name or a host port the others need too.
+    for args in [PROD, LOCAL] {
+        let Some(services) = resolved_services(ENV, args) else {
+            return;
+        };
+        let pinger = &services["pinger"];
+        for field in ["container_name", "ports:", "hostname"] {
+            assert!(!pinger.contains(field), "pinger has {field}:\n{pinger}");
+        }
+    }
+}
+
+#[test]
 fn the_observability_profile_runs_prometheus_with_the_rules_on_loopback_only() {
     let args = ["-f", "docker-compose.yml", "--profile", "observability"];
     let Some(services) = resolved_services(ENV, &args) else {

@@ -22,6 +22,7 @@
 
 #![allow(dead_code)]
 
+pub mod docker;
 pub mod fleet;
 pub mod garage;
 pub mod hostile;
