@@ -125,12 +125,9 @@ impl Eagle {
                 Ok(PriceReading::from_relay(parse::price(&body)?))
             }
             Source::Local { .. } => {
-                let (address, reading) = self
-                    .query(cloud_id, source, PRICE_VARIABLES, start)
-                    .await?;
-                let price = reading
-                    .price
-                    .ok_or_else(|| not_reported("zigbee:Price"))?;
+                let (address, reading) =
+                    self.query(cloud_id, source, PRICE_VARIABLES, start).await?;
+                let price = reading.price.ok_or_else(|| not_reported("zigbee:Price"))?;
                 Ok(PriceReading {
                     price,
                     meter_time: None,
@@ -234,9 +231,8 @@ mod tests {
 
     #[test]
     fn summation_sample_scales_to_kwh_and_keeps_raw_fields() {
-        let r = SummationReading::from_relay(
-            parse::summation(&sample("relay-summation.xml")).unwrap(),
-        );
+        let r =
+            SummationReading::from_relay(parse::summation(&sample("relay-summation.xml")).unwrap());
         assert!((r.delivered_kwh - 10005.329).abs() < 1e-9);
         assert!((r.received_kwh - 12.345).abs() < 1e-9);
         assert_eq!(
@@ -244,7 +240,10 @@ mod tests {
             "2025-01-15T10:36:00+00:00"
         );
         let raw = r.raw.unwrap();
-        assert_eq!((raw.delivered, raw.multiplier, raw.divisor), (0x98ab51, 1, 1000));
+        assert_eq!(
+            (raw.delivered, raw.multiplier, raw.divisor),
+            (0x98ab51, 1, 1000)
+        );
     }
 
     #[test]

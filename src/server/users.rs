@@ -92,6 +92,16 @@ pub struct UserBody {
     /// Read an EAGLE-200 on the customer's LAN instead of through the relay.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local: Option<LocalBody>,
+    /// This meter's own summation cadence, whole seconds; 0 turns the
+    /// stream off, absent or null follows `summation_interval`.
+    #[schema(example = 60, maximum = 86400)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summation_interval: Option<u32>,
+    /// This meter's own price cadence, whole seconds; 0 turns the stream
+    /// off, absent or null follows `price_interval`.
+    #[schema(example = 900, maximum = 86400)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_interval: Option<u32>,
     /// Optional; must equal the path's id when given.
     // No example: one fixed id would differ from most paths it is sent to.
     #[schema(pattern = "^[0-9a-fA-F]{6}$", nullable = false)]
@@ -134,6 +144,8 @@ impl UserBody {
                 host: l.host.clone(),
                 install_code: l.install_code.expose().to_string(),
             }),
+            summation_interval: user.cadence.summation_s,
+            price_interval: user.cadence.price_s,
             cloud_id: None,
         }
     }
@@ -179,6 +191,14 @@ pub struct UserView {
     pub source: &'static str,
     /// The local EAGLE-200, when `source` is `local`.
     pub local: Option<LocalView>,
+    /// The meter's own summation cadence in seconds (0: off); absent when
+    /// it follows `summation_interval`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summation_interval: Option<u32>,
+    /// The meter's own price cadence in seconds (0: off); absent when it
+    /// follows `price_interval`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price_interval: Option<u32>,
     /// Polling statistics.
     pub statistics: StatisticsView,
     /// How the scheduler treats the meter.
@@ -267,6 +287,8 @@ impl UserView {
                 host: l.host.clone(),
                 has_install_code: !l.install_code.is_empty(),
             }),
+            summation_interval: user.cadence.summation_s,
+            price_interval: user.cadence.price_s,
             statistics: StatisticsView {
                 total_events_logged: stats.total_events_logged,
                 first_timestamp: stats.first_timestamp,
@@ -682,13 +704,54 @@ mod tests {
     }
 
     #[test]
+    fn cadences_round_trip_and_bad_ones_are_refused_by_name() {
+        let u = user_from_body(
+            id(),
+            br#"{"user_email": "a@b.org", "user_pw": "x", "summation_interval": 30, "price_interval": 0}"#,
+        )
+        .unwrap();
+        assert_eq!(u.cadence.summation_s, Some(30));
+        assert_eq!(u.cadence.price_s, Some(0));
+        let view = serde_json::to_value(UserView::new(&u, None, Scope::Admin)).unwrap();
+        assert_eq!(view["summation_interval"], 30);
+        assert_eq!(view["price_interval"], 0);
+        for (body, field) in [
+            (
+                &br#"{"user_email": "a@b.org", "user_pw": "x", "summation_interval": -1}"#[..],
+                "summation_interval",
+            ),
+            (
+                br#"{"user_email": "a@b.org", "user_pw": "x", "price_interval": "15m"}"#,
+                "price_interval",
+            ),
+            (
+                br#"{"user_email": "a@b.org", "user_pw": "x", "price_interval": 100000}"#,
+                "price_interval",
+            ),
+        ] {
+            let Err(ApiError::Invalid(e)) = user_from_body(id(), body) else {
+                panic!("accepted {}", String::from_utf8_lossy(body));
+            };
+            assert_eq!(e.field, field);
+        }
+    }
+
+    #[test]
     fn documented_body_fields_are_the_accepted_ones() {
         let schema = serde_json::to_value(<UserBody as utoipa::PartialSchema>::schema()).unwrap();
         let mut props: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
         props.sort();
         assert_eq!(
             props,
-            ["active", "cloud_id", "local", "user_email", "user_pw"]
+            [
+                "active",
+                "cloud_id",
+                "local",
+                "price_interval",
+                "summation_interval",
+                "user_email",
+                "user_pw"
+            ]
         );
         assert_eq!(schema["additionalProperties"], false);
     }

@@ -51,6 +51,7 @@ pub fn meter_user(index: u32) -> crate::registry::User {
         user_pw: crate::secret::Secret::new(meter_password(id)),
         active: true,
         local: None,
+        cadence: Default::default(),
     }
 }
 
