@@ -19,12 +19,14 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::poll::Poller;
 use crate::protocol::pacing::Usage;
 use crate::protocol::{AddressPolicy, Eagle, EagleOptions};
 use crate::registry::file::Reload;
 use crate::registry::{Registry, StatsWriter};
+use crate::scheduler::kinds::{KindOptions, KindReader, Kinds};
 use crate::scheduler::{Capacity, Counters, Scheduler, SchedulerOptions, Snapshot};
 use crate::spool::{Spool, SpoolOptions};
 
@@ -119,6 +121,15 @@ impl Pinger {
         let (stats, stats_task) =
             StatsWriter::spawn(registry.clone(), STATS_FLUSH, stats_stop.clone());
         let caps_eagle = eagle.clone();
+        let kinds = Kinds::new(
+            KindOptions {
+                summation_interval: config.summation_interval,
+                price_interval: config.price_interval,
+                max_backoff: config.max_backoff,
+                max_start_lag: config.max_start_lag,
+            },
+            KindReader::new(eagle.clone(), spool.clone(), Clock::system()),
+        );
         let poller = Poller::new(eagle, spool.clone());
         let sched_stop = CancellationToken::new();
         let scheduler = Scheduler::new(
@@ -131,7 +142,8 @@ impl Pinger {
             poller,
             Some(stats),
             sched_stop.clone(),
-        );
+        )
+        .with_kinds(kinds);
         let counters = scheduler.counters();
         let reload_every = config.user_reload_interval;
         let poll_interval = config.poll_interval;

@@ -397,6 +397,7 @@ fn local_answer(sim: &Shared, caller: Caller, faults: Faults, body: &[u8]) -> An
                 f64::from(watts) / 1000.0,
                 f64::from(delivered) / 1000.0,
                 f64::from(received) / 1000.0,
+                Some(render::tariff_price(now)),
             );
             kind = AnswerKind::Reading;
         }
