@@ -33,6 +33,8 @@
 //! - [`scheduler`]: per-meter slots, backoff, and skips under overload.
 //! - [`poll`]: one reading from the wire to the spool, and the statistics
 //!   update it makes (the scheduler and on-demand reads share it).
+//! - [`backfill`]: gaps in a meter's summation stream, filled from the
+//!   meter's own history (`get_history_data`).
 //! - [`pinger`]: the polling service wired together.
 //! - [`spool`]: hour-bucketed JSON-lines files, one writer thread.
 //! - [`rotator`]: ships completed hours to the archive exactly once
@@ -52,6 +54,7 @@
 //! - [`cli`]: the `rainforest` subcommands; `main.rs` only calls [`cli::main`].
 
 pub mod archive;
+pub mod backfill;
 pub mod backoff;
 pub mod cli;
 pub mod clock;

@@ -19,6 +19,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+use crate::backfill::{Backfill, BackfillOptions, Store as BackfillStore};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::poll::Poller;
@@ -129,7 +130,18 @@ impl Pinger {
                 max_start_lag: config.max_start_lag,
             },
             KindReader::new(eagle.clone(), spool.clone(), Clock::system()),
-        );
+        )
+        .with_backfill(Backfill::new(
+            BackfillOptions {
+                after: config.backfill_after,
+                frequency: config.backfill_frequency,
+                max_start_lag: config.max_start_lag,
+            },
+            backfill_store(&registry),
+            eagle.clone(),
+            spool.clone(),
+            Clock::system(),
+        ));
         let poller = Poller::new(eagle, spool.clone());
         let sched_stop = CancellationToken::new();
         let scheduler = Scheduler::new(
@@ -184,6 +196,23 @@ impl Pinger {
     /// Waits until the pinger has shut down completely.
     pub async fn join(self) {
         let _ = self.done.await;
+    }
+}
+
+/// Where the backfill keeps its state: beside the users in Redis, so a
+/// restart or a new owner carries on; in memory with a users file.
+fn backfill_store(registry: &Registry) -> BackfillStore {
+    match registry {
+        Registry::Redis(r) => BackfillStore::Redis {
+            db: r.db().clone(),
+            keys: r.keys().clone(),
+        },
+        Registry::File(_) => {
+            tracing::info!(
+                "Backfill state is kept in memory (users file): gaps from before a restart are not filled."
+            );
+            BackfillStore::Memory(Default::default())
+        }
     }
 }
 

@@ -30,6 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backfill::Backfill;
 use crate::backoff::Backoff;
 use crate::clock::Clock;
 use crate::cloud_id::CloudId;
@@ -171,6 +172,7 @@ pub struct Kinds {
     opts: KindOptions,
     reader: KindReader,
     counters: Arc<KindCounters>,
+    backfill: Option<Backfill>,
 }
 
 impl Kinds {
@@ -180,7 +182,15 @@ impl Kinds {
             opts,
             reader,
             counters: Arc::default(),
+            backfill: None,
         }
+    }
+
+    /// Also fills gaps in each meter's summation stream from its history,
+    /// after each summation line.
+    pub fn with_backfill(mut self, backfill: Backfill) -> Self {
+        self.backfill = Some(backfill);
+        self
     }
 
     /// The per-kind counters.
@@ -280,6 +290,9 @@ async fn kind_task(
                 counters.ok[kind as usize].fetch_add(1, Ordering::Relaxed);
                 failures = 0;
                 backoff_until = None;
+                if let (Kind::Summation, Some(backfill)) = (kind, &kinds.backfill) {
+                    backfill.after_summation(&current, slot).await;
+                }
             }
             Err(PollError::Late(_)) => {
                 counters.skipped[kind as usize].fetch_add(1, Ordering::Relaxed);
