@@ -188,16 +188,22 @@ async fn run_until_live(world: &World, n: usize) -> Pinger {
     pinger
 }
 
+/// A pinger runs until it has written two live lines, then stays down for
+/// [`OUTAGE`]; returns when it went down (unix ms).
+async fn run_then_stop_for_an_outage(world: &World) -> i64 {
+    assert!(run_until_live(world, 2).await.terminate().success());
+    let outage_at = chrono::Utc::now().timestamp_millis();
+    tokio::time::sleep(OUTAGE).await;
+    outage_at
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_gap_is_backfilled_once_into_the_right_hours_and_never_asked_again() {
     let Some(world) = World::start(16).await else {
         return;
     };
     let data = world.data();
-    assert!(run_until_live(&world, 2).await.terminate().success());
-    let outage_at = chrono::Utc::now().timestamp_millis();
-    tokio::time::sleep(OUTAGE).await;
-
+    let outage_at = run_then_stop_for_an_outage(&world).await;
     let second = world.pinger();
     wait_for("the gap backfilled", async || history(&data).len() >= 4).await;
     // A few more slots: nothing else is asked for.
@@ -221,10 +227,7 @@ async fn a_partial_history_answer_leaves_the_rest_open_and_it_is_retried() {
         return;
     };
     let data = world.data();
-    assert!(run_until_live(&world, 2).await.terminate().success());
-    let outage_at = chrono::Utc::now().timestamp_millis();
-    tokio::time::sleep(OUTAGE).await;
-
+    let outage_at = run_then_stop_for_an_outage(&world).await;
     let second = world.pinger();
     wait_for("the whole gap backfilled", async || {
         let Some((from, to)) = try_gap_around(&data, outage_at) else {
