@@ -122,26 +122,7 @@ impl Pinger {
         let (stats, stats_task) =
             StatsWriter::spawn(registry.clone(), STATS_FLUSH, stats_stop.clone());
         let caps_eagle = eagle.clone();
-        let kinds = Kinds::new(
-            KindOptions {
-                summation_interval: config.summation_interval,
-                price_interval: config.price_interval,
-                max_backoff: config.max_backoff,
-                max_start_lag: config.max_start_lag,
-            },
-            KindReader::new(eagle.clone(), spool.clone(), Clock::system()),
-        )
-        .with_backfill(Backfill::new(
-            BackfillOptions {
-                after: config.backfill_after,
-                frequency: config.backfill_frequency,
-                max_start_lag: config.max_start_lag,
-            },
-            backfill_store(&registry),
-            eagle.clone(),
-            spool.clone(),
-            Clock::system(),
-        ));
+        let kinds_io = (eagle.clone(), spool.clone());
         let poller = Poller::new(eagle, spool.clone());
         let sched_stop = CancellationToken::new();
         let scheduler = Scheduler::new(
@@ -154,9 +135,28 @@ impl Pinger {
             poller,
             Some(stats),
             sched_stop.clone(),
-        )
-        .with_kinds(kinds);
+        );
         let counters = scheduler.counters();
+        let kinds = Kinds::new(
+            KindOptions {
+                summation_interval: config.summation_interval,
+                price_interval: config.price_interval,
+                max_backoff: config.max_backoff,
+                max_start_lag: config.max_start_lag,
+            },
+            KindReader::new(kinds_io.0.clone(), kinds_io.1.clone(), Clock::system()),
+        )
+        .with_backfill(Backfill::new(
+            BackfillOptions {
+                after: config.backfill_after,
+                frequency: config.backfill_frequency,
+                max_start_lag: config.max_start_lag,
+            },
+            backfill_store(&registry),
+            (kinds_io.0.clone(), kinds_io.1.clone(), Clock::system()),
+            counters.clone(),
+        ));
+        let scheduler = scheduler.with_kinds(kinds);
         let reload_every = config.user_reload_interval;
         let poll_interval = config.poll_interval;
         let grace = config.request_timeout + Duration::from_secs(2);

@@ -76,12 +76,17 @@ impl World {
     }
 
     fn pinger(&self) -> Pinger {
+        self.pinger_with(&[])
+    }
+
+    fn pinger_with(&self, extra: &[&str]) -> Pinger {
+        let args: Vec<&str> = STREAMS.iter().chain(extra).copied().collect();
         Pinger::start(
             &self.redis.url(),
             &self.ns,
             self.sim.relay_url().as_str(),
             &self.data(),
-            STREAMS,
+            &args,
         )
     }
 }
@@ -136,6 +141,11 @@ fn gap_around(dir: &Path, outage_at: i64) -> (i64, i64) {
     try_gap_around(dir, outage_at).expect("live lines on both sides of the outage")
 }
 
+/// The device's one-second grid points strictly inside `(from, to)` (ms).
+fn seconds_inside((from, to): (i64, i64)) -> usize {
+    ((to - 1).div_euclid(1_000) - from.div_euclid(1_000)).max(0) as usize
+}
+
 /// Every history line sits inside the gap, once, in the hour file of its
 /// own reading, with the raw fields.
 fn assert_history_fills(dir: &Path, (from, to): (i64, i64)) {
@@ -168,13 +178,8 @@ fn assert_history_fills(dir: &Path, (from, to): (i64, i64)) {
             assert!(v[raw].is_u64(), "no raw {raw}: {v}");
         }
     }
-    // One line per second of the gap, as asked (the device's grid).
-    let expected = ((to - from) / 1_000 - 1) as usize;
-    assert!(
-        lines.len() + 1 >= expected,
-        "{} history lines for a gap of {expected} seconds",
-        lines.len()
-    );
+    // One line per whole second strictly inside the gap, as asked.
+    assert_eq!(lines.len(), seconds_inside((from, to)), "history lines");
 }
 
 /// Runs a pinger until it has written `n` more live summation lines.
@@ -204,10 +209,27 @@ async fn a_restart_gap_is_backfilled_once_into_the_right_hours_and_never_asked_a
     };
     let data = world.data();
     let outage_at = run_then_stop_for_an_outage(&world).await;
-    let second = world.pinger();
-    wait_for("the gap backfilled", async || history(&data).len() >= 4).await;
+    let metrics_port = support::free_port();
+    let second = world.pinger_with(&["--set", &format!("metrics_listen=127.0.0.1:{metrics_port}")]);
+    wait_for("the gap backfilled", async || {
+        try_gap_around(&data, outage_at)
+            .is_some_and(|gap| history(&data).len() >= seconds_inside(gap))
+    })
+    .await;
     // A few more slots: nothing else is asked for.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    let filled = history(&data).len();
+    assert!(
+        metrics.contains(&format!("rainforest_backfilled_readings_total {filled}\n")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("rainforest_gaps_open 0\n"), "{metrics}");
     assert!(second.terminate().success());
     assert_eq!(world.sim.history_requests_for(id()), 1);
     assert_history_fills(&data, gap_around(&data, outage_at));
@@ -230,10 +252,10 @@ async fn a_partial_history_answer_leaves_the_rest_open_and_it_is_retried() {
     let outage_at = run_then_stop_for_an_outage(&world).await;
     let second = world.pinger();
     wait_for("the whole gap backfilled", async || {
-        let Some((from, to)) = try_gap_around(&data, outage_at) else {
+        let Some(gap) = try_gap_around(&data, outage_at) else {
             return false;
         };
-        history(&data).len() + 1 >= ((to - from) / 1_000 - 1) as usize
+        history(&data).len() >= seconds_inside(gap)
     })
     .await;
     let asked = world.sim.history_requests_for(id());

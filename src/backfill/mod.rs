@@ -21,8 +21,8 @@ pub mod gaps;
 pub mod store;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -33,6 +33,7 @@ use crate::cloud_id::CloudId;
 use crate::protocol::{Eagle, ReadError, Source, Start, SummationReading};
 use crate::record::summation::SummationRecord;
 use crate::registry::User;
+use crate::scheduler::Counters;
 use crate::spool::Spool;
 use crate::stream::Kind;
 
@@ -50,32 +51,21 @@ pub struct BackfillOptions {
     pub max_start_lag: Duration,
 }
 
-/// What the backfill has done, for `/metrics` and the status page.
+/// Open gaps per meter, so the pinger's `gaps_open` gauge moves by the
+/// change when one meter's count changes.
 #[derive(Debug, Default)]
-pub struct BackfillCounters {
-    readings: AtomicU64,
-    open: Mutex<HashMap<CloudId, usize>>,
-}
+struct OpenGaps(Mutex<HashMap<CloudId, usize>>);
 
-impl BackfillCounters {
-    /// History lines written (`backfilled_readings_total`).
-    pub fn readings(&self) -> u64 {
-        self.readings.load(Ordering::Relaxed)
-    }
-
-    /// Gaps open on the meters this process polls (`gaps_open`).
-    pub fn gaps_open(&self) -> u64 {
-        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.values().map(|&n| n as u64).sum()
-    }
-
-    fn set_open(&self, id: CloudId, n: usize) {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if n == 0 {
-            open.remove(&id);
+impl OpenGaps {
+    fn set(&self, counters: &Counters, id: CloudId, n: usize) {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let before = if n == 0 {
+            open.remove(&id)
         } else {
-            open.insert(id, n);
-        }
+            open.insert(id, n)
+        };
+        let delta = n as i64 - before.unwrap_or(0) as i64;
+        counters.gaps_open.fetch_add(delta, Ordering::Relaxed);
     }
 }
 
@@ -86,34 +76,32 @@ pub struct Backfill {
     eagle: Eagle,
     spool: Spool,
     clock: Clock,
-    counters: std::sync::Arc<BackfillCounters>,
+    counters: Arc<Counters>,
+    open: OpenGaps,
 }
 
 impl Backfill {
-    /// A backfill keeping its state in `store`, asking through `eagle`,
-    /// writing to `spool`.
+    /// A backfill keeping its state in `store`, asking through the
+    /// client, writing to the spool and stamping with the clock of `io`,
+    /// and counting in the pinger's `counters` (`backfilled_readings`,
+    /// `gaps_open`: `/metrics` and the status page).
     pub fn new(
         opts: BackfillOptions,
         store: Store,
-        eagle: Eagle,
-        spool: Spool,
-        clock: Clock,
+        io: (Eagle, Spool, Clock),
+        counters: Arc<Counters>,
     ) -> Self {
+        let (eagle, spool, clock) = io;
         Backfill {
             opts,
             store,
             eagle,
             spool,
             clock,
-            counters: Default::default(),
+            counters,
+            open: OpenGaps::default(),
         }
     }
-
-    /// The counters `/metrics` and the status page show.
-    pub fn counters(&self) -> std::sync::Arc<BackfillCounters> {
-        self.counters.clone()
-    }
-
     /// Called after `user`'s summation line for `slot` is in the spool:
     /// notes a new gap, and asks for the oldest open one. Never fails the
     /// poll: a Redis or relay problem leaves the gap open for next time.
@@ -141,7 +129,7 @@ impl Backfill {
                 return;
             }
         };
-        self.counters.set_open(id, open.len());
+        self.open.set(&self.counters, id, open.len());
         if let Some(&gap) = open.first() {
             self.fill(user, gap, open.len()).await;
         }
@@ -202,7 +190,9 @@ impl Backfill {
                 tracing::debug!(cloud_id = %id, error = %e, "History line not written: spool closed; the gap stays open.");
                 return;
             }
-            self.counters.readings.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .backfilled_readings
+                .fetch_add(1, Ordering::Relaxed);
         }
         if let Some(lost) = answered.lost {
             tracing::warn!(cloud_id = %id, from = %ms_time(lost.start_ms), to = %ms_time(lost.end_ms), "Gap older than the meter's history; given up.");
@@ -216,7 +206,7 @@ impl Backfill {
         match self.store.replace(id, Some(gap), rest).await {
             Ok(()) => {
                 let now_open = if rest.is_some() { open } else { open - 1 };
-                self.counters.set_open(id, now_open);
+                self.open.set(&self.counters, id, now_open);
             }
             Err(e) => {
                 tracing::debug!(cloud_id = %id, error = %e, "Gap not updated; it will be asked for again.");
