@@ -14,7 +14,7 @@ use rainforest::simulator::{SimulateArgs, Simulator};
 use rainforest::stream::Kind;
 use support::RedisServer;
 use support::meters::sim_user;
-use support::pinger::Pinger;
+use support::pinger::{Pinger, metrics_text};
 use support::process::wait_for;
 use support::spool::kind_lines;
 
@@ -218,12 +218,7 @@ async fn a_restart_gap_is_backfilled_once_into_the_right_hours_and_never_asked_a
     .await;
     // A few more slots: nothing else is asked for.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
-    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics body");
+    let metrics = metrics_text(metrics_port).await;
     let filled = history(&data).len();
     assert!(
         metrics.contains(&format!("rainforest_backfilled_readings_total {filled}\n")),

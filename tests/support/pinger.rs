@@ -105,3 +105,13 @@ pub fn run_paths(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::pa
         dir.join("pinger.log"),
     )
 }
+
+/// The text of a standalone service's `/metrics` on `port` (loopback).
+pub async fn metrics_text(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body")
+}
