@@ -5,6 +5,7 @@
 mod support;
 
 use std::path::Path;
+use std::time::Duration;
 
 use chrono::DateTime;
 use rainforest::cloud_id::CloudId;
@@ -14,7 +15,7 @@ use rainforest::simulator::{self, SimulateArgs, Simulator};
 use rainforest::stream::Kind;
 use support::meters::{sim_user, users_text};
 use support::pinger::{Pinger, run_paths};
-use support::process::{rainforest, wait_for};
+use support::process::{rainforest, wait_within};
 use support::spool::kind_lines;
 
 async fn simulator(meters: u32) -> Simulator {
@@ -90,20 +91,22 @@ async fn summation_and_price_lines_at_their_cadences_from_relay_and_eagle_200() 
         &data,
         &[
             "--set",
-            "summation_interval=1s",
+            "summation_interval=2s",
             "--set",
-            "price_interval=2s",
+            "price_interval=3s",
             "--set",
             "local_networks=127.0.0.0/8",
             "--set",
-            "poll_interval=3s",
+            "poll_interval=10s",
         ],
         &log,
     );
     // The EAGLE-200 is paced to about one request a second, shared by all
-    // its streams, so it gets fewer lines than the relay meters.
-    wait_for(
+    // its streams (here 0.1 + 0.5 + 0.33 a second). Generous for a loaded
+    // machine.
+    wait_within(
         "three summation and two price lines per relay meter, some from the EAGLE-200",
+        Duration::from_secs(45),
         async || {
             lines(&data, Kind::Summation, relay.cloud_id).len() >= 3
                 && !lines(&data, Kind::Summation, local_id).is_empty()
@@ -116,7 +119,7 @@ async fn summation_and_price_lines_at_their_cadences_from_relay_and_eagle_200() 
     assert!(pinger.terminate().success());
 
     let summation = lines(&data, Kind::Summation, relay.cloud_id);
-    assert_on_grid(&summation, 1_000, "relay summation");
+    assert_on_grid(&summation, 2_000, "relay summation");
     let mut last = 0.0;
     for v in &summation {
         assert_eq!(v["source"], "relay");
@@ -141,7 +144,7 @@ async fn summation_and_price_lines_at_their_cadences_from_relay_and_eagle_200() 
         );
     }
     let price = lines(&data, Kind::Price, relay.cloud_id);
-    assert_on_grid(&price, 2_000, "relay price");
+    assert_on_grid(&price, 3_000, "relay price");
     for v in &price {
         let p = v["price"].as_f64().expect("price");
         assert!(p == 0.12 || p == 0.28, "{v}");

@@ -256,6 +256,7 @@ async fn kind_task(
     let counters = &kinds.counters;
     let mut failures = 0u32;
     let mut backoff_until: Option<Instant> = None;
+    let mut last_slot: Option<DateTime<Utc>> = None;
     loop {
         let interval = kinds.opts.cadence(&user.borrow_and_update(), kind);
         if interval.is_zero() {
@@ -267,12 +268,21 @@ async fn kind_task(
         }
         let phase = phase_for_kind(id, kind, interval);
         let now = kinds.reader.clock.now();
-        let slot = next_slot(now, phase, interval);
+        // Never the same slot twice, even if the wall clock lags the timer
+        // that woke us.
+        let previous = last_slot;
+        let from = previous.map_or(now, |last| {
+            now.max(last + chrono::Duration::milliseconds(1))
+        });
+        let slot = next_slot(from, phase, interval);
+        last_slot = Some(slot);
         let wait = (slot - now).to_std().unwrap_or_default();
         tokio::select! {
             _ = stop.cancelled() => break,
             changed = user.changed() => {
                 if changed.is_err() { break }
+                // Not reached: recomputed under the new settings.
+                last_slot = previous;
                 continue;
             }
             _ = tokio::time::sleep(wait) => {}
@@ -280,7 +290,6 @@ async fn kind_task(
         let due = Instant::now();
         if gate.paused_at(due) || backoff_until.is_some_and(|until| due < until) {
             counters.skipped[kind as usize].fetch_add(1, Ordering::Relaxed);
-            continue_after(&stop).await;
             continue;
         }
         let current = user.borrow().clone();
@@ -309,16 +318,6 @@ async fn kind_task(
                 tracing::debug!(cloud_id = %id, kind = %kind, error = %e, failures, retry_in_ms = delay.as_millis() as u64, "Read failed; backing off this stream.");
             }
         }
-        continue_after(&stop).await;
-    }
-}
-
-/// Lets the wall clock move past the slot just handled, so the next
-/// `next_slot` is the following one even when the read took no time.
-async fn continue_after(stop: &CancellationToken) {
-    tokio::select! {
-        _ = stop.cancelled() => {}
-        _ = tokio::time::sleep(Duration::from_millis(1)) => {}
     }
 }
 
