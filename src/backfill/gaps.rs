@@ -27,9 +27,9 @@ pub struct Answered {
     /// Entry times (unix ms) inside the gap, sorted, each once: the
     /// lines to write.
     pub fill: Vec<i64>,
-    /// What is still to ask for: from the latest entry on, when the answer
-    /// stopped short of the gap's end (a partial answer); `None` when the
-    /// gap is filled.
+    /// What is still to ask for: from the latest entry on, when another
+    /// step still fits before the gap's end (a partial answer); `None`
+    /// when the gap is filled.
     pub rest: Option<Gap>,
     /// The front of the gap the device no longer keeps (its first entry
     /// came later than one step after the start, or it had nothing): given
@@ -65,7 +65,10 @@ pub fn answer(gap: Gap, entries: &[i64], step_ms: i64) -> Answered {
         start_ms: gap.start_ms,
         end_ms: first,
     });
-    let rest = (gap.end_ms - last > step_ms + step_ms / 2).then_some(Gap {
+    // One more step still falls inside the gap: the device has more (a
+    // device with nothing there answers nothing next time, and the rest
+    // is given up then).
+    let rest = (gap.end_ms - last > step_ms).then_some(Gap {
         start_ms: last,
         end_ms: gap.end_ms,
     });
@@ -118,6 +121,20 @@ mod tests {
             })
         );
         assert_eq!(a.lost, None);
+        // Regression: one second left before an end 1.5 s away is asked for.
+        let gap = Gap {
+            start_ms: 300,
+            end_ms: 3_800,
+        };
+        let a = answer(gap, &[2 * S, S], S);
+        assert_eq!(
+            a.rest,
+            Some(Gap {
+                start_ms: 2 * S,
+                end_ms: 3_800
+            })
+        );
+        assert_eq!(answer(a.rest.unwrap(), &[3 * S], S).rest, None);
     }
 
     #[test]
