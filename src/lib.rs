@@ -35,6 +35,8 @@
 //!   update it makes (the scheduler and on-demand reads share it).
 //! - [`fleet`]: which pinger polls which meter: heartbeat membership in
 //!   Redis with rendezvous hashing, a static `--shard I/N`, or one pinger.
+//! - [`backfill`]: gaps in a meter's summation stream, filled from the
+//!   meter's own history (`get_history_data`).
 //! - [`pinger`]: the polling service wired together.
 //! - [`spool`]: hour-bucketed JSON-lines files, one writer thread.
 //! - [`rotator`]: ships completed hours to the archive exactly once
@@ -54,6 +56,7 @@
 //! - [`cli`]: the `rainforest` subcommands; `main.rs` only calls [`cli::main`].
 
 pub mod archive;
+pub mod backfill;
 pub mod backoff;
 pub mod cli;
 pub mod clock;

@@ -21,6 +21,8 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+use crate::backfill::{Backfill, BackfillOptions, Store as BackfillStore};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::fleet::{Fleet, View, membership::now_ms};
 use crate::poll::Poller;
@@ -28,6 +30,7 @@ use crate::protocol::pacing::Usage;
 use crate::protocol::{AddressPolicy, Eagle, EagleOptions};
 use crate::registry::file::Reload;
 use crate::registry::{Registry, StatsWriter, User};
+use crate::scheduler::kinds::{KindOptions, KindReader, Kinds};
 use crate::scheduler::{Capacity, Counters, Scheduler, SchedulerOptions, Snapshot};
 use crate::spool::{Spool, SpoolOptions};
 
@@ -123,6 +126,7 @@ impl Pinger {
         let (stats, stats_task) =
             StatsWriter::spawn(registry.clone(), STATS_FLUSH, stats_stop.clone());
         let caps_eagle = eagle.clone();
+        let kinds_io = (eagle.clone(), spool.clone());
         let poller = Poller::new(eagle, spool.clone());
         let sched_stop = CancellationToken::new();
         let scheduler = Scheduler::new(
@@ -138,6 +142,26 @@ impl Pinger {
         );
         let counters = scheduler.counters();
         let fleet = Fleet::from_config(config, &registry, shutdown.clone());
+        let kinds = Kinds::new(
+            KindOptions {
+                summation_interval: config.summation_interval,
+                price_interval: config.price_interval,
+                max_backoff: config.max_backoff,
+                max_start_lag: config.max_start_lag,
+            },
+            KindReader::new(kinds_io.0.clone(), kinds_io.1.clone(), Clock::system()),
+        )
+        .with_backfill(Backfill::new(
+            BackfillOptions {
+                after: config.backfill_after,
+                frequency: config.backfill_frequency,
+                max_start_lag: config.max_start_lag,
+            },
+            backfill_store(&registry),
+            (kinds_io.0.clone(), kinds_io.1.clone(), Clock::system()),
+            counters.clone(),
+        ));
+        let scheduler = scheduler.with_kinds(kinds);
         let reload_every = config.user_reload_interval;
         let poll_interval = config.poll_interval;
         let grace = config.request_timeout + Duration::from_secs(2);
@@ -203,6 +227,23 @@ fn apply_owned(
         std::sync::atomic::Ordering::Relaxed,
     );
     applied
+}
+
+/// Where the backfill keeps its state: beside the users in Redis, so a
+/// restart or a new owner carries on; in memory with a users file.
+fn backfill_store(registry: &Registry) -> BackfillStore {
+    match registry {
+        Registry::Redis(r) => BackfillStore::Redis {
+            db: r.db().clone(),
+            keys: r.keys().clone(),
+        },
+        Registry::File(_) => {
+            tracing::info!(
+                "Backfill state is kept in memory (users file): gaps from before a restart are not filled."
+            );
+            BackfillStore::Memory(Default::default())
+        }
+    }
 }
 
 async fn reload_loop(

@@ -5,6 +5,9 @@
 //! to the decoded values. It owns the line's shape and its (de)serialisation;
 //! it does not know where lines are written.
 
+pub mod price;
+pub mod summation;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 

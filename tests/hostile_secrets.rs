@@ -147,6 +147,7 @@ async fn api_import_legacy_import_and_rekey_leave_no_plaintext_in_redis() {
             user_pw: Secret::new(CLEAR_PW),
             active: true,
             local: None,
+            cadence: Default::default(),
         })
         .await
         .unwrap();
@@ -393,6 +394,7 @@ async fn plaintext_credentials_are_allowed_only_when_asked_for() {
             user_pw: Secret::new(CLEAR_PW),
             active: true,
             local: None,
+            cadence: Default::default(),
         })
         .await
         .unwrap();

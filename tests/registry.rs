@@ -28,6 +28,7 @@ fn user(cloud_id: &str, pw: &str) -> User {
         user_pw: Secret::new(pw),
         active: true,
         local: None,
+        cadence: Default::default(),
     }
 }
 

@@ -204,6 +204,7 @@ async fn listing_pages_through_users_with_a_cursor() {
             user_pw: Secret::new("pw"),
             active: true,
             local: None,
+            cadence: Default::default(),
         };
         s.registry.put(&u).await.unwrap();
     }

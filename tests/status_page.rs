@@ -43,6 +43,7 @@ fn user(cloud_id: &str, active: bool) -> User {
         user_pw: Secret::new("pw"),
         active,
         local: None,
+        cadence: Default::default(),
     }
 }
 

@@ -125,6 +125,14 @@ struct AddArgs {
     /// Store the user without polling it.
     #[arg(long)]
     inactive: bool,
+    /// This meter's own summation cadence in whole seconds (0: off;
+    /// default: the configuration's `summation_interval`).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u32).range(0..=86_400))]
+    summation_interval: Option<u32>,
+    /// This meter's own price cadence in whole seconds (0: off; default:
+    /// the configuration's `price_interval`).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u32).range(0..=86_400))]
+    price_interval: Option<u32>,
 }
 
 fn parse_cloud_id(s: &str) -> Result<CloudId, String> {
@@ -342,6 +350,10 @@ async fn add(args: AddArgs, config: &Config) -> anyhow::Result<ExitCode> {
         user_pw,
         active: !args.inactive,
         local,
+        cadence: crate::registry::Cadence {
+            summation_s: args.summation_interval,
+            price_s: args.price_interval,
+        },
     };
     user.validate()
         .with_context(|| format!("user {} is not valid", user.cloud_id))?;

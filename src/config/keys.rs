@@ -70,6 +70,26 @@ pub const KEYS: &[Key] = &[
     ),
     key("poll_interval", "6s", "How often each meter is read"),
     key(
+        "summation_interval",
+        "60s",
+        "How often each meter's energy counters (summation) are read; 0 turns the stream off (a user's own summation_interval overrides it)",
+    ),
+    key(
+        "price_interval",
+        "15m",
+        "How often each meter's price is read; 0 turns the stream off (a user's own price_interval overrides it)",
+    ),
+    key(
+        "backfill_after",
+        "5m",
+        "A gap in a meter's summation stream longer than this is filled from the meter's history (get_history_data)",
+    ),
+    key(
+        "backfill_frequency",
+        "60s",
+        "Spacing asked of get_history_data when backfilling (the device may answer coarser)",
+    ),
+    key(
         "request_timeout",
         "5s",
         "Timeout for one EAGLE request (connect + answer)",

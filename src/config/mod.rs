@@ -167,6 +167,10 @@ impl Layers {
             relay_insecure_tls: p.bool("relay_insecure_tls"),
             local_networks: p.networks("local_networks"),
             poll_interval: p.duration("poll_interval"),
+            summation_interval: p.cadence("summation_interval"),
+            price_interval: p.cadence("price_interval"),
+            backfill_after: p.duration("backfill_after"),
+            backfill_frequency: p.duration("backfill_frequency"),
             request_timeout: p.duration("request_timeout"),
             user_reload_interval: p.duration("user_reload_interval"),
             max_backoff: p.duration("max_backoff"),
@@ -281,6 +285,19 @@ impl Parser<'_> {
             Err(e) => self.fail(
                 key,
                 format!("{v:?} is not a duration ({e}); use forms like 6s, 500ms, 2m"),
+            ),
+        }
+    }
+
+    /// A stream's cadence: a duration, where zero turns the stream off.
+    fn cadence(&mut self, key: &str) -> Duration {
+        let v = self.string(key);
+        match humantime::parse_duration(&v) {
+            Ok(d) => d,
+            Err(_) if v.trim() == "0" => Duration::ZERO,
+            Err(e) => self.fail(
+                key,
+                format!("{v:?} is not a duration ({e}); use forms like 60s, 15m, or 0 to turn the stream off"),
             ),
         }
     }
@@ -516,6 +533,14 @@ pub struct Config {
     pub local_networks: Vec<IpNet>,
     /// Poll cadence per meter.
     pub poll_interval: Duration,
+    /// Summation cadence per meter; zero: off (users may override).
+    pub summation_interval: Duration,
+    /// Price cadence per meter; zero: off (users may override).
+    pub price_interval: Duration,
+    /// Shortest summation gap filled from the meter's history.
+    pub backfill_after: Duration,
+    /// Spacing asked of `get_history_data` when backfilling.
+    pub backfill_frequency: Duration,
     /// Timeout per EAGLE request.
     pub request_timeout: Duration,
     /// How often the user list is reloaded.
@@ -638,6 +663,35 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn stream_cadences_default_accept_zero_and_refuse_garbage() {
+        let c = Config::defaults().unwrap();
+        assert_eq!(c.summation_interval, Duration::from_secs(60));
+        assert_eq!(c.price_interval, Duration::from_secs(900));
+        assert_eq!(c.backfill_after, Duration::from_secs(300));
+        let c = Layers::defaults()
+            .env(env(&[
+                ("RAINFOREST_SUMMATION_INTERVAL", "0"),
+                ("RAINFOREST_PRICE_INTERVAL", "0s"),
+            ]))
+            .build()
+            .unwrap();
+        assert_eq!(c.summation_interval, Duration::ZERO);
+        assert_eq!(c.price_interval, Duration::ZERO);
+        let err = Layers::defaults()
+            .env(env(&[
+                ("RAINFOREST_SUMMATION_INTERVAL", "often"),
+                ("RAINFOREST_BACKFILL_AFTER", "0s"),
+            ]))
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`summation_interval`") && err.contains("`backfill_after`"),
+            "{err}"
+        );
     }
 
     #[test]

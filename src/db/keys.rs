@@ -18,6 +18,8 @@
 //! | `<ns>:service:<service>:<instance>` | STRING | stats | one service's latest snapshot (expires) |
 //! | `<ns>:members` | ZSET | fleet | pinger member ids, scored by unix seconds of their last heartbeat (an index; liveness is the member key) |
 //! | `<ns>:member:<instance>` | STRING | fleet | one member's heartbeat record (JSON: `active_from_ms`, `heartbeat_ms`, `meters`, `shard`), expiring after `member_ttl` |
+//! | `<ns>:backfill:last` | HASH | backfill | cloud id -> unix ms of the meter's latest summation slot |
+//! | `<ns>:backfill:gaps:<id>` | HASH | backfill | one meter's open summation gaps: start unix ms -> end unix ms |
 //!
 //! One foreign layout is read, never written: the old Python system kept
 //! each user as a JSON string under its bare cloud id, with no namespace;
@@ -116,6 +118,18 @@ impl Keys {
         format!("{}:service:{service}:{instance}", self.namespace)
     }
 
+    /// The HASH of every meter's latest summation slot (unix ms), from
+    /// which a restarted or new owner sees the gap since.
+    pub fn backfill_last(&self) -> String {
+        format!("{}:backfill:last", self.namespace)
+    }
+
+    /// The HASH of meter `id`'s summation gaps still to fill from its
+    /// history: start unix ms -> end unix ms, both exclusive.
+    pub fn backfill_gaps(&self, id: CloudId) -> String {
+        format!("{}:backfill:gaps:{id}", self.namespace)
+    }
+
     /// The ZSET indexing fleet members, scored by unix seconds of their
     /// last heartbeat, so members are found without scanning the keyspace.
     pub fn members(&self) -> String {
@@ -154,6 +168,8 @@ mod tests {
             k.service("pinger", "host-42"),
             "rainforest:service:pinger:host-42"
         );
+        assert_eq!(k.backfill_last(), "rainforest:backfill:last");
+        assert_eq!(k.backfill_gaps(id), "rainforest:backfill:gaps:00ce69");
         assert_eq!(k.members(), "rainforest:members");
         assert_eq!(k.member("host-42"), "rainforest:member:host-42");
     }

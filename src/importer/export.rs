@@ -115,6 +115,7 @@ mod tests {
                 user_pw: Secret::new("relay-pw"),
                 active: true,
                 local: None,
+                cadence: Default::default(),
             },
             User {
                 cloud_id: CloudId::parse("00ce6a").unwrap(),
@@ -125,6 +126,7 @@ mod tests {
                     host: "192.168.1.20".into(),
                     install_code: Secret::new("install-code"),
                 }),
+                cadence: Default::default(),
             },
         ]
     }

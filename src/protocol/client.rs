@@ -215,7 +215,7 @@ impl Eagle {
         )
     }
 
-    async fn relay_by(
+    pub(super) async fn relay_by(
         &self,
         cloud_id: CloudId,
         source: &Source,
@@ -261,7 +261,7 @@ impl Eagle {
         anytime(self.local_by(cloud_id, source, body, Start::ANYTIME).await)
     }
 
-    async fn local_by(
+    pub(super) async fn local_by(
         &self,
         cloud_id: CloudId,
         source: &Source,
@@ -341,7 +341,7 @@ impl Eagle {
         Ok(parse::device_list(&body)?)
     }
 
-    async fn local_meter_address(
+    pub(super) async fn local_meter_address(
         &self,
         cloud_id: CloudId,
         source: &Source,
@@ -481,7 +481,5 @@ fn header_value(value: &str, what: &str) -> Result<HeaderValue, ProtocolError> {
 }
 
 fn device_query_xml(hardware_address: &str) -> String {
-    format!(
-        "<Command>\r\n  <Name>device_query</Name>\r\n  <DeviceDetails>\r\n    <HardwareAddress>{hardware_address}</HardwareAddress>\r\n  </DeviceDetails>\r\n  <Components>\r\n    <Component>\r\n      <Name>Main</Name>\r\n      <Variables>\r\n        <Variable><Name>zigbee:InstantaneousDemand</Name></Variable>\r\n      </Variables>\r\n    </Component>\r\n  </Components>\r\n</Command>\r\n"
-    )
+    super::kinds::query_xml(hardware_address, &["zigbee:InstantaneousDemand"])
 }

@@ -10,12 +10,14 @@
 //! Layout: [`xml`] reads bytes into a forgiving element tree, [`parse`] turns
 //! trees into typed notifications, [`client`] does the HTTP, [`address`]
 //! and [`resolve`] fence EAGLE-200 requests, [`pacing`] holds the device pace
-//! and the global caps, [`devices`] remembers each EAGLE-200's meter, and
-//! [`trace`] prints curl lines.
+//! and the global caps, [`devices`] remembers each EAGLE-200's meter,
+//! [`kinds`] reads summation, price and history, and [`trace`] prints curl
+//! lines.
 
 pub mod address;
 pub mod client;
 pub mod devices;
+pub mod kinds;
 pub mod pacing;
 pub mod parse;
 pub mod resolve;
@@ -28,6 +30,7 @@ use crate::secret::Secret;
 
 pub use address::{AddressPolicy, HostError, LocalHost};
 pub use client::{Eagle, EagleOptions, MAX_BODY, ReadError};
+pub use kinds::{PriceReading, SummationReading};
 pub use pacing::{Late, Start};
 pub use parse::{Demand, Header, LocalDevice, LocalReading, Price, Summation};
 

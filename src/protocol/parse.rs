@@ -328,6 +328,8 @@ pub struct LocalReading {
     pub delivered_kwh: Option<f64>,
     /// `zigbee:CurrentSummationReceived`, kWh.
     pub received_kwh: Option<f64>,
+    /// `zigbee:Price`, in currency units per kWh.
+    pub price: Option<f64>,
     /// `LastContact` as Unix seconds, when present.
     pub last_contact: Option<u32>,
 }
@@ -343,6 +345,7 @@ pub fn device_query(body: &[u8]) -> Result<LocalReading, ProtocolError> {
         demand_kw: None,
         delivered_kwh: None,
         received_kwh: None,
+        price: None,
         last_contact: details
             .and_then(|d| d.child_text("lastcontact"))
             .and_then(parse_hex),
@@ -374,6 +377,7 @@ pub fn device_query(body: &[u8]) -> Result<LocalReading, ProtocolError> {
             "zigbee:instantaneousdemand" => reading.demand_kw = value,
             "zigbee:currentsummationdelivered" => reading.delivered_kwh = value,
             "zigbee:currentsummationreceived" => reading.received_kwh = value,
+            "zigbee:price" => reading.price = value,
             _ => {}
         }
     }

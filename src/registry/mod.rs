@@ -16,9 +16,11 @@
 //! [`User`]s and hand back [`StatsUpdate`]s.
 //!
 //! Layout: [`user`] is the validated record and the users-file line format,
+//! [`cadence`] a user's own summation and price cadences,
 //! [`stats`] the statistics types and their merge rules, [`redis`] and
 //! [`file`](mod@file) the back ends, [`writer`] the batching task.
 
+pub mod cadence;
 pub mod file;
 pub mod redis;
 pub mod stats;
@@ -34,6 +36,7 @@ use crate::config::Config;
 use crate::db::{CHECK_REDIS, DbError};
 use crate::vault::{HOW_TO_MAKE_A_KEY, Vault};
 
+pub use self::cadence::Cadence;
 pub use self::file::FileRegistry;
 pub use self::redis::{DEFAULT_NAMESPACE, RedisRegistry};
 pub use self::stats::{MeterState, StatsUpdate, UserStats};

@@ -12,6 +12,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
+use super::cadence::{self, Cadence};
 use crate::cloud_id::CloudId;
 use crate::protocol::{LocalHost, Source};
 use crate::secret::Secret;
@@ -26,7 +27,8 @@ pub const LEGACY_STAT_FIELDS: &[&str] =
     &["total_events_logged", "first_timestamp", "last_timestamp"];
 
 /// The fields a user line may carry, for the "unknown field" message.
-const KNOWN_FIELDS: &str = "cloud_id, user_email, user_pw, active, local";
+const KNOWN_FIELDS: &str =
+    "cloud_id, user_email, user_pw, active, local, summation_interval, price_interval";
 
 /// A registered user: one EAGLE gateway and the credentials that unlock it.
 ///
@@ -45,6 +47,9 @@ pub struct User {
     /// Set for an EAGLE-200 read on the customer's LAN instead of through
     /// the relay.
     pub local: Option<LocalSource>,
+    /// This meter's own summation and price cadences (`None`: the
+    /// configuration's; 0: off).
+    pub cadence: Cadence,
 }
 
 /// How to reach an EAGLE-200 directly.
@@ -142,7 +147,9 @@ impl User {
             let known = matches!(
                 key.as_str(),
                 "cloud_id" | "user_email" | "user_pw" | "active" | "local"
-            ) || LEGACY_STAT_FIELDS.contains(&key.as_str());
+            ) || key == cadence::SUMMATION_FIELD
+                || key == cadence::PRICE_FIELD
+                || LEGACY_STAT_FIELDS.contains(&key.as_str());
             if !known {
                 return Err(unknown_field(key, KNOWN_FIELDS));
             }
@@ -182,12 +189,14 @@ impl User {
                 ));
             }
         };
+        let cadence = Cadence::from_json_map(map)?;
         let user = User {
             cloud_id,
             user_email,
             user_pw,
             active,
             local,
+            cadence,
         };
         user.validate()?;
         Ok(user)
@@ -209,6 +218,8 @@ impl User {
                 host: &l.host,
                 install_code: l.install_code.expose(),
             }),
+            summation_interval: self.cadence.summation_s,
+            price_interval: self.cadence.price_s,
         };
         // Serialising a struct of strings and bools cannot fail; fall back to
         // an empty object rather than panicking.
@@ -241,6 +252,10 @@ struct FileLine<'a> {
     active: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     local: Option<FileLocal<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    summation_interval: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    price_interval: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -469,7 +484,12 @@ mod tests {
             host: "10.0.0.2".into(),
             install_code: Secret::new("c0de"),
         });
+        v.cadence = Cadence {
+            summation_s: Some(30),
+            price_s: Some(0),
+        };
         assert_eq!(parse(&v.to_file_line()).unwrap(), v);
+        assert!(v.to_file_line().contains(r#""price_interval":0"#));
     }
 
     #[test]

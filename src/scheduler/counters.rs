@@ -51,6 +51,10 @@ pub struct Counters {
     /// Achievable over needed polls per second, as `f64` bits; set once per
     /// interval from [`Capacity`] (0 until the first estimate).
     pub capacity_ratio_bits: AtomicU64,
+    /// History lines written by the backfill (`backfilled_readings_total`).
+    pub backfilled_readings: AtomicU64,
+    /// Summation gaps still to fill on this pinger's meters.
+    pub gaps_open: AtomicI64,
     /// Meters currently in backoff (including auth_failed).
     pub meters_in_backoff: AtomicI64,
     /// Meters currently flagged auth_failed.
@@ -148,6 +152,8 @@ impl Counters {
             backoff_skips: get(&self.backoff_skips),
             skipped_overload: get(&self.skipped_overload),
             capacity_ratio: f64::from_bits(get(&self.capacity_ratio_bits)),
+            backfilled_readings: get(&self.backfilled_readings),
+            gaps_open: self.gaps_open.load(Ordering::Relaxed),
             meters_in_backoff: self.meters_in_backoff.load(Ordering::Relaxed),
             meters_auth_failed: self.meters_auth_failed.load(Ordering::Relaxed),
             meters: self.meters.load(Ordering::Relaxed),
@@ -177,6 +183,10 @@ pub struct Snapshot {
     pub skipped_overload: u64,
     /// Gauge: achievable over needed polls per second (see [`Capacity`]).
     pub capacity_ratio: f64,
+    /// See [`Counters::backfilled_readings`].
+    pub backfilled_readings: u64,
+    /// Gauge: see [`Counters::gaps_open`].
+    pub gaps_open: i64,
     /// Gauge: meters in backoff.
     pub meters_in_backoff: i64,
     /// Gauge: meters flagged auth_failed.
@@ -203,6 +213,9 @@ impl Snapshot {
             skipped_overload: self
                 .skipped_overload
                 .saturating_sub(earlier.skipped_overload),
+            backfilled_readings: self
+                .backfilled_readings
+                .saturating_sub(earlier.backfilled_readings),
             busy_micros: self.busy_micros.saturating_sub(earlier.busy_micros),
             lag: std::array::from_fn(|i| self.lag[i].saturating_sub(earlier.lag[i])),
             ..self.clone()

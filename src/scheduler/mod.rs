@@ -16,10 +16,12 @@
 //! credentials or address ends any pause at the next slot. It records each
 //! poll's statistics update (built by [`crate::poll`]) with the streak and
 //! state only it knows. It never reads the registry or writes files itself:
-//! the pinger feeds it user lists.
+//! the pinger feeds it user lists. The other streams (summation, price)
+//! are scheduled by [`kinds`], hooked in where a meter starts.
 
 pub mod counters;
 pub mod fairness;
+pub mod kinds;
 pub mod slots;
 pub mod spark;
 
@@ -112,6 +114,8 @@ pub struct Scheduler<R = Poller> {
     meters: HashMap<CloudId, MeterHandle>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    /// Summation and price scheduling, when the pinger turned it on.
+    kinds: Option<Arc<kinds::Kinds>>,
 }
 
 impl<R: ReadMeter> Scheduler<R> {
@@ -140,6 +144,7 @@ impl<R: ReadMeter> Scheduler<R> {
             meters: HashMap::new(),
             tracker: TaskTracker::new(),
             shutdown,
+            kinds: None,
         }
     }
 
@@ -147,6 +152,12 @@ impl<R: ReadMeter> Scheduler<R> {
     /// interval, see [`slots`]), for tests that check phases.
     pub fn origin(&self) -> Instant {
         self.shared.origin
+    }
+
+    /// Also schedules each meter's summation and price reads ([`kinds`]).
+    pub fn with_kinds(mut self, kinds: kinds::Kinds) -> Self {
+        self.kinds = Some(Arc::new(kinds));
+        self
     }
 
     /// The counters every meter task updates.
@@ -198,6 +209,7 @@ impl<R: ReadMeter> Scheduler<R> {
                         cur.user_email != user.user_email
                             || cur.user_pw != user.user_pw
                             || cur.local != user.local
+                            || cur.cadence != user.cadence
                     };
                     if differs {
                         handle.user.send_replace(user);
@@ -207,8 +219,14 @@ impl<R: ReadMeter> Scheduler<R> {
                 None => {
                     let (tx, rx) = watch::channel(user);
                     let stop = self.shutdown.child_token();
+                    // The meter's other streams start and stop with its
+                    // demand task, so they follow the same owner.
+                    let gate = self
+                        .kinds
+                        .as_ref()
+                        .map(|k| k.start(&self.tracker, id, tx.subscribe(), stop.clone()));
                     self.tracker
-                        .spawn(meter_task(self.shared.clone(), id, rx, stop.clone()));
+                        .spawn(meter_task(self.shared.clone(), id, rx, stop.clone(), gate));
                     self.meters.insert(id, MeterHandle { user: tx, stop });
                     started += 1;
                 }
@@ -256,6 +274,7 @@ async fn meter_task<R: ReadMeter>(
     id: CloudId,
     mut user: watch::Receiver<User>,
     stop: CancellationToken,
+    gate: Option<Arc<kinds::Gate>>,
 ) {
     let interval = shared.opts.poll_interval;
     let phase = slots::phase_for(id, interval);
@@ -306,6 +325,9 @@ async fn meter_task<R: ReadMeter>(
         counters.latency(started.elapsed());
         let shutting_down = matches!(result, Err(PollError::Spool(_)));
         outcome(&shared, id, &mut run, result);
+        if let Some(gate) = &gate {
+            gate.set(run.backoff_until);
+        }
         if shutting_down {
             break;
         }
@@ -445,6 +467,7 @@ mod tests {
             CloudId::from_index(1),
             rx,
             CancellationToken::new(),
+            Some(Arc::new(kinds::Gate::default())),
         );
         let size = size_of_future(&task);
         assert!(size <= 768, "a meter task's future is {size} bytes");

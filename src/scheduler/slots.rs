@@ -37,7 +37,13 @@ pub fn epoch_offset(now: DateTime<Utc>, interval: Duration) -> Duration {
 /// provisioning produce) land far apart, and any set of ids spreads close to
 /// evenly over the interval.
 pub fn phase_for(id: CloudId, interval: Duration) -> Duration {
-    let h = (u64::from(id.as_u32()).wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 32;
+    phase_of_key(u64::from(id.as_u32()), interval)
+}
+
+/// The offset inside the interval for any 64-bit key (a cloud id, or an id
+/// salted by a stream kind so one meter's streams fall apart).
+pub fn phase_of_key(key: u64, interval: Duration) -> Duration {
+    let h = key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
     let nanos = interval.as_nanos() * u128::from(h) / (1u128 << 32);
     Duration::from_nanos(nanos as u64)
 }

@@ -92,6 +92,16 @@ pub struct UserBody {
     /// Read an EAGLE-200 on the customer's LAN instead of through the relay.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local: Option<LocalBody>,
+    /// This meter's own summation cadence, whole seconds; 0 turns the
+    /// stream off, absent or null follows `summation_interval`.
+    #[schema(example = 60, maximum = 86400)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summation_interval: Option<u32>,
+    /// This meter's own price cadence, whole seconds; 0 turns the stream
+    /// off, absent or null follows `price_interval`.
+    #[schema(example = 900, maximum = 86400)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_interval: Option<u32>,
     /// Optional; must equal the path's id when given.
     // No example: one fixed id would differ from most paths it is sent to.
     #[schema(pattern = "^[0-9a-fA-F]{6}$", nullable = false)]
@@ -134,6 +144,8 @@ impl UserBody {
                 host: l.host.clone(),
                 install_code: l.install_code.expose().to_string(),
             }),
+            summation_interval: user.cadence.summation_s,
+            price_interval: user.cadence.price_s,
             cloud_id: None,
         }
     }
@@ -179,6 +191,14 @@ pub struct UserView {
     pub source: &'static str,
     /// The local EAGLE-200, when `source` is `local`.
     pub local: Option<LocalView>,
+    /// The meter's own summation cadence in seconds (0: off); absent when
+    /// it follows `summation_interval`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summation_interval: Option<u32>,
+    /// The meter's own price cadence in seconds (0: off); absent when it
+    /// follows `price_interval`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price_interval: Option<u32>,
     /// Polling statistics.
     pub statistics: StatisticsView,
     /// How the scheduler treats the meter.
@@ -267,6 +287,8 @@ impl UserView {
                 host: l.host.clone(),
                 has_install_code: !l.install_code.is_empty(),
             }),
+            summation_interval: user.cadence.summation_s,
+            price_interval: user.cadence.price_s,
             statistics: StatisticsView {
                 total_events_logged: stats.total_events_logged,
                 first_timestamp: stats.first_timestamp,
@@ -598,98 +620,4 @@ pub fn user_from_body(id: CloudId, body: &[u8]) -> Result<User, ApiError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn id() -> CloudId {
-        CloudId::parse("00ce69").unwrap()
-    }
-
-    fn status(r: Result<User, ApiError>) -> u16 {
-        r.unwrap_err().status().as_u16()
-    }
-
-    #[test]
-    fn body_takes_the_id_from_the_path() {
-        let u = user_from_body(id(), br#"{"user_email": "a@b.org", "user_pw": "x"}"#).unwrap();
-        assert_eq!(u.cloud_id, id());
-        assert!(u.active);
-        let u = user_from_body(
-            id(),
-            br#"{"cloud_id": "00CE69", "user_email": "a@b.org", "user_pw": "x", "active": false}"#,
-        )
-        .unwrap();
-        assert!(!u.active);
-    }
-
-    #[test]
-    fn malformed_json_is_400_and_bad_fields_are_422() {
-        assert_eq!(status(user_from_body(id(), b"{\"user_email\": ")), 400);
-        assert_eq!(status(user_from_body(id(), b"")), 400);
-        assert_eq!(status(user_from_body(id(), b"[1]")), 422);
-        for body in [
-            r#"{"user_email": "a@b.org", "user_pw": "x", "actve": false}"#,
-            r#"{"user_email": "a@b.org", "user_pw": "x", "total_events_logged": 5}"#,
-            r#"{"user_email": "a@b.org", "user_pw": "x", "cloud_id": "00ce6a"}"#,
-            r#"{"user_email": "nope", "user_pw": "x"}"#,
-            r#"{"user_email": "a@b.org"}"#,
-        ] {
-            assert_eq!(status(user_from_body(id(), body.as_bytes())), 422, "{body}");
-        }
-    }
-
-    #[test]
-    fn errors_never_quote_the_password() {
-        for body in [
-            r#"{"user_email": "a@b.org", "user_pw": ["hunter2"]}"#,
-            r#"{"user_email": "a@b.org", "user_pw": "hunter2", "local": "hunter2"}"#,
-            r#"{"user_email": "a@b.org", "user_pw": "hunter2"#,
-        ] {
-            let e = user_from_body(id(), body.as_bytes()).unwrap_err();
-            assert!(!e.problem().detail.contains("hunter2"), "{e}");
-        }
-    }
-
-    #[test]
-    fn view_never_carries_secrets() {
-        let u = user_from_body(
-            id(),
-            br#"{"user_email": "a@b.org", "user_pw": "hunter2", "local": {"host": "10.0.0.2", "install_code": "s3cret"}}"#,
-        )
-        .unwrap();
-        let text = serde_json::to_string(&UserView::new(&u, None, Scope::Admin)).unwrap();
-        assert!(
-            !text.contains("hunter2") && !text.contains("s3cret"),
-            "{text}"
-        );
-        assert!(text.contains("\"has_password\":true"), "{text}");
-    }
-
-    #[test]
-    fn read_tokens_see_masked_emails_and_writers_see_them_whole() {
-        let u = user_from_body(
-            id(),
-            br#"{"user_email": "someone@example.org", "user_pw": "x"}"#,
-        )
-        .unwrap();
-        let email = |scope| UserView::new(&u, None, scope).user_email;
-        assert_eq!(email(Scope::Read), "s*****e@example.org");
-        assert_eq!(email(Scope::Write), "someone@example.org");
-        assert_eq!(email(Scope::Admin), "someone@example.org");
-        assert_eq!(mask_email("ab@x.org"), "a*****@x.org");
-        assert_eq!(mask_email("no-at-sign"), "n*****n");
-        assert_eq!(mask_email("@x.org"), "*****@x.org");
-    }
-
-    #[test]
-    fn documented_body_fields_are_the_accepted_ones() {
-        let schema = serde_json::to_value(<UserBody as utoipa::PartialSchema>::schema()).unwrap();
-        let mut props: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
-        props.sort();
-        assert_eq!(
-            props,
-            ["active", "cloud_id", "local", "user_email", "user_pw"]
-        );
-        assert_eq!(schema["additionalProperties"], false);
-    }
-}
+mod tests;

@@ -51,6 +51,7 @@ pub fn meter_user(index: u32) -> crate::registry::User {
         user_pw: crate::secret::Secret::new(meter_password(id)),
         active: true,
         local: None,
+        cadence: Default::default(),
     }
 }
 
@@ -222,6 +223,8 @@ pub(crate) struct MeterState {
     pub(crate) requests: AtomicU64,
     /// Intact demand readings sent to it.
     pub(crate) served: AtomicU64,
+    /// `get_history_data` requests it answered.
+    pub(crate) history_requests: AtomicU64,
     /// A test-set password replacing [`meter_password`]; one lock per meter,
     /// so readers never contend across meters.
     password: RwLock<Option<Box<str>>>,
@@ -247,6 +250,7 @@ impl MeterState {
             profile: Profile::new(index, seed),
             requests: AtomicU64::new(0),
             served: AtomicU64::new(0),
+            history_requests: AtomicU64::new(0),
             password: RwLock::new(None),
             arrivals: Mutex::new(Vec::new()),
         }

@@ -70,6 +70,19 @@ pub struct SimulateArgs {
     /// Memory grows with every request: for benchmarks, not for demos.
     #[arg(long)]
     pub record_arrivals: bool,
+    /// Most `CurrentSummation` entries one `get_history_data` answer
+    /// carries; a longer range gets a partial answer, and the client asks
+    /// again from the last entry it got.
+    #[arg(long, default_value_t = 16)]
+    pub history_max: u32,
+    /// Answer `get_history_data` entries newest first rather than in time
+    /// order, as a client must expect from some firmware.
+    #[arg(long)]
+    pub history_unordered: bool,
+    /// How far back each meter's stored history reaches (e.g. 2days, 30m);
+    /// older times are not answered, as a real EAGLE's history is finite.
+    #[arg(long, default_value = "2days", value_parser = humantime::parse_duration)]
+    pub history_keep: Duration,
 }
 
 /// What `GET /sim/arrivals` answers: per meter, when each request arrived
@@ -103,6 +116,9 @@ impl Default for SimulateArgs {
             garbage_rate: 0.0,
             seed: 1,
             record_arrivals: false,
+            history_max: 16,
+            history_unordered: false,
+            history_keep: Duration::from_secs(2 * 86_400),
         }
     }
 }
@@ -116,6 +132,9 @@ impl SimulateArgs {
                 meters::MAX_METERS,
                 self.meters
             );
+        }
+        if self.history_max == 0 {
+            anyhow::bail!("--history-max must be at least 1");
         }
         for (flag, rate) in [
             ("--error-rate", self.error_rate),
@@ -250,6 +269,15 @@ impl Simulator {
         self.shared
             .meter(id)
             .map_or(0, |m| m.served.load(Ordering::Relaxed))
+    }
+
+    /// `get_history_data` requests meter `id` answered so far (valid
+    /// credentials, no injected fault), so tests can see that a gap was
+    /// asked for once and a filled one never again.
+    pub fn history_requests_for(&self, id: CloudId) -> u64 {
+        self.shared
+            .meter(id)
+            .map_or(0, |m| m.history_requests.load(Ordering::Relaxed))
     }
 
     /// Answers of `kind` sent so far (every meter), so tests can hold a

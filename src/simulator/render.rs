@@ -103,12 +103,7 @@ pub(crate) fn history(
 
 /// Appends a `PriceCluster` notification: a two-tier tariff, peak 16:00-21:00 UTC.
 pub(crate) fn price(out: &mut String, macs: Macs, timestamp: u32) {
-    let hour = timestamp % 86_400 / 3600;
-    let (price, tier, label) = if (16..21).contains(&hour) {
-        (2800, 2, "Peak")
-    } else {
-        (1200, 1, "Off-Peak")
-    };
+    let (price, tier, label) = tariff(timestamp);
     let _ = write!(
         out,
         concat!(
@@ -130,6 +125,22 @@ pub(crate) fn price(out: &mut String, macs: Macs, timestamp: u32) {
         tier = tier,
         label = label,
     );
+}
+
+/// The simulated tariff at EAGLE time `timestamp`: raw price (4 trailing
+/// digits), tier and rate label; peak 16:00-21:00 UTC.
+pub(crate) fn tariff(timestamp: u32) -> (u32, u32, &'static str) {
+    let hour = timestamp % 86_400 / 3600;
+    if (16..21).contains(&hour) {
+        (2800, 2, "Peak")
+    } else {
+        (1200, 1, "Off-Peak")
+    }
+}
+
+/// [`tariff`]'s price in currency units, as an EAGLE-200 reports `zigbee:Price`.
+pub(crate) fn tariff_price(timestamp: u32) -> f64 {
+    f64::from(tariff(timestamp).0) / 10_000.0
 }
 
 /// Appends an EAGLE-200 `DeviceList` with the one electric meter.
@@ -155,8 +166,9 @@ pub(crate) fn device_list(out: &mut String, meter_mac: u64, unix_secs: u32) {
     );
 }
 
-/// Appends an EAGLE-200 `Device` answer to `device_query` with demand (kW)
-/// and both energy counters (kWh), values already scaled as the device does.
+/// Appends an EAGLE-200 `Device` answer to `device_query` with demand (kW),
+/// both energy counters (kWh) and the price when given, values already scaled as the
+/// device does.
 pub(crate) fn device_query(
     out: &mut String,
     meter_mac: u64,
@@ -164,6 +176,7 @@ pub(crate) fn device_query(
     demand_kw: f64,
     delivered_kwh: f64,
     received_kwh: f64,
+    price: Option<f64>,
 ) {
     let _ = write!(
         out,
@@ -208,6 +221,9 @@ pub(crate) fn device_query(
         "kWh",
         "Total Meter Energy Received",
     );
+    if let Some(price) = price {
+        variable(out, "zigbee:Price", price, "USD", "Price");
+    }
     out.push_str("      </Variables>\n    </Component>\n  </Components>\n</Device>\n");
 }
 
@@ -260,7 +276,15 @@ mod tests {
         summation(&mut out, "", MACS, 0x2f1a_4c10, 0x0098_ab51, 0x3039);
         assert_eq!(out, sample!("relay-summation.xml"));
         out.clear();
-        device_query(&mut out, MACS.meter, 0x6743_a1b2, 2.654, 10005.329, 12.345);
+        device_query(
+            &mut out,
+            MACS.meter,
+            0x6743_a1b2,
+            2.654,
+            10005.329,
+            12.345,
+            None,
+        );
         assert_eq!(out, sample!("local-device-query.xml"));
         out.clear();
         device_list(&mut out, MACS.meter, 0x6743_a1b2);

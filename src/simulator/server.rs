@@ -31,8 +31,6 @@ use crate::protocol::parse::EAGLE_EPOCH_OFFSET;
 pub(crate) const PATH: &str = "/cgi-bin/post_manager";
 /// Command bodies are a few hundred bytes; anything far larger is refused.
 const MAX_BODY: usize = 64 * 1024;
-/// Most `CurrentSummation` entries one `get_history_data` answer carries.
-const HISTORY_MAX: u64 = 16;
 /// Default `get_history_data` spacing when the command gives none, seconds.
 const HISTORY_STEP: u64 = 900;
 
@@ -51,6 +49,12 @@ pub(crate) struct Shared {
     garbage_rate: f64,
     /// Set with `--record-arrivals`: the zero point of arrival times.
     recording: Option<Instant>,
+    /// Most entries per `get_history_data` answer.
+    history_max: u32,
+    /// Whether history entries go out newest first.
+    history_unordered: bool,
+    /// How far back history reaches, seconds.
+    history_keep_s: u64,
 }
 
 impl Shared {
@@ -67,6 +71,9 @@ impl Shared {
             error_rate: args.error_rate,
             garbage_rate: args.garbage_rate,
             recording: args.record_arrivals.then(Instant::now),
+            history_max: args.history_max,
+            history_unordered: args.history_unordered,
+            history_keep_s: args.history_keep.as_secs(),
         }
     }
 
@@ -339,26 +346,46 @@ fn relay_answer(sim: &Shared, caller: Caller, faults: Faults, body: &[u8]) -> An
     } else if name.eq_ignore_ascii_case("get_price") {
         render::price(&mut out, macs, now);
     } else if name.eq_ignore_ascii_case("get_history_data") {
-        let now = u64::from(now);
-        let start = hex_tag(body, b"starttime").map_or(now.saturating_sub(3600), u64::from);
-        let end = hex_tag(body, b"endtime").map_or(now, u64::from).min(now);
-        let step = hex_tag(body, b"frequency")
-            .filter(|&f| f > 0)
-            .map_or(HISTORY_STEP, u64::from);
-        let entries = (0..HISTORY_MAX)
-            .map(|k| start + k * step)
-            .take_while(|&t| t <= end)
-            .map(|t| {
-                let t = t as u32; // t <= now, which fits in u32
+        meter.history_requests.fetch_add(1, Ordering::Relaxed);
+        let entries = history_entries(sim, body, u64::from(now));
+        out.reserve(entries.len() * 560);
+        render::history(
+            &mut out,
+            macs,
+            entries.into_iter().map(|t| {
                 let (delivered, received) = meter.profile.summation_wh(t);
                 (t, delivered, received)
-            });
-        out.reserve(HISTORY_MAX as usize * 560);
-        render::history(&mut out, macs, entries);
+            }),
+        );
     } else {
         out.push_str(render::UNKNOWN_COMMAND);
     }
     Answer::xml(out).of_kind(kind)
+}
+
+/// The times a `get_history_data` answer holds: from `StartTime` (but no
+/// further back than the history kept) to `EndTime` (at most now),
+/// `Frequency` apart, at most `history_max` of them (a partial answer),
+/// newest first when the simulator plays unordered firmware.
+fn history_entries(sim: &Shared, body: &[u8], now: u64) -> Vec<u32> {
+    let oldest = now.saturating_sub(sim.history_keep_s);
+    let asked = hex_tag(body, b"starttime").map_or(now.saturating_sub(3600), u64::from);
+    let end = hex_tag(body, b"endtime").map_or(now, u64::from).min(now);
+    let step = hex_tag(body, b"frequency")
+        .filter(|&f| f > 0)
+        .map_or(HISTORY_STEP, u64::from);
+    // The device's samples lie on its own grid; the first one kept at or
+    // after the start asked for.
+    let start = asked.max(oldest.div_ceil(step) * step);
+    let mut times: Vec<u32> = (0..u64::from(sim.history_max))
+        .map(|k| start + k * step)
+        .take_while(|&t| t <= end)
+        .map(|t| t as u32) // t <= now, which fits in u32
+        .collect();
+    if sim.history_unordered {
+        times.reverse();
+    }
+    times
 }
 
 fn local_answer(sim: &Shared, caller: Caller, faults: Faults, body: &[u8]) -> Answer {
@@ -397,6 +424,7 @@ fn local_answer(sim: &Shared, caller: Caller, faults: Faults, body: &[u8]) -> An
                 f64::from(watts) / 1000.0,
                 f64::from(delivered) / 1000.0,
                 f64::from(received) / 1000.0,
+                Some(render::tariff_price(now)),
             );
             kind = AnswerKind::Reading;
         }
@@ -525,6 +553,34 @@ mod tests {
         assert_eq!(tag_text(b"<Names>x</Names>", b"name"), None);
         assert_eq!(tag_text(b"<Name", b"name"), None);
         assert_eq!(tag_text(b"", b"name"), None);
+    }
+
+    #[test]
+    fn history_answers_are_partial_unordered_and_bounded_by_what_is_kept() {
+        let args = SimulateArgs {
+            meters: 1,
+            history_max: 3,
+            history_unordered: true,
+            history_keep: std::time::Duration::from_secs(600),
+            ..SimulateArgs::default()
+        };
+        let sim = Shared::new(&args);
+        let now = 100_000;
+        let ask = |start: u64| {
+            format!(
+                "<Command><Name>get_history_data</Name><StartTime>0x{start:08x}</StartTime><EndTime>0x{now:08x}</EndTime><Frequency>0x3c</Frequency></Command>"
+            )
+        };
+        // Partial (three of many) and newest first.
+        assert_eq!(
+            history_entries(&sim, ask(now - 3000).as_bytes(), now),
+            // Kept: the last 600 s only, on the 60 s grid.
+            vec![99_540, 99_480, 99_420]
+        );
+        assert_eq!(
+            history_entries(&sim, ask(now - 100).as_bytes(), now),
+            vec![99_960, 99_900]
+        );
     }
 
     #[test]

@@ -78,6 +78,10 @@ pub fn fold_pingers(a: &PingerSnapshot, b: &PingerSnapshot) -> PingerSnapshot {
         on_time_ratio,
         lag_p50_ms: a.lag_p50_ms.max(b.lag_p50_ms),
         lag_p99_ms: a.lag_p99_ms.max(b.lag_p99_ms),
+        backfilled_readings_total: a
+            .backfilled_readings_total
+            .saturating_add(b.backfilled_readings_total),
+        gaps_open: a.gaps_open + b.gaps_open,
         lines_written_total: a.lines_written_total.saturating_add(b.lines_written_total),
         bytes_written_total: a.bytes_written_total.saturating_add(b.bytes_written_total),
         write_errors_total: a.write_errors_total.saturating_add(b.write_errors_total),

@@ -204,6 +204,8 @@ impl Hub {
                     },
                     lag_p50_ms: s.lag_quantile_ms(0.5),
                     lag_p99_ms: s.lag_quantile_ms(0.99),
+                    backfilled_readings_total: s.backfilled_readings,
+                    gaps_open: s.gaps_open,
                     lines_written_total: spool_count(|x| SpoolStats::get(&x.lines_written)),
                     bytes_written_total: spool_count(|x| SpoolStats::get(&x.bytes_written)),
                     write_errors_total: spool_count(|x| SpoolStats::get(&x.write_errors)),

@@ -216,6 +216,21 @@ impl Collector for HubCollector {
                 "Slots skipped because the poll could not start within max_start_lag (over capacity)",
                 s.skipped_overload,
             )?;
+            counter(
+                &mut enc,
+                "backfilled_readings",
+                "Summation readings written from meters' history to fill gaps",
+                s.backfilled_readings,
+            )?;
+            {
+                let g = ConstGauge::new(s.gaps_open);
+                g.encode(enc.encode_descriptor(
+                    "gaps_open",
+                    "Gaps in meters' summation streams still to fill from their history",
+                    None,
+                    g.metric_type(),
+                )?)?;
+            }
             {
                 let g = ConstGauge::new(s.capacity_ratio);
                 g.encode(enc.encode_descriptor(

@@ -73,6 +73,10 @@ pub struct PingerSnapshot {
     pub lag_p50_ms: Option<u64>,
     /// Upper bound (ms) of the 99th percentile's bucket.
     pub lag_p99_ms: Option<u64>,
+    /// Summation readings written from meters' history (backfill).
+    pub backfilled_readings_total: u64,
+    /// Summation gaps still to fill from meters' history.
+    pub gaps_open: i64,
     /// Lines written to spool files.
     pub lines_written_total: u64,
     /// Bytes written to spool files.

@@ -33,10 +33,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use chrono::DateTime;
 use rainforest::config::Layers;
-use rainforest::registry::{Registry, User};
+use rainforest::registry::Registry;
 use rainforest::scheduler::slots::phase_for;
-use rainforest::secret::Secret;
-use rainforest::simulator::{meter_cloud_id, meter_email, meter_password};
+use rainforest::simulator::{meter_cloud_id, meter_user};
 use support::process::Proc;
 
 /// A poll that started within this of its slot is on time.
@@ -159,16 +158,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         let registry = Registry::from_config(&config).await?;
         for i in 0..a.meters {
-            let id = meter_cloud_id(i);
-            registry
-                .put(&User {
-                    cloud_id: id,
-                    user_email: meter_email(id),
-                    user_pw: Secret::new(meter_password(id)),
-                    active: true,
-                    local: None,
-                })
-                .await?;
+            registry.put(&meter_user(i)).await?;
         }
         anyhow::Ok(())
     })?;

@@ -230,6 +230,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 user_pw: Secret::new(meter_password(id)),
                 active: true,
                 local: None,
+                cadence: Default::default(),
             }
         })
         .collect();

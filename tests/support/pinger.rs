@@ -96,3 +96,22 @@ pub fn lines_for(dir: &Path, id: CloudId) -> usize {
         .filter(|(_, v)| v["cloud_id"] == id.as_str())
         .count()
 }
+
+/// The spool directory, users file and log file of a pinger run under `dir`.
+pub fn run_paths(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    (
+        dir.join("logs"),
+        dir.join("users.jl"),
+        dir.join("pinger.log"),
+    )
+}
+
+/// The text of a standalone service's `/metrics` on `port` (loopback).
+pub async fn metrics_text(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body")
+}

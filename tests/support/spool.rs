@@ -115,11 +115,36 @@ fn walk(dir: &Path, wanted: &dyn Fn(&str) -> bool) -> Vec<PathBuf> {
     out
 }
 
-/// Every line of every spool file under `dir` ([`spool_files`]), with its file, parsed;
-/// panics on a line that is not a complete JSON value.
+/// The stream a spool file holds, from the kind marker in its name
+/// (`<prefix>-summation-<id>-…`); unmarked names are demand.
+pub fn file_kind(path: &Path) -> rainforest::stream::Kind {
+    use rainforest::stream::Kind;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    [Kind::Summation, Kind::Price]
+        .into_iter()
+        .find(|k| name.contains(&format!("-{}-", k.as_str())))
+        .unwrap_or(Kind::Demand)
+}
+
+/// Every line of every demand spool file under `dir` ([`spool_files`]),
+/// with its file, parsed; panics on a line that is not a complete JSON
+/// value. Demand only, so counts of polls do not change when a meter's
+/// summation or price lines land beside them ([`kind_lines`] reads those).
 pub fn spool_lines(dir: &Path) -> Vec<(PathBuf, serde_json::Value)> {
+    kind_lines(dir, rainforest::stream::Kind::Demand)
+}
+
+/// Every line of every spool file of stream `kind` under `dir`, with its
+/// file, parsed; panics on a line that is not a complete JSON value.
+pub fn kind_lines(dir: &Path, kind: rainforest::stream::Kind) -> Vec<(PathBuf, serde_json::Value)> {
     let mut out = Vec::new();
-    for p in spool_files(dir) {
+    for p in spool_files(dir)
+        .into_iter()
+        .filter(|p| file_kind(p) == kind)
+    {
         let text = std::fs::read_to_string(&p).expect("read spool file");
         for line in text.lines() {
             let v: serde_json::Value = serde_json::from_str(line)

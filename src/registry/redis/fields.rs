@@ -9,6 +9,8 @@
 //! - `source`: `relay` (the vendor's cloud relay) or `local` (an EAGLE-200 on the LAN);
 //! - `host`, `install_code`: only when `source` is `local`; `install_code`
 //!   is sealed;
+//! - `summation_interval`, `price_interval`: the meter's own cadences in
+//!   whole seconds, `0` for off; absent to follow the configuration;
 //! - `updated_at`: when the settings last changed, unix seconds (e.g. `1718000000.25`).
 //!
 //! "Sealed" means `v1:<key id>:<base64 nonce ‖ ciphertext>`, XChaCha20-Poly1305
@@ -39,6 +41,7 @@ use ::redis::{FromRedisValue, Value};
 
 use crate::cloud_id::CloudId;
 use crate::registry::RegistryError;
+use crate::registry::cadence::{self, Cadence};
 use crate::registry::stats::{MeterState, UserStats};
 use crate::registry::user::{LocalSource, User};
 use crate::secret::Secret;
@@ -83,6 +86,7 @@ pub fn user_to_hash(user: &User, vault: Option<&Vault>) -> Vec<(&'static str, St
             fields.push(("install_code", store("install_code", &local.install_code)));
         }
     }
+    fields.extend(user.cadence.fields().map(|(f, s)| (f, s.to_string())));
     fields
 }
 
@@ -150,12 +154,18 @@ pub fn user_from_hash(
         Some(_) => return Err(invalid("source", "must be relay or local")),
         None => return Err(invalid("source", "is missing")),
     };
+    let cadence = Cadence::from_text(
+        fields.get(cadence::SUMMATION_FIELD).map(String::as_str),
+        fields.get(cadence::PRICE_FIELD).map(String::as_str),
+    )
+    .map_err(|e| invalid(&e.field, &e.reason))?;
     let user = User {
         cloud_id: id,
         user_email,
         user_pw,
         active,
         local,
+        cadence,
     };
     user.validate().map_err(|e| {
         // The hash stores `local.host` as plain `host`.
@@ -242,6 +252,7 @@ mod tests {
             user_pw: Secret::new("pw"),
             active: true,
             local: None,
+            cadence: Default::default(),
         }
     }
 
@@ -273,6 +284,19 @@ mod tests {
         assert!(!fields.contains_key("user_pw"));
         assert_eq!(fields["source"], "local");
         assert_eq!(user_from_hash(id(), key, &fields, None).unwrap(), local);
+        let paced = User {
+            cadence: Cadence {
+                summation_s: Some(0),
+                price_s: Some(300),
+            },
+            ..relay_user()
+        };
+        let mut fields = as_map(user_to_hash(&paced, None));
+        assert_eq!(fields["summation_interval"], "0");
+        assert_eq!(user_from_hash(id(), key, &fields, None).unwrap(), paced);
+        fields.insert("price_interval".into(), "soon".into());
+        let e = user_from_hash(id(), key, &fields, None).unwrap_err();
+        assert!(e.to_string().contains("`price_interval`"), "{e}");
     }
 
     #[test]

@@ -56,6 +56,11 @@ pub struct Totals {
     pub polls_per_s: Option<f64>,
     /// Lines written per second by the pinger in this process.
     pub lines_per_s: Option<f64>,
+    /// Summation readings filled in from meters' history; `null` when no
+    /// pinger reports.
+    pub backfilled_readings: Option<u64>,
+    /// Gaps in meters' summation streams still to fill from their history.
+    pub gaps_open: Option<i64>,
     /// Completed files waiting for upload, from the rotator the hub sees; `null` when none reports.
     pub upload_backlog: Option<u64>,
     /// Age in seconds of the oldest file waiting for upload.
@@ -80,6 +85,8 @@ impl Totals {
             stale_10m: c.stale(PAGE_STALE_MINUTES).unwrap_or_default(),
             polls_per_s: pinger.map(|p| p.polls_per_s),
             lines_per_s: pinger.map(|p| p.lines_per_s),
+            backfilled_readings: pinger.map(|p| p.backfilled_readings_total),
+            gaps_open: pinger.map(|p| p.gaps_open),
             upload_backlog: rotator.as_ref().map(|r| r.files_pending),
             oldest_pending_age_s: rotator.as_ref().map(|r| r.oldest_pending_age_s as f64),
             last_upload_at: rotator.and_then(|r| r.last_upload_at),

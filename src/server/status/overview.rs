@@ -200,6 +200,7 @@ mod tests {
             user_pw: Secret::new("pw"),
             active,
             local: None,
+            cadence: Default::default(),
         }
     }
 

@@ -160,6 +160,9 @@
     setCard('c-polls', t.polls_per_s == null ? '–' : nf1.format(t.polls_per_s),
       t.polls_per_s == null ? 'no pinger reporting'
         : (t.lines_per_s == null ? '' : nf1.format(t.lines_per_s) + ' lines/s'));
+    setCard('c-gaps', t.gaps_open == null ? '–' : count(t.gaps_open),
+      t.backfilled_readings == null ? 'no pinger reporting'
+        : count(t.backfilled_readings) + ' readings backfilled');
     const backlog = t.upload_backlog;
     setCard('c-backlog', backlog == null ? '–' : count(backlog) + (backlog === 1 ? ' file' : ' files'),
       backlog == null ? 'no rotator reporting'
