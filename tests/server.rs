@@ -856,6 +856,7 @@ async fn openapi_document_lists_every_route_with_bearer_auth() {
         ("/readyz", &["get"][..]),
         ("/api/status", &["get"][..]),
         ("/api/stats", &["get"][..]),
+        ("/api/coverage", &["get"][..]),
         ("/status", &["get"][..]),
         ("/metrics", &["get"][..]),
     ] {
@@ -876,7 +877,7 @@ async fn openapi_document_lists_every_route_with_bearer_auth() {
     }
     assert_eq!(
         doc["paths"].as_object().unwrap().len(),
-        10,
+        11,
         "an undocumented or extra path"
     );
     assert_eq!(

@@ -117,7 +117,7 @@ fn table(report: &Report) -> String {
         let _ = writeln!(
             out,
             "{:<8} {:<10} {:<9} {:>6.2}% {:>13} {:>12}  {}",
-            d.cloud_id,
+            d.cloud_id.as_str(),
             d.day,
             d.kind,
             d.share * 100.0,

@@ -55,6 +55,7 @@ pub struct Selection {
 
 /// Something that could not be read; the read went on without it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Unreadable)]
 pub struct Problem {
     /// The object or file (`s3://bucket/key`, a path).
     pub location: String,

@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::auth::Caller;
 use super::error::{ApiError, Problem};
-use super::{event, health, status, users};
+use super::{coverage, event, health, status, users};
 use crate::tokens::Scope;
 
 /// The API description; see each handler for its route.
@@ -33,6 +33,7 @@ use crate::tokens::Scope;
         health::readyz,
         status::api::api_status,
         status::api::api_stats,
+        coverage::api_coverage,
         status::metrics::metrics,
         status::page::status_page,
         openapi_json,
