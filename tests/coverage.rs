@@ -289,3 +289,49 @@ fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+#[tokio::test]
+async fn yesterdays_coverage_is_computed_in_the_background_and_the_status_page_has_its_panel() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("archive");
+    let yesterday = Utc::now().date_naive().pred_opt().unwrap();
+    let start = yesterday.and_hms_opt(0, 0, 0).unwrap().and_utc();
+    let m = id("0b0003");
+    let lines: Vec<String> = (0..60)
+        .map(|i| demand_at(m, start + Duration::minutes(i), 50, 1.0))
+        .collect();
+    write_object(&root, m, HourBucket::of(start), &lines);
+    let archive_root = root.clone();
+    let server = TestServer::start(Backend::UsersFile, Default::default(), move |c| {
+        c.archive = ArchiveSetting::Dir(archive_root);
+        c.poll_interval = std::time::Duration::from_secs(60);
+    })
+    .await
+    .expect("server");
+    let mut body = Value::Null;
+    support::process::wait_for("yesterday's coverage in the cache", async || {
+        let a = server
+            .get("/api/coverage", Some(support::server::ADMIN))
+            .await;
+        if a.status == StatusCode::OK {
+            body = a.json();
+            return true;
+        }
+        assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
+        assert!(a.body.contains("being computed"), "{}", a.body);
+        false
+    })
+    .await;
+    assert_eq!(body["day"], yesterday.to_string());
+    let days = body["report"]["days"].as_array().unwrap();
+    assert_eq!(days.len(), 1, "{body}");
+    assert_eq!(days[0]["present"], 60);
+    assert_eq!(days[0]["expected"], 1440);
+
+    let page = server.get("/status", None).await;
+    assert!(page.body.contains("id=\"coverage-rows\""));
+    assert!(page.body.contains("fetch('/api/coverage'"));
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    assert_eq!(csp.matches("'sha256-").count(), 3, "{csp}");
+    server.stop().await;
+}
