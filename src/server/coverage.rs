@@ -30,8 +30,10 @@ use crate::readback::Source;
 use crate::stream::Kind;
 use crate::tokens::Scope;
 
-/// How often yesterday's report is computed again (late uploads change it).
-const REFRESH_EVERY: Duration = Duration::from_secs(15 * 60);
+/// How often yesterday's report is computed again: late uploads change
+/// it, and each run reads every meter's 24 objects (on S3, one GET each),
+/// so not more often.
+const REFRESH_EVERY: Duration = Duration::from_secs(60 * 60);
 /// Most meters one request may name.
 const MAX_METERS: usize = 1000;
 
@@ -159,12 +161,13 @@ fn worst_first(report: &mut Report) {
 #[into_params(parameter_in = Query)]
 pub struct CoverageQuery {
     /// The UTC day, `YYYY-MM-DD` (default: yesterday).
-    #[param(example = "2025-01-15", pattern = r"^\d{4}-\d{2}-\d{2}$")]
+    #[param(example = "2025-01-15", format = Date)]
     pub day: Option<String>,
     /// Cloud ids, comma-separated (default: every meter in the archive).
     #[param(
         example = "00ce69,00ce6a",
-        pattern = r"^[0-9a-fA-F]{6}(,[0-9a-fA-F]{6})*$"
+        pattern = r"^[0-9a-fA-F]{6}(,[0-9a-fA-F]{6})*$",
+        max_length = 6999
     )]
     pub meter: Option<String>,
     /// `demand` (default), `summation` or `price`.
@@ -192,7 +195,7 @@ pub struct CoverageAnswer {
 /// Coverage of one day per meter, worst first.
 ///
 /// Needs scope `read`. Yesterday's report for all meters is served from a
-/// cache refreshed in the background every 15 minutes; other days and
+/// cache refreshed in the background every hour; other days and
 /// filtered questions are read from the archive on the request.
 #[utoipa::path(
     get,
