@@ -161,7 +161,13 @@ impl Accumulator {
     fn close_day(&mut self) {
         let ds = day_start(self.day).timestamp_millis();
         let end = (ds + 86_400_000).min(self.now_ms);
-        for id in &self.meters {
+        // A day that has not begun expects nothing and is left out.
+        let meters = if ds < self.now_ms {
+            &self.meters[..]
+        } else {
+            &[]
+        };
+        for id in meters {
             let grid = self
                 .grids
                 .remove(id)
@@ -198,4 +204,37 @@ fn day_of(ms: i64) -> NaiveDate {
     DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
         .date_naive()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::readback::Source;
+
+    #[tokio::test]
+    async fn days_after_now_are_left_out_and_a_meter_without_readings_has_one_gap() {
+        let spool = tempfile::tempdir().unwrap();
+        let source = Arc::new(Source::new(
+            None,
+            "p",
+            "f",
+            Some(spool.path().to_path_buf()),
+        ));
+        let day = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        let request = Request {
+            meters: Some(vec![CloudId::parse("00ce69").unwrap()]),
+            kind: Kind::Demand,
+            from: day("2025-03-09"),
+            to: day("2025-03-12"),
+            cadence: Duration::from_secs(60),
+        };
+        let now = day_start(day("2025-03-10")) + chrono::Duration::hours(6);
+        let report = report(source, &request, now).await.unwrap();
+        let days: Vec<(&str, u64, usize)> = report
+            .days
+            .iter()
+            .map(|d| (d.day.as_str(), d.expected, d.gaps.len()))
+            .collect();
+        assert_eq!(days, [("2025-03-09", 1440, 1), ("2025-03-10", 360, 1)]);
+    }
 }
