@@ -273,3 +273,32 @@ fn duckdb_reads_the_parquet_file_with_the_same_rows_and_demand() {
     assert!(parts[3].starts_with("2025-03-10 10:00:00"), "{text}");
     assert_eq!(parts[4], "TIMESTAMP WITH TIME ZONE", "{text}");
 }
+
+#[test]
+fn sigterm_stops_an_export_and_leaves_no_file_behind() {
+    let f = fixture();
+    let out = f.out.display().to_string();
+    // A century of (mostly empty) hours: long enough to be interrupted.
+    let mut cmd = rainforest_over(
+        &f.archive,
+        &f.data,
+        &[
+            "export", "--meter", "0a0001", "--from", "2000-01-01", "--to", "2099-12-31",
+            "--format", "parquet", "--output", &out,
+        ],
+    );
+    cmd.stderr(std::process::Stdio::null());
+    let mut child = support::process::Proc::spawn(&mut cmd, "rainforest export");
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    assert!(child.try_status().is_none(), "the export ended before the signal");
+    let status = child
+        .terminate(std::time::Duration::from_secs(10))
+        .expect("export stops on SIGTERM");
+    assert_eq!(status.code(), Some(130));
+    let left: Vec<_> = std::fs::read_dir(f.out.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("out"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
 
 use super::coverage::{parse_kind, parse_meters};
 use crate::cloud_id::CloudId;
@@ -74,7 +75,12 @@ fn parse_to(s: &str) -> Result<DateTime<Utc>, String> {
 
 /// Runs the export; exit 1 when some object could not be read (the file is
 /// still written with everything else), 2 on bad arguments.
-pub async fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
+/// SIGINT or SIGTERM (`shutdown`) stops it and removes the partial file.
+pub async fn run(
+    args: Args,
+    config: &Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<ExitCode> {
     if args.from >= args.to {
         eprintln!("error: --from {} is not before --to {}", args.from, args.to);
         return Ok(ExitCode::from(super::EXIT_CONFIG));
@@ -114,7 +120,7 @@ pub async fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
     });
     let target = output.target();
     let out = output.open()?;
-    let result = export::export(
+    let exporting = export::export(
         &mut reader,
         args.kind,
         args.format,
@@ -126,8 +132,18 @@ pub async fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
                 bar.set_message(format!("{rows} rows"));
             }
         },
-    )
-    .await;
+    );
+    let result = tokio::select! {
+        r = exporting => r,
+        () = shutdown.cancelled() => {
+            output.abandon();
+            match &output {
+                Output::Stdout => eprintln!("export interrupted; the output is incomplete"),
+                Output::File { .. } => eprintln!("export interrupted; {target} was not written"),
+            }
+            return Ok(ExitCode::from(130));
+        }
+    };
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }

@@ -191,7 +191,7 @@ async fn dispatch(cli: Cli, config: Config) -> ExitCode {
         Command::Tokens(args) => tokens::run(args, &config).await,
         Command::Rotator(args) => rotator::run(args, &config, shutdown).await,
         Command::Coverage(args) => coverage::run(args, &config).await,
-        Command::Export(args) => export::run(args, &config).await,
+        Command::Export(args) => export::run(args, &config, shutdown).await,
         Command::Config => {
             print!("{}", config.render());
             Ok(ExitCode::SUCCESS)
