@@ -283,14 +283,26 @@ fn sigterm_stops_an_export_and_leaves_no_file_behind() {
         &f.archive,
         &f.data,
         &[
-            "export", "--meter", "0a0001", "--from", "2000-01-01", "--to", "2099-12-31",
-            "--format", "parquet", "--output", &out,
+            "export",
+            "--meter",
+            "0a0001",
+            "--from",
+            "2000-01-01",
+            "--to",
+            "2099-12-31",
+            "--format",
+            "parquet",
+            "--output",
+            &out,
         ],
     );
     cmd.stderr(std::process::Stdio::null());
     let mut child = support::process::Proc::spawn(&mut cmd, "rainforest export");
     std::thread::sleep(std::time::Duration::from_millis(800));
-    assert!(child.try_status().is_none(), "the export ended before the signal");
+    assert!(
+        child.try_status().is_none(),
+        "the export ended before the signal"
+    );
     let status = child
         .terminate(std::time::Duration::from_secs(10))
         .expect("export stops on SIGTERM");

@@ -38,13 +38,18 @@ pub fn object_path(root: &Path, kind: Kind, cloud_id: CloudId, hour: HourBucket)
 pub fn write_object(root: &Path, cloud_id: CloudId, hour: HourBucket, lines: &[String]) -> PathBuf {
     let path = object_path(root, Kind::Demand, cloud_id, hour);
     std::fs::create_dir_all(path.parent().expect("object dir")).expect("mkdir");
+    std::fs::write(&path, gzip_lines(lines)).expect("write object");
+    path
+}
+
+/// `lines`, each followed by a newline, as one gzip member (an object's body).
+pub fn gzip_lines(lines: &[String]) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     for l in lines {
         gz.write_all(l.as_bytes()).expect("gzip");
         gz.write_all(b"\n").expect("gzip");
     }
-    std::fs::write(&path, gz.finish().expect("gzip")).expect("write object");
-    path
+    gz.finish().expect("gzip")
 }
 
 /// The binary reading the directory archive `archive` and the spool
