@@ -53,6 +53,11 @@
 //!   across processes, encoded for Prometheus.
 //! - [`simulator`]: a fake relay and EAGLE-200 for tests, demos, benchmarks.
 //! - [`runner`]: pinger, rotator and server in one process (`rainforest run`).
+//! - [`readback`]: the readings of a meter set and time range from the
+//!   archive and the spool, merged, deduplicated by slot, in time order.
+//! - [`coverage`]: per meter and day, the share of expected slots read and
+//!   the gaps (CLI, API, status page).
+//! - [`export`]: readings as CSV, JSON lines or Parquet.
 //! - [`cli`]: the `rainforest` subcommands; `main.rs` only calls [`cli::main`].
 
 pub mod archive;
@@ -62,13 +67,16 @@ pub mod cli;
 pub mod clock;
 pub mod cloud_id;
 pub mod config;
+pub mod coverage;
 pub mod db;
 pub mod error_text;
+pub mod export;
 pub mod fleet;
 pub mod importer;
 pub mod pinger;
 pub mod poll;
 pub mod protocol;
+pub mod readback;
 pub mod record;
 pub mod registry;
 pub mod rotator;

@@ -858,6 +858,7 @@ async fn openapi_document_lists_every_route_with_bearer_auth() {
         ("/api/status", &["get"][..]),
         ("/api/stats", &["get"][..]),
         ("/api/fleet", &["get"][..]),
+        ("/api/coverage", &["get"][..]),
         ("/status", &["get"][..]),
         ("/metrics", &["get"][..]),
     ] {

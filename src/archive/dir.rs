@@ -69,6 +69,30 @@ impl DirArchive {
         .await
     }
 
+    /// The names of the directories at `<root>/<under>` (no directory: none).
+    pub(super) async fn list_dirs(&self, under: &str) -> Result<Vec<String>, ArchiveError> {
+        let dir = self.root.join(under);
+        blocking(move || {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(source) => {
+                    return Err(ArchiveError::Io {
+                        action: "list",
+                        path: dir,
+                        source,
+                    });
+                }
+            };
+            Ok(entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect())
+        })
+        .await
+    }
+
     /// Writes an object atomically if `condition` holds.
     pub async fn put(
         &self,

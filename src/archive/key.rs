@@ -60,6 +60,13 @@ impl ObjectKey {
         ObjectKey(key)
     }
 
+    /// The part of every key before the meter's directory (`s3_prefix`
+    /// cleaned, with a trailing `/`, or empty): where a listing of the
+    /// archive's meters starts.
+    pub fn meters_root(prefix: &str) -> String {
+        clean_prefix(prefix)
+    }
+
     /// The key as S3 sees it (no leading slash).
     pub fn as_str(&self) -> &str {
         &self.0

@@ -27,6 +27,7 @@ pub use dir::DirArchive;
 pub use key::ObjectKey;
 pub use s3::{S3Archive, S3Settings, StaticCredentials};
 
+use crate::cloud_id::CloudId;
 use crate::config::{ArchiveSetting, Config};
 
 /// A stored object: its bytes and the version tag a conditional replace
@@ -263,6 +264,24 @@ impl Archive {
             Archive::S3(s) => s.get(key).await,
             Archive::Dir(d) => d.get(key).await,
         }
+    }
+
+    /// The meters that have a directory under `prefix` (read-back without a
+    /// meter list: coverage and export over the whole archive). Names that
+    /// are not cloud ids are ignored.
+    pub async fn meters(&self, prefix: &str) -> Result<Vec<CloudId>, ArchiveError> {
+        let root = ObjectKey::meters_root(prefix);
+        let names = match self {
+            Archive::S3(s) => s.list_dirs(&root).await?,
+            Archive::Dir(d) => d.list_dirs(&root).await?,
+        };
+        let mut ids: Vec<CloudId> = names
+            .iter()
+            .filter_map(|n| CloudId::parse(n).ok())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
     }
 
     /// Writes an object if `condition` holds. Returns only after the store

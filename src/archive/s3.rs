@@ -228,6 +228,38 @@ impl S3Archive {
         Ok(Some(Stored { body, etag }))
     }
 
+    /// The "directories" right under `under` (`ListObjectsV2` with a `/`
+    /// delimiter, every page), as names without `under` or the slash.
+    pub(super) async fn list_dirs(&self, under: &str) -> Result<Vec<String>, ArchiveError> {
+        let mut names = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let out = self
+                .client()
+                .list_objects_v2()
+                .bucket(&self.settings.bucket)
+                .prefix(under)
+                .delimiter("/")
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| self.classify(e, None))?;
+            for p in out.common_prefixes() {
+                if let Some(name) = p
+                    .prefix()
+                    .and_then(|p| p.strip_prefix(under))
+                    .map(|p| p.trim_end_matches('/'))
+                {
+                    names.push(name.to_string());
+                }
+            }
+            match out.next_continuation_token() {
+                Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => return Ok(names),
+            }
+        }
+    }
+
     /// A conditional `PutObject` with `Content-MD5`, so S3 rejects a body
     /// damaged in transit instead of storing it.
     pub async fn put(

@@ -5,6 +5,8 @@
 //! turns errors into messages and exit codes. Nothing deeper prints to the
 //! terminal except a subcommand's own output (a record, a config dump).
 
+mod coverage;
+mod export;
 mod fetch;
 mod pinger;
 mod rotator;
@@ -89,6 +91,10 @@ enum Command {
     Rotator(rotator::Args),
     /// Pinger, rotator and server in one process; `--demo` needs nothing else.
     Run(run::Args),
+    /// Per meter and day: share of expected slots read, longest gap, gaps.
+    Coverage(coverage::Args),
+    /// Readings of some meters over a time range as CSV, JSON lines or Parquet.
+    Export(export::Args),
 }
 
 impl Command {
@@ -103,6 +109,8 @@ impl Command {
             Command::Users(_) => "users",
             Command::Tokens(_) => "tokens",
             Command::Run(_) => "run",
+            Command::Coverage(_) => "coverage",
+            Command::Export(_) => "export",
         }
     }
 }
@@ -182,6 +190,8 @@ async fn dispatch(cli: Cli, config: Config) -> ExitCode {
         Command::Users(args) => users::run(args, &config).await,
         Command::Tokens(args) => tokens::run(args, &config).await,
         Command::Rotator(args) => rotator::run(args, &config, shutdown).await,
+        Command::Coverage(args) => coverage::run(args, &config).await,
+        Command::Export(args) => export::run(args, &config, shutdown).await,
         Command::Config => {
             print!("{}", config.render());
             Ok(ExitCode::SUCCESS)

@@ -19,6 +19,7 @@
 //! | `GET /api/users`, `GET /api/users/{cloud_id}`, `GET /api/openapi.json` | read |
 //! | `GET /api/status`, `GET /api/stats` (what the status page shows) | read |
 //! | `GET /api/fleet` (the pingers sharing the meters, and each meter's owner) | read |
+//! | `GET /api/coverage` (share of a day's slots read, per meter) | read |
 //! | `POST /api/users/{cloud_id}`, `DELETE /api/users/{cloud_id}` | write |
 //! | `POST /api/event/{cloud_id}` (calls out with stored credentials, writes the spool; GET is 405) | write |
 //! | `GET /healthz`, `GET /readyz` | none |
@@ -36,6 +37,7 @@
 //! header-read and idle timeouts, HTTPS).
 
 mod auth;
+pub mod coverage;
 pub mod error;
 mod event;
 pub mod fleet;
@@ -124,6 +126,7 @@ struct Inner {
     body_limit: usize,
     timeout: Duration,
     overview: status::OverviewCache,
+    coverage: Arc<coverage::CoverageService>,
     limits: Limits,
     /// Set when the server speaks HTTPS itself.
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -199,6 +202,7 @@ impl AppState {
                 body_limit: config.request_body_limit,
                 timeout: config.api_timeout,
                 overview: status::OverviewCache::default(),
+                coverage: coverage::CoverageService::start(config).await,
                 limits: Limits::from_config(config),
                 tls,
             }),
@@ -246,6 +250,10 @@ impl AppState {
     pub(crate) fn overview(&self) -> &status::OverviewCache {
         &self.inner.overview
     }
+
+    fn coverage(&self) -> &coverage::CoverageService {
+        &self.inner.coverage
+    }
 }
 
 /// The whole application as a [`Router`], with its limits and middleware.
@@ -274,6 +282,7 @@ pub fn app(state: AppState) -> Router {
         .route("/status", get(status::api_status))
         .route("/stats", get(status::api_stats))
         .route("/fleet", get(fleet::api_fleet))
+        .route("/coverage", get(coverage::api_coverage))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // After the routes and fallback, so unknown /api/ paths need a

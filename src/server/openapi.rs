@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::auth::Caller;
 use super::error::{ApiError, Problem};
-use super::{event, fleet, health, status, users};
+use super::{coverage, event, fleet, health, status, users};
 use crate::tokens::Scope;
 
 /// The API description; see each handler for its route.
@@ -34,6 +34,7 @@ use crate::tokens::Scope;
         status::api::api_status,
         status::api::api_stats,
         fleet::api_fleet,
+        coverage::api_coverage,
         status::metrics::metrics,
         status::page::status_page,
         openapi_json,

@@ -29,6 +29,7 @@ pub mod hostile;
 pub mod meters;
 pub mod pinger;
 pub mod process;
+pub mod readings;
 pub mod rotator;
 pub mod s3;
 pub mod s3_proxy;

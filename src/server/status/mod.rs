@@ -14,7 +14,9 @@
 //! - [`metrics`]: the registry gauges as a prometheus-client collector,
 //!   and `/metrics`.
 //! - [`page`]: the HTML page (`status.html`, `status.css`, `status.js`)
-//!   and its Content-Security-Policy.
+//!   and its Content-Security-Policy; `coverage.js`, inlined beside
+//!   `status.js`, is the panel of yesterday's coverage, read from
+//!   `/api/coverage` (`crate::server::coverage`).
 //!
 //! Who may call what: the page itself needs no token (it holds no data);
 //! `/api/status`, `/api/stats` and `/metrics` need scope `read`.

@@ -26,16 +26,21 @@ struct Page {
 const PAGE_HTML: &str = include_str!("status.html");
 const PAGE_CSS: &str = include_str!("status.css");
 const PAGE_JS: &str = include_str!("status.js");
+/// The coverage panel's script, apart from the meter table's.
+const COVERAGE_JS: &str = include_str!("coverage.js");
 
 static PAGE: LazyLock<Page> = LazyLock::new(|| {
     let hash = |text: &str| base64::engine::general_purpose::STANDARD.encode(Sha256::digest(text));
     let html = PAGE_HTML
         .replace("/*STYLE*/", PAGE_CSS)
-        .replace("/*SCRIPT*/", PAGE_JS);
+        .replace("/*SCRIPT*/", PAGE_JS)
+        .replace("/*COVERAGE_SCRIPT*/", COVERAGE_JS);
     let csp = format!(
-        "default-src 'none'; script-src 'sha256-{}'; style-src 'sha256-{}'; img-src data:; \
-         connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        "default-src 'none'; script-src 'sha256-{}' 'sha256-{}'; style-src 'sha256-{}'; \
+         img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+         frame-ancestors 'none'",
         hash(PAGE_JS),
+        hash(COVERAGE_JS),
         hash(PAGE_CSS)
     );
     Page {
@@ -90,6 +95,7 @@ mod tests {
     fn page_inlines_its_assets_and_the_policy_allows_exactly_them() {
         let page = &*PAGE;
         assert!(!page.html.contains("/*STYLE*/") && !page.html.contains("/*SCRIPT*/"));
+        assert!(!page.html.contains("/*COVERAGE_SCRIPT*/"));
         assert!(!page.html.contains("src=\"http") && !page.html.contains("href=\"http"));
         let csp = page.csp.to_str().unwrap();
         assert!(csp.contains("script-src 'sha256-"), "{csp}");
