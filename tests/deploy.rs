@@ -315,6 +315,7 @@ async fn every_metric_the_alert_rules_and_the_dashboard_name_is_served() {
         "RainforestUploadBacklog",
         "RainforestRotatorFailing",
         "RainforestRegistryUnreachable",
+        "RainforestPingerGone",
     ] {
         assert!(
             rules.contains(&format!("alert: {alert}")),
