@@ -8,8 +8,16 @@
 //! second. A write that fails half-way is cut back to the last whole line and
 //! retried, so the files only ever hold whole lines (plus, after a power
 //! cut, at most a torn last line, which the rotator drops).
+//!
+//! Each spool has a [`WriterId`] of its own, part of every file name it
+//! writes, so pingers and servers sharing one volume never append to (or
+//! cut back) each other's files. A writer seals an hour 10 s after it ends
+//! (fsync, close, and say so in its heartbeat file, see [`heartbeat`]);
+//! a line for a sealed hour goes to a new late segment instead, so no line
+//! lands in a file the rotator may be shipping.
 
 pub mod bucket;
+pub mod heartbeat;
 mod writer;
 
 use std::path::PathBuf;
@@ -20,7 +28,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
-pub use bucket::{HourBucket, SpoolName, WriterId, hour_file, parse_file_name};
+pub use bucket::{
+    HourBucket, Segment, SpoolName, WriterId, hour_file, parse_file_name, parse_segment,
+};
+pub use heartbeat::{WriterState, writers};
 
 use crate::cloud_id::CloudId;
 use crate::stream::Kind;
@@ -124,11 +135,19 @@ pub struct Spool {
     tx: mpsc::Sender<Msg>,
     inbox: Arc<Inbox>,
     stats: Arc<SpoolStats>,
+    writer: WriterId,
 }
 
 impl Spool {
-    /// Starts the writer thread and its once-a-second flush ticker.
+    /// Starts the writer thread and its once-a-second flush ticker, under a
+    /// new [`WriterId::unique`] of its own.
     pub fn start(opts: SpoolOptions) -> std::io::Result<Spool> {
+        Spool::start_as(opts, WriterId::unique())
+    }
+
+    /// [`start`](Self::start) under a chosen writer id, which no other live
+    /// writer on the volume may have (tests name their writers).
+    pub fn start_as(opts: SpoolOptions, writer: WriterId) -> std::io::Result<Spool> {
         std::fs::create_dir_all(&opts.data_dir)?;
         // Deep enough to absorb a second of lines from 100,000 meters while a
         // flush is running, small enough to push back if the disk stalls.
@@ -136,7 +155,7 @@ impl Spool {
         let stats = Arc::new(SpoolStats::default());
         let flush_every = opts.flush_every.min(Duration::from_secs(1));
         let inbox = Arc::new(Inbox::default());
-        writer::spawn(opts, rx, inbox.clone(), stats.clone())?;
+        writer::spawn(opts, writer.clone(), rx, inbox.clone(), stats.clone())?;
         let ticker = tx.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(flush_every);
@@ -149,7 +168,12 @@ impl Spool {
                 }
             }
         });
-        Ok(Spool { tx, inbox, stats })
+        Ok(Spool {
+            tx,
+            inbox,
+            stats,
+            writer,
+        })
     }
 
     /// Appends one demand line (which must end in `\n`) to the meter's file
@@ -215,5 +239,10 @@ impl Spool {
     /// The spool's counters.
     pub fn stats(&self) -> &SpoolStats {
         &self.stats
+    }
+
+    /// The id in the names of this spool's files.
+    pub fn writer(&self) -> &WriterId {
+        &self.writer
     }
 }

@@ -2,7 +2,9 @@
 //! descriptors, whole-line writes only.
 //!
 //! It runs on its own OS thread with blocking file I/O, so a slow disk never
-//! stalls the async runtime that drives the polls.
+//! stalls the async runtime that drives the polls. It also keeps the
+//! writer's heartbeat (see `heartbeat`): a beat at every flush, and the
+//! seal of each finished hour once its files are fsynced and closed.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -15,7 +17,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use tokio::sync::mpsc;
 
-use super::bucket::{HourBucket, SpoolName};
+use super::bucket::{HourBucket, SpoolName, WriterId};
+use super::heartbeat::Heartbeat;
 use super::{Inbox, Msg, SpoolOptions, SpoolStats};
 use crate::cloud_id::CloudId;
 use crate::stream::Kind;
@@ -38,6 +41,14 @@ struct OpenFile {
 
 struct Writer {
     opts: SpoolOptions,
+    writer: WriterId,
+    /// `None` only when it could not be created; then nothing is ever
+    /// sealed and the rotator ships this writer's hours as a gone writer's.
+    heartbeat: Option<Heartbeat>,
+    /// Hours up to this one are sealed: their files are closed for good.
+    sealed: Option<HourBucket>,
+    /// Late segments written so far (numbers their names).
+    late_segments: u32,
     stats: Arc<SpoolStats>,
     pending: HashMap<FileKey, Vec<u8>>,
     pending_bytes: usize,
@@ -52,12 +63,18 @@ struct Writer {
 
 pub(super) fn spawn(
     opts: SpoolOptions,
+    writer: WriterId,
     mut rx: mpsc::Receiver<Msg>,
     inbox: Arc<Inbox>,
     stats: Arc<SpoolStats>,
 ) -> io::Result<()> {
+    let heartbeat = Heartbeat::create(&opts.data_dir, &writer)?;
     let mut w = Writer {
         opts,
+        writer,
+        heartbeat: Some(heartbeat),
+        sealed: None,
+        late_segments: 0,
         stats,
         pending: HashMap::new(),
         pending_bytes: 0,
@@ -125,15 +142,22 @@ impl Writer {
             .extend_from_slice(&line);
     }
 
-    fn path(&self, key: FileKey) -> PathBuf {
+    fn name(&self, key: FileKey) -> SpoolName {
         let (kind, cloud_id, hour) = key;
         SpoolName {
             kind,
             cloud_id,
             hour,
-            writer: None,
+            writer: Some(self.writer.clone()),
         }
-        .path(&self.opts.data_dir, &self.opts.prefix)
+    }
+
+    fn path(&self, key: FileKey) -> PathBuf {
+        self.name(key).path(&self.opts.data_dir, &self.opts.prefix)
+    }
+
+    fn is_sealed(&self, hour: HourBucket) -> bool {
+        self.sealed.is_some_and(|s| hour <= s)
     }
 
     fn flush_all(&mut self) {
@@ -177,6 +201,9 @@ impl Writer {
     }
 
     fn write(&mut self, key: FileKey, buf: &[u8]) -> io::Result<()> {
+        if self.is_sealed(key.2) {
+            return self.write_late(key, buf);
+        }
         self.clock += 1;
         if !self.pool.contains_key(&key) {
             let opened = match self.open(key) {
@@ -212,6 +239,36 @@ impl Writer {
                 Err(e)
             }
         }
+    }
+
+    /// Lines for a sealed hour: a new late segment, written whole under a
+    /// hidden name, fsynced, and renamed into place, so the rotator sees it
+    /// complete or not at all, and the sealed file (which it may be
+    /// shipping right now) is never touched again.
+    fn write_late(&mut self, key: FileKey, buf: &[u8]) -> io::Result<()> {
+        self.late_segments += 1;
+        let name = self.name(key);
+        let Some(file_name) = name.late_file_name(&self.opts.prefix, self.late_segments) else {
+            return Err(io::Error::other("a late segment needs a writer id"));
+        };
+        let dir = self.opts.data_dir.join(key.2.to_string());
+        std::fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!(".{file_name}.tmp"));
+        let written = (|| {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(&tmp)?;
+            f.write_all(buf)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, dir.join(&file_name))
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        self.stats.files_opened.fetch_add(1, Ordering::Relaxed);
+        written
     }
 
     fn open(&mut self, key: FileKey) -> io::Result<OpenFile> {
@@ -264,12 +321,20 @@ impl Writer {
             self.pool.iter().map(|(k, f)| (f.last_used, *k)).collect();
         ages.sort_unstable();
         for (_, key) in ages.into_iter().take(n.max(1)) {
-            self.pool.remove(&key);
+            if let Some(f) = self.pool.remove(&key) {
+                // A closed descriptor's lines are only in the page cache; a
+                // power cut before write-back would lose them unseen.
+                let synced = f.file.sync_data();
+                self.report_fsync(key, synced);
+            }
         }
     }
 
     fn close_finished_hours(&mut self) {
-        let now = Utc::now();
+        self.close_finished_hours_at(Utc::now());
+    }
+
+    fn close_finished_hours_at(&mut self, now: chrono::DateTime<Utc>) {
         let finished: Vec<FileKey> = self
             .pool
             .keys()
@@ -284,8 +349,14 @@ impl Writer {
             }
             if let Some(f) = self.pool.remove(&key) {
                 let synced = f.file.sync_all();
-                self.sealed(key, synced);
+                self.report_fsync(key, synced);
             }
+        }
+        self.seal_finished_hours(now);
+        if let Some(hb) = &self.heartbeat
+            && let Err(e) = hb.beat()
+        {
+            tracing::warn!(error = %e, "Cannot update the spool writer's heartbeat; the rotator may take this writer for gone after rotate_grace. Check the data directory.");
         }
         let current = crate::spool::HourBucket::of(now);
         self.dirs.retain(|h| h.0 >= current.0 - 1);
@@ -293,10 +364,36 @@ impl Writer {
             .retain(|_, t| t.elapsed() < Duration::from_secs(3600));
     }
 
+    /// Seals every hour that ended `CLOSE_AFTER` ago once none of its files
+    /// is open or has lines waiting (a failing disk holds the seal back, so
+    /// the rotator waits for the lines instead of shipping without them).
+    fn seal_finished_hours(&mut self, now: chrono::DateTime<Utc>) {
+        let close_after = chrono::Duration::from_std(CLOSE_AFTER).unwrap_or_default();
+        let through = HourBucket(HourBucket::of(now - close_after).0 - 1);
+        if self.sealed.is_some_and(|s| s >= through) {
+            return;
+        }
+        let open = self.pool.keys().any(|k| k.2 <= through)
+            || self
+                .pending
+                .iter()
+                .any(|(k, b)| k.2 <= through && !b.is_empty());
+        if open {
+            return;
+        }
+        let Some(hb) = &self.heartbeat else { return };
+        match hb.seal(through) {
+            Ok(()) => self.sealed = Some(through),
+            Err(e) => {
+                tracing::warn!(hour = %through, error = %e, "Cannot record the seal of an hour in the spool writer's heartbeat; its files wait for the rotator until the seal succeeds.")
+            }
+        }
+    }
+
     /// Counts and reports a failed fsync of a file being closed: the page
     /// cache holds its lines, but a power cut before the kernel writes them
     /// back would lose them, and the next fsync would not report it again.
-    fn sealed(&mut self, key: FileKey, synced: io::Result<()>) {
+    fn report_fsync(&mut self, key: FileKey, synced: io::Result<()>) {
         if let Err(e) = synced {
             self.stats.fsync_errors.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
@@ -312,7 +409,12 @@ impl Writer {
         let open: Vec<(FileKey, OpenFile)> = self.pool.drain().collect();
         for (key, f) in open {
             let synced = f.file.sync_all();
-            self.sealed(key, synced);
+            self.report_fsync(key, synced);
+        }
+        // Every file is closed: the writer is gone, and the rotator ships
+        // its hours once they are rotate_grace old.
+        if let Some(hb) = self.heartbeat.take() {
+            hb.remove();
         }
         if self.pending_bytes > 0 {
             tracing::error!(
@@ -369,6 +471,11 @@ mod tests {
 
     fn writer(dir: &Path) -> Writer {
         Writer {
+            writer: WriterId::parse("test-1-00000001").expect("id"),
+            heartbeat: Heartbeat::create(dir, &WriterId::parse("test-1-00000001").expect("id"))
+                .ok(),
+            sealed: None,
+            late_segments: 0,
             opts: SpoolOptions {
                 data_dir: dir.to_path_buf(),
                 prefix: "pre".into(),
@@ -398,9 +505,9 @@ mod tests {
     fn a_failed_fsync_at_the_seal_is_counted_not_dropped() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut w = writer(dir.path());
-        w.sealed(key(), Ok(()));
+        w.report_fsync(key(), Ok(()));
         assert_eq!(w.stats.fsync_errors.load(Ordering::Relaxed), 0);
-        w.sealed(key(), Err(io::Error::from_raw_os_error(5)));
+        w.report_fsync(key(), Err(io::Error::from_raw_os_error(5)));
         assert_eq!(w.stats.fsync_errors.load(Ordering::Relaxed), 1);
     }
 
@@ -419,5 +526,48 @@ mod tests {
         w.write(k, b"{\"late\":1}\n")
             .expect("write after the rotator removed the hour");
         assert_eq!(std::fs::read(&path).expect("read"), b"{\"late\":1}\n");
+    }
+
+    #[test]
+    fn a_line_for_a_sealed_hour_goes_to_a_late_segment_not_the_sealed_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = writer(dir.path());
+        let k = key();
+        let hour = k.2;
+        w.write(k, b"{\"a\":1}\n").expect("write");
+        let main = w.path(k);
+        // An hour later the writer closes and seals this hour.
+        w.close_finished_hours_at(hour.end() + chrono::Duration::seconds(11));
+        assert!(w.pool.is_empty());
+        assert_eq!(w.sealed, Some(hour));
+        let state = &crate::spool::heartbeat::writers(dir.path()).expect("writers")[&w.writer];
+        assert_eq!(state.sealed, Some(hour));
+        w.write(k, b"{\"late\":1}\n").expect("late write");
+        w.write(k, b"{\"late\":2}\n").expect("late write");
+        assert_eq!(std::fs::read(&main).expect("main"), b"{\"a\":1}\n");
+        let name = w.name(k);
+        let late1 = main.with_file_name(name.late_file_name("pre", 1).expect("late name"));
+        let late2 = main.with_file_name(name.late_file_name("pre", 2).expect("late name"));
+        assert_eq!(std::fs::read(late1).expect("late 1"), b"{\"late\":1}\n");
+        assert_eq!(std::fs::read(late2).expect("late 2"), b"{\"late\":2}\n");
+        // No hidden temporary file is left behind.
+        let names: Vec<String> = std::fs::read_dir(main.parent().expect("dir"))
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+    }
+
+    #[test]
+    fn an_hour_with_lines_still_waiting_is_not_sealed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = writer(dir.path());
+        let k = key();
+        w.pending.insert(k, b"{}\n".to_vec());
+        w.close_finished_hours_at(k.2.end() + chrono::Duration::seconds(11));
+        assert_eq!(w.sealed, None);
+        w.pending.clear();
+        w.close_finished_hours_at(k.2.end() + chrono::Duration::seconds(11));
+        assert_eq!(w.sealed, Some(k.2));
     }
 }
