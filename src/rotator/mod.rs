@@ -63,7 +63,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use lines::{Line, archived_lines, check_spool, gunzip, gzip, merge};
 pub use lock::{ArchiveLock, LockError, LockGuard};
-pub use scan::{SpoolFile, completed_files, is_completed};
+pub use scan::{SpoolFile, completed_files, is_completed, may_ship};
 pub use stats::{RotatorStats, StatsSnapshot};
 
 use crate::archive::{Archive, ArchiveError, ObjectKey};

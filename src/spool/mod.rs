@@ -36,6 +36,30 @@ pub use heartbeat::{WriterState, writers};
 use crate::cloud_id::CloudId;
 use crate::stream::Kind;
 
+/// The shortest `rotate_grace` allowed. A writer closes an hour's files
+/// [`CLOSE_AFTER`] after the hour ends, beats its heartbeat once a second,
+/// and a slow disk can hold a flush up for seconds more; the rotator takes
+/// a writer silent for `rotate_grace` for gone and ships its files, so the
+/// grace must stay well clear of all three.
+pub const MIN_ROTATE_GRACE: Duration = Duration::from_secs(30);
+
+/// How long after an hour ends the writer closes, fsyncs and seals its
+/// files, leaving room for polls that started just before the hour turned.
+pub const CLOSE_AFTER: Duration = Duration::from_secs(10);
+
+/// The configuration problem when `rotate_grace` is below
+/// [`MIN_ROTATE_GRACE`].
+pub fn grace_too_short(grace: Duration) -> String {
+    format!(
+        "{} is too short: the spool seals an hour {} after it ends and the rotator \
+         takes a writer silent for rotate_grace for gone, so a live writer's files could \
+         be shipped while it still appends; set at least {} (default 2m)",
+        humantime::format_duration(grace),
+        humantime::format_duration(CLOSE_AFTER),
+        humantime::format_duration(MIN_ROTATE_GRACE),
+    )
+}
+
 /// Settings of the spool.
 #[derive(Debug, Clone)]
 pub struct SpoolOptions {

@@ -19,16 +19,13 @@ use tokio::sync::mpsc;
 
 use super::bucket::{HourBucket, SpoolName, WriterId};
 use super::heartbeat::Heartbeat;
-use super::{Inbox, Msg, SpoolOptions, SpoolStats};
+use super::{CLOSE_AFTER, Inbox, Msg, SpoolOptions, SpoolStats};
 use crate::cloud_id::CloudId;
 use crate::stream::Kind;
 
 /// Bytes of unwritten lines kept for retry while the disk fails; beyond
 /// this, new lines are dropped (and counted) rather than exhausting memory.
 const MAX_PENDING_BYTES: usize = 256 * 1024 * 1024;
-/// A closed hour's file is fsynced and closed this long after the hour ends,
-/// leaving room for polls that started just before the hour turned.
-const CLOSE_AFTER: Duration = Duration::from_secs(10);
 
 type FileKey = (Kind, CloudId, HourBucket);
 
