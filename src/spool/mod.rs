@@ -160,6 +160,8 @@ pub struct Spool {
     inbox: Arc<Inbox>,
     stats: Arc<SpoolStats>,
     writer: WriterId,
+    data_dir: Arc<PathBuf>,
+    prefix: Arc<str>,
 }
 
 impl Spool {
@@ -173,6 +175,8 @@ impl Spool {
     /// writer on the volume may have (tests name their writers).
     pub fn start_as(opts: SpoolOptions, writer: WriterId) -> std::io::Result<Spool> {
         std::fs::create_dir_all(&opts.data_dir)?;
+        let data_dir = Arc::new(opts.data_dir.clone());
+        let prefix: Arc<str> = opts.prefix.as_str().into();
         // Deep enough to absorb a second of lines from 100,000 meters while a
         // flush is running, small enough to push back if the disk stalls.
         let (tx, rx) = mpsc::channel(65_536);
@@ -197,6 +201,8 @@ impl Spool {
             inbox,
             stats,
             writer,
+            data_dir,
+            prefix,
         })
     }
 
@@ -268,5 +274,17 @@ impl Spool {
     /// The id in the names of this spool's files.
     pub fn writer(&self) -> &WriterId {
         &self.writer
+    }
+
+    /// The file this spool appends meter `cloud_id`'s `kind` lines of
+    /// `hour` to, until it seals the hour (tools and tests read it).
+    pub fn file_of(&self, kind: Kind, cloud_id: CloudId, hour: HourBucket) -> PathBuf {
+        SpoolName {
+            kind,
+            cloud_id,
+            hour,
+            writer: Some(self.writer.clone()),
+        }
+        .path(&self.data_dir, &self.prefix)
     }
 }
