@@ -224,7 +224,10 @@ async fn the_probe_object_sits_next_to_the_data_prefix_in_a_directory_archive() 
     let probe = root.join(format!("{KEY_PREFIX}.rainforest-conditional-write-probe"));
     assert!(probe.is_file(), "{} is missing", probe.display());
     let under = support::spool::files_under(&root.join(KEY_PREFIX), "");
-    assert!(under.is_empty(), "nothing but data under the prefix: {under:?}");
+    assert!(
+        under.is_empty(),
+        "nothing but data under the prefix: {under:?}"
+    );
 }
 
 #[tokio::test]
@@ -234,7 +237,14 @@ async fn the_probe_object_sits_next_to_the_data_prefix_in_s3() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("logs");
     let (m, h) = (CloudId::from_index(5), hours_ago(2));
-    write_spool_as(&data, Kind::Demand, "gone-1-00000001", m, h, &[line(m, h, 1)]);
+    write_spool_as(
+        &data,
+        Kind::Demand,
+        "gone-1-00000001",
+        m,
+        h,
+        &[line(m, h, 1)],
+    );
     let r = Rotator::new(options(&data), s3.at(&bucket).archive().await);
     r.preflight().await.expect("preflight");
     assert!(r.run_once(&CancellationToken::new()).await.all_archived());
