@@ -129,9 +129,12 @@ pub fn merge<'a>(archived: &[Line<'a>], local: &[Line<'a>]) -> Merged<'a> {
 }
 
 /// Gzips lines, one `\n` after each, as a single standard gzip member that
-/// `gzip -d` and `zcat` read.
+/// `gzip -d` and `zcat` read. At the fastest level: on an hour of records
+/// it costs about a quarter of the CPU of the default level for objects
+/// about a fifth larger, and the CPU is what bounds how fast the rotator
+/// drains 100,000 files an hour.
 pub fn gzip<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> io::Result<Vec<u8>> {
-    let mut enc = GzEncoder::new(Vec::new(), Compression::default());
+    let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
     for line in lines {
         enc.write_all(line)?;
         enc.write_all(b"\n")?;
