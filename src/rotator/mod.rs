@@ -1,15 +1,15 @@
 //! The rotator: ships completed spool hours to the archive exactly once.
 //!
-//! Owns finding completed hour files (hour ended + `rotate_grace`, read
-//! from the rotator's [`Clock`] so tests can set the hour, see
-//! [`Rotator::with_clock`]), checking their lines (a torn last line is
+//! Owns finding the files that may ship (sealed by their writer, or hour
+//! ended + `rotate_grace`, read from the rotator's [`Clock`] so tests can
+//! set the hour, see [`Rotator::with_clock`]), checking their lines (a torn last line is
 //! dropped, a file with no usable line is quarantined), gzip, the
 //! read-merge-write of the object, retries and backoff (the shared
 //! [`Backoff`]), and deleting a spool file once the archive acknowledged
 //! every one of its lines. It shares only the spool directory with the pinger and
 //! must not write into a live hour, read the registry or touch an object's
 //! lines other than by the merge (union, ordered by `polled_at`, exact
-//! duplicates removed), so a retry, a restart or a second rotator can only
+//! duplicates and later polls of a slot removed), so a retry, a restart or a second rotator can only
 //! converge on the same object.
 //!
 //! Failure handling, from fast to slow:
@@ -24,20 +24,21 @@
 //! Nothing is ever given up on while the file exists, and every pass takes
 //! the oldest hour first.
 //!
-//! Late lines (a poll that started before the hour turned, a slow disk):
-//! before reading a file the rotator renames it to
-//! `<name>.shipping-<pid>-<n>` (its claim). The spool writer opens files by
-//! their spool name, so a line for that hour arriving later creates a new
-//! spool file, shipped and merged on the next pass, instead of landing in
-//! a file that is about to be deleted. A writer that had the file open
-//! before the claim can still append to it until its flush ends, so after
-//! the upload the rotator compares the file's size with what it read and,
-//! if it grew, merges the new lines too before deleting it. The writer
-//! closes an hour's files at its first flush 10 s after the hour ends, so
-//! with `rotate_grace` above ~11 s (default 2 min) no writer holds a
-//! claimed file and that last window (between the size check and the
-//! delete) cannot be hit. Claims left by a crash are found by the scan and
-//! shipped like any file.
+//! Which files may go (see `scan`): a live writer's sealed hours, its late
+//! segments, and a gone writer's (or an old-layout) files after
+//! `rotate_grace`. A writer never appends to a sealed file; a line for a
+//! sealed hour goes to a late segment, merged into the same object on the
+//! next pass, so no line lands in a file being shipped. Before reading a
+//! file the rotator renames it to `<name>.shipping-<pid>-<n>` (its claim),
+//! so two rotators on one volume never ship it twice. For a gone writer's
+//! file, which nobody sealed, the rotator compares the file's size after the
+//! upload with what it read and merges lines that appeared meanwhile before
+//! deleting it. Claims left by a crash are found by the scan and shipped
+//! like any file.
+//!
+//! The merge keeps one line per `(cloud_id, slot)`, the first polled (see
+//! `lines`), so hand-over duplicates from two pingers, shipped by rotators
+//! on different hosts, converge on one object.
 //!
 //! Every write is conditional (see `archive`). When the start-up probe finds
 //! a store that ignores conditional writes (Garage), and `redis_url` is

@@ -44,8 +44,9 @@ pub(crate) struct Heartbeat {
 
 impl Heartbeat {
     /// Creates the writer's heartbeat file (nothing sealed yet). Called
-    /// before the writer creates any spool file, so a rotator never sees a
-    /// named writer's file without its heartbeat unless the writer is gone.
+    /// before the writer creates its first spool file, so a rotator never
+    /// sees a named writer's file without its heartbeat unless the writer
+    /// is gone.
     pub(crate) fn create(data_dir: &Path, writer: &WriterId) -> io::Result<Heartbeat> {
         let dir = data_dir.join(WRITERS_DIR);
         std::fs::create_dir_all(&dir)?;

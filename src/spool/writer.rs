@@ -39,8 +39,8 @@ struct OpenFile {
 struct Writer {
     opts: SpoolOptions,
     writer: WriterId,
-    /// `None` only when it could not be created; then nothing is ever
-    /// sealed and the rotator ships this writer's hours as a gone writer's.
+    /// Created just before the writer's first file, so a spool that never
+    /// writes leaves nothing behind; no file of this writer exists without it.
     heartbeat: Option<Heartbeat>,
     /// Hours up to this one are sealed: their files are closed for good.
     sealed: Option<HourBucket>,
@@ -65,11 +65,10 @@ pub(super) fn spawn(
     inbox: Arc<Inbox>,
     stats: Arc<SpoolStats>,
 ) -> io::Result<()> {
-    let heartbeat = Heartbeat::create(&opts.data_dir, &writer)?;
     let mut w = Writer {
         opts,
         writer,
-        heartbeat: Some(heartbeat),
+        heartbeat: None,
         sealed: None,
         late_segments: 0,
         stats,
@@ -243,6 +242,7 @@ impl Writer {
     /// complete or not at all, and the sealed file (which it may be
     /// shipping right now) is never touched again.
     fn write_late(&mut self, key: FileKey, buf: &[u8]) -> io::Result<()> {
+        self.ensure_heartbeat()?;
         self.late_segments += 1;
         let name = self.name(key);
         let Some(file_name) = name.late_file_name(&self.opts.prefix, self.late_segments) else {
@@ -268,7 +268,18 @@ impl Writer {
         written
     }
 
+    /// Creates the heartbeat before the writer's first file. Failing to is a
+    /// write error (the lines wait and are retried): a file without its
+    /// writer's heartbeat would look like a gone writer's to the rotator.
+    fn ensure_heartbeat(&mut self) -> io::Result<()> {
+        if self.heartbeat.is_none() {
+            self.heartbeat = Some(Heartbeat::create(&self.opts.data_dir, &self.writer)?);
+        }
+        Ok(())
+    }
+
     fn open(&mut self, key: FileKey) -> io::Result<OpenFile> {
+        self.ensure_heartbeat()?;
         let path = self.path(key);
         if !self.dirs.contains(&key.2) {
             if let Some(dir) = path.parent() {
