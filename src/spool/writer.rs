@@ -402,6 +402,9 @@ impl Writer {
     /// cache holds its lines, but a power cut before the kernel writes them
     /// back would lose them, and the next fsync would not report it again.
     fn report_fsync(&mut self, key: FileKey, synced: io::Result<()>) {
+        if synced.is_ok() {
+            self.stats.files_synced.fetch_add(1, Ordering::Relaxed);
+        }
         if let Err(e) = synced {
             self.stats.fsync_errors.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
@@ -577,5 +580,22 @@ mod tests {
         w.pending.clear();
         w.close_finished_hours_at(k.2.end() + chrono::Duration::seconds(11));
         assert_eq!(w.sealed, Some(k.2));
+    }
+
+    #[test]
+    fn a_file_evicted_from_the_pool_is_fsynced_before_it_is_closed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = writer(dir.path());
+        w.cap = 2;
+        let hour = HourBucket::of(Utc::now());
+        for i in 0..6u32 {
+            let k = (Kind::Demand, CloudId::from_index(i), hour);
+            w.write(k, b"{}\n").expect("write");
+        }
+        // Six files through a pool of two: every file closed so far was
+        // evicted, and each was synced on the way out.
+        let closed = 6 - w.pool.len() as u64;
+        assert!(closed >= 4, "{closed}");
+        assert_eq!(w.stats.files_synced.load(Ordering::Relaxed), closed);
     }
 }
