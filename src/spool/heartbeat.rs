@@ -17,6 +17,10 @@
 //! (NTP), because the heartbeat's time is set by the writer's clock and
 //! read against the rotator's.
 //!
+//! The rotator removes the heartbeat file of a writer that is gone (silent
+//! for longer than `rotate_grace`) once none of its files is left, so a
+//! crashed writer's file does not stay forever ([`remove_silent`]).
+//!
 //! This module owns the heartbeat files only; it neither writes lines nor
 //! ships them.
 
@@ -90,6 +94,32 @@ pub struct WriterState {
     pub last_beat: DateTime<Utc>,
 }
 
+/// Removes `writer`'s heartbeat file if it has been silent since before
+/// `silent_since`; `Ok(false)` when it beat since (it lives after all) or
+/// the file is already gone (another rotator removed it). The time is read
+/// again here, just before the removal, rather than trusted from an earlier
+/// listing, so a writer that came back is not declared gone.
+pub fn remove_silent(
+    data_dir: &Path,
+    writer: &WriterId,
+    silent_since: DateTime<Utc>,
+) -> io::Result<bool> {
+    let path = data_dir.join(WRITERS_DIR).join(format!("{writer}{SUFFIX}"));
+    let modified = match std::fs::metadata(&path).and_then(|m| m.modified()) {
+        Ok(t) => DateTime::<Utc>::from(t),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if modified >= silent_since {
+        return Ok(false);
+    }
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Every writer with a heartbeat file under `data_dir`. Files that are not
 /// heartbeats are ignored; an unreadable one is left out, which makes its
 /// writer look gone only after its files are `rotate_grace` old anyway.
@@ -150,5 +180,21 @@ mod tests {
         std::fs::write(dir.path().join(WRITERS_DIR).join("junk.txt"), "x").expect("junk");
         hb.remove();
         assert!(writers(dir.path()).expect("read").is_empty());
+    }
+
+    #[test]
+    fn only_a_heartbeat_silent_since_before_the_cutoff_is_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let w = WriterId::parse("host-1-00000002").expect("id");
+        let hb = Heartbeat::create(dir.path(), &w).expect("create");
+        let now = Utc::now();
+        let cutoff = now - chrono::Duration::seconds(60);
+        assert!(!remove_silent(dir.path(), &w, cutoff).expect("fresh"));
+        hb.file
+            .set_modified(SystemTime::now() - std::time::Duration::from_secs(120))
+            .expect("age it");
+        assert!(remove_silent(dir.path(), &w, cutoff).expect("silent"));
+        assert!(writers(dir.path()).expect("read").is_empty());
+        assert!(!remove_silent(dir.path(), &w, cutoff).expect("gone already"));
     }
 }

@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use bucket::{
     HourBucket, Segment, SpoolName, WriterId, hour_file, parse_file_name, parse_segment,
 };
-pub use heartbeat::{WriterState, writers};
+pub use heartbeat::{WriterState, remove_silent, writers};
 
 use crate::cloud_id::CloudId;
 use crate::stream::Kind;
@@ -86,12 +86,17 @@ pub struct SpoolStats {
     pub lines_dropped: AtomicU64,
     /// Files opened (pool misses).
     pub files_opened: AtomicU64,
-    /// Failed fsyncs when an hour's file was sealed (or at close): its
-    /// lines were written but may not survive a power cut.
+    /// Files whose sync failed as they were closed (at an hour's seal, on
+    /// eviction, at shutdown; a failed `syncfs` counts its whole batch):
+    /// their lines were written but may not survive a power cut.
     pub fsync_errors: AtomicU64,
-    /// Files fsynced as they were closed: at an hour's seal, when evicted
-    /// from the pool of open files, and at shutdown. Every close is one.
+    /// Files made durable as they were closed: at an hour's seal, when
+    /// evicted from the pool of open files, and at shutdown. Every close
+    /// is one.
     pub files_synced: AtomicU64,
+    /// Sync calls behind `files_synced`: one `syncfs` per batch of files
+    /// closed together, so the ratio shows how well batching pays.
+    pub syncs: AtomicU64,
 }
 
 impl SpoolStats {

@@ -5,6 +5,17 @@
 //! stalls the async runtime that drives the polls. It also keeps the
 //! writer's heartbeat (see `heartbeat`): a beat at every flush, and the
 //! seal of each finished hour once its files are fsynced and closed.
+//!
+//! Files are made durable in batches: one `syncfs(2)` on the spool's file
+//! system, then every file of the batch is closed. A pinger with more
+//! meters than open descriptors evicts a file on nearly every write
+//! (100,000 meters through a pool of 15,000 is ~16,700 evictions a
+//! second); an fsync each, at ~5 ms on a real disk, would be ~80 s of
+//! fsync per second of polls. The pool evicts its least recently used half
+//! at once and that half is one batch, so one syncfs covers thousands of
+//! files. The cost: a syncfs flushes everything dirty on the file system,
+//! other processes' data included, so the spool is best on a volume of
+//! its own.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -56,6 +67,11 @@ struct Writer {
     /// Pool size in force: `open_files`, lowered when the process runs out
     /// of descriptors (sockets compete for the same limit).
     cap: usize,
+    /// The data directory, held open for `syncfs`: the kernel reports a
+    /// write-back error to each descriptor once, so a descriptor used for
+    /// nothing else sees every error since its previous sync, whichever
+    /// file it hit.
+    sync_fd: File,
 }
 
 pub(super) fn spawn(
@@ -65,6 +81,7 @@ pub(super) fn spawn(
     inbox: Arc<Inbox>,
     stats: Arc<SpoolStats>,
 ) -> io::Result<()> {
+    let sync_fd = File::open(&opts.data_dir)?;
     let mut w = Writer {
         opts,
         writer,
@@ -79,6 +96,7 @@ pub(super) fn spawn(
         clock: 0,
         last_error_log: HashMap::new(),
         cap: 0,
+        sync_fd,
     };
     w.cap = w.opts.open_files.max(2);
     std::thread::Builder::new()
@@ -105,7 +123,7 @@ pub(super) fn spawn(
                             if w.pending_bytes == 0 {
                                 break;
                             }
-                            w.pool.clear();
+                            w.sync_pool();
                             std::thread::sleep(Duration::from_millis(200));
                             w.flush_all();
                         }
@@ -178,6 +196,9 @@ impl Writer {
                     // Keep the lines for the next flush; the file was cut back
                     // to its last whole line, so the retry cannot interleave.
                     self.pending.entry(key).or_default().splice(0..0, buf);
+                    // Closed unsynced: a sync per failed write would cost a
+                    // disk flush per file per second on a full disk, and the
+                    // next batch's syncfs covers this file's lines too.
                     self.pool.remove(&key);
                 }
             }
@@ -323,19 +344,41 @@ impl Writer {
         }
     }
 
-    /// Closes the `n` least recently used files.
+    /// Syncs and closes the `n` least recently used files, as one batch.
+    /// Closing a descriptor leaves its lines in the page cache only, where
+    /// a power cut before write-back would lose them unseen; the batch is
+    /// the whole evicted half of the pool because the descriptor budget
+    /// allows no larger one without shrinking the pool.
     fn make_room_for(&mut self, n: usize) {
         let mut ages: Vec<(u64, FileKey)> =
             self.pool.iter().map(|(k, f)| (f.last_used, *k)).collect();
-        ages.sort_unstable();
-        for (_, key) in ages.into_iter().take(n.max(1)) {
-            if let Some(f) = self.pool.remove(&key) {
-                // A closed descriptor's lines are only in the page cache; a
-                // power cut before write-back would lose them unseen.
-                let synced = f.file.sync_data();
-                self.report_fsync(key, synced);
-            }
+        if ages.is_empty() {
+            return;
         }
+        let n = n.max(1).min(ages.len());
+        // The n oldest first, in O(len) rather than a sort.
+        ages.select_nth_unstable(n - 1);
+        let batch: Vec<(FileKey, OpenFile)> = ages
+            .into_iter()
+            .take(n)
+            .filter_map(|(_, key)| self.pool.remove_entry(&key))
+            .collect();
+        self.sync_and_close(batch);
+    }
+
+    /// Makes every file of `batch` durable with one `syncfs` on the spool's
+    /// file system, then closes them (by dropping). An fsync per file costs
+    /// a disk flush each; one syncfs flushes the whole batch (and anything
+    /// else dirty on the volume) in one go.
+    fn sync_and_close(&mut self, batch: Vec<(FileKey, OpenFile)>) {
+        let Some((first, _)) = batch.first() else {
+            return;
+        };
+        let first = *first;
+        let synced = rustix::fs::syncfs(&self.sync_fd).map_err(io::Error::from);
+        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        self.report_sync(first, batch.len() as u64, synced);
+        drop(batch);
     }
 
     fn close_finished_hours(&mut self) {
@@ -351,15 +394,14 @@ impl Writer {
             })
             .copied()
             .collect();
-        for key in finished {
-            if self.pending.get(&key).is_some_and(|b| !b.is_empty()) {
-                continue;
-            }
-            if let Some(f) = self.pool.remove(&key) {
-                let synced = f.file.sync_all();
-                self.report_fsync(key, synced);
-            }
-        }
+        // At the turn of the hour most of the pool belongs to the hour just
+        // ended: thousands of files, synced as one batch like an eviction.
+        let batch: Vec<(FileKey, OpenFile)> = finished
+            .into_iter()
+            .filter(|key| self.pending.get(key).is_none_or(|b| b.is_empty()))
+            .filter_map(|key| self.pool.remove_entry(&key))
+            .collect();
+        self.sync_and_close(batch);
         self.seal_finished_hours(now);
         if let Some(hb) = &self.heartbeat
             && let Err(e) = hb.beat()
@@ -398,30 +440,38 @@ impl Writer {
         }
     }
 
-    /// Counts and reports a failed fsync of a file being closed: the page
-    /// cache holds its lines, but a power cut before the kernel writes them
-    /// back would lose them, and the next fsync would not report it again.
-    fn report_fsync(&mut self, key: FileKey, synced: io::Result<()>) {
-        if synced.is_ok() {
-            self.stats.files_synced.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Err(e) = synced {
-            self.stats.fsync_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(
-                path = %self.path(key).display(),
-                error = %e,
-                "Cannot fsync the spool file while closing it; its lines may not survive a \
-                 power cut. Check the disk (dmesg) and free space."
-            );
+    /// Counts the sync of `files` files being closed (`first` names one of
+    /// them) and reports a failure: the page cache holds their lines (they
+    /// were written), but a power cut before the kernel writes them back
+    /// would lose them, and no later sync reports the error again. A failed
+    /// syncfs cannot tell which file it failed on, so the whole batch counts.
+    fn report_sync(&mut self, first: FileKey, files: u64, synced: io::Result<()>) {
+        match synced {
+            Ok(()) => {
+                self.stats.files_synced.fetch_add(files, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.stats.fsync_errors.fetch_add(files, Ordering::Relaxed);
+                tracing::error!(
+                    data_dir = %self.opts.data_dir.display(),
+                    files,
+                    first = %self.path(first).display(),
+                    error = %e,
+                    "Cannot sync the spool's file system while closing files; their lines \
+                     may not survive a power cut. Check the disk (dmesg) and free space."
+                );
+            }
         }
     }
 
-    fn close_all(&mut self) {
+    /// Syncs and closes every open file, as one batch.
+    fn sync_pool(&mut self) {
         let open: Vec<(FileKey, OpenFile)> = self.pool.drain().collect();
-        for (key, f) in open {
-            let synced = f.file.sync_all();
-            self.report_fsync(key, synced);
-        }
+        self.sync_and_close(open);
+    }
+
+    fn close_all(&mut self) {
+        self.sync_pool();
         // Every file is closed: the writer is gone, and the rotator ships
         // its hours once they are rotate_grace old.
         if let Some(hb) = self.heartbeat.take() {
@@ -501,6 +551,7 @@ mod tests {
             clock: 0,
             last_error_log: HashMap::new(),
             cap: 8,
+            sync_fd: File::open(dir).expect("open the data directory"),
         }
     }
 
@@ -513,13 +564,15 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_fsync_at_the_seal_is_counted_not_dropped() {
+    fn a_failed_sync_counts_every_file_of_its_batch() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut w = writer(dir.path());
-        w.report_fsync(key(), Ok(()));
+        w.report_sync(key(), 3, Ok(()));
         assert_eq!(w.stats.fsync_errors.load(Ordering::Relaxed), 0);
-        w.report_fsync(key(), Err(io::Error::from_raw_os_error(5)));
-        assert_eq!(w.stats.fsync_errors.load(Ordering::Relaxed), 1);
+        assert_eq!(w.stats.files_synced.load(Ordering::Relaxed), 3);
+        w.report_sync(key(), 5, Err(io::Error::from_raw_os_error(5)));
+        assert_eq!(w.stats.fsync_errors.load(Ordering::Relaxed), 5);
+        assert_eq!(w.stats.files_synced.load(Ordering::Relaxed), 3);
     }
 
     #[test]
@@ -597,5 +650,30 @@ mod tests {
         let closed = 6 - w.pool.len() as u64;
         assert!(closed >= 4, "{closed}");
         assert_eq!(w.stats.files_synced.load(Ordering::Relaxed), closed);
+    }
+
+    #[test]
+    fn evicted_files_are_synced_in_batches_of_half_the_pool_not_one_by_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = writer(dir.path());
+        w.cap = 64;
+        let hour = HourBucket::of(Utc::now());
+        for i in 0..640u32 {
+            let k = (Kind::Demand, CloudId::from_index(i), hour);
+            w.write(k, b"{}\n").expect("write");
+            assert!(w.pool.len() <= w.cap, "the pool outgrew its budget");
+        }
+        let closed = 640 - w.pool.len() as u64;
+        let syncs = w.stats.syncs.load(Ordering::Relaxed);
+        assert_eq!(w.stats.files_synced.load(Ordering::Relaxed), closed);
+        assert_eq!(w.stats.fsync_errors.load(Ordering::Relaxed), 0);
+        // 576 files closed, 32 at a time: 18 syncs, not 576.
+        assert_eq!(closed, 576);
+        assert_eq!(syncs, 18);
+        // Closing the hour syncs what is left in one more batch.
+        w.close_finished_hours_at(hour.end() + chrono::Duration::seconds(11));
+        assert!(w.pool.is_empty());
+        assert_eq!(w.stats.files_synced.load(Ordering::Relaxed), 640);
+        assert_eq!(w.stats.syncs.load(Ordering::Relaxed), 19);
     }
 }
