@@ -105,6 +105,56 @@ async fn a_live_writers_unsealed_file_waits_and_ships_once_the_writer_is_gone() 
     assert!(unshipped_files(&data).is_empty());
 }
 
+#[tokio::test]
+async fn the_heartbeat_of_a_gone_writer_goes_once_all_its_files_have_shipped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, root) = (dir.path().join("logs"), dir.path().join("archive"));
+    let m = CloudId::from_index(1);
+    let silent = Duration::from_secs(61);
+    // Gone, with a finished hour to ship: its heartbeat goes with the file.
+    let shipped = "pinger-1-00000001";
+    heartbeat(&data, shipped, None, silent);
+    write_spool_as(
+        &data,
+        Kind::Demand,
+        shipped,
+        m,
+        hours_ago(2),
+        &[line(m, hours_ago(2), 1)],
+    );
+    // Gone, but its file for the running hour cannot ship yet: it stays.
+    let waiting = "pinger-2-00000002";
+    heartbeat(&data, waiting, None, silent);
+    write_spool_as(
+        &data,
+        Kind::Demand,
+        waiting,
+        m,
+        hours_ago(0),
+        &[line(m, hours_ago(0), 1)],
+    );
+    // Gone, and left no file at all (stopped before its first flush).
+    let empty = "pinger-3-00000003";
+    heartbeat(&data, empty, None, silent);
+    // Alive (beat just now) with nothing written yet: it stays.
+    let live = "pinger-4-00000004";
+    heartbeat(&data, live, None, Duration::ZERO);
+    let opts = RotatorOptions {
+        grace: Duration::from_secs(60),
+        ..options(&data)
+    };
+    let r = dir_rotator(opts, &root);
+    let report = r.run_once(&CancellationToken::new()).await;
+    assert_eq!(report.archived, 1, "{report:?}");
+    let mut left: Vec<String> = rainforest::spool::writers(&data)
+        .expect("read the heartbeats")
+        .into_keys()
+        .map(|w| w.to_string())
+        .collect();
+    left.sort();
+    assert_eq!(left, vec![waiting.to_string(), live.to_string()]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sealed_hour_ships_before_the_grace_and_a_late_line_is_merged_into_the_same_object() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -64,7 +64,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use lines::{Line, archived_lines, check_spool, gunzip, gzip, merge};
 pub use lock::{ArchiveLock, LockError, LockGuard};
-pub use scan::{SpoolFile, completed_files, is_completed, may_ship};
+pub use scan::{SpoolFile, completed_files, gone_writers_without_files, is_completed, may_ship};
 pub use stats::{RotatorStats, StatsSnapshot};
 
 use crate::archive::{Archive, ArchiveError, ObjectKey};
@@ -540,6 +540,42 @@ impl Rotator {
         tracing::info!("Rotator stopped.");
     }
 
+    /// Removes the heartbeat files of writers that are gone and whose files
+    /// have all shipped (a crashed pinger's, a replaced container's), after
+    /// the pass, so files shipped in it count as gone. A failure only
+    /// leaves a small file for the next pass.
+    async fn forget_gone_writers(&self) {
+        let data_dir = self.opts.data_dir.clone();
+        let prefix = self.opts.file_prefix.clone();
+        let grace = self.opts.grace;
+        let now = self.clock.now();
+        let silent_since = chrono::Duration::from_std(grace)
+            .ok()
+            .and_then(|g| now.checked_sub_signed(g))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        let done = tokio::task::spawn_blocking(move || {
+            let gone = gone_writers_without_files(&data_dir, &prefix, now, grace)?;
+            for w in gone {
+                if crate::spool::remove_silent(&data_dir, &w, silent_since)? {
+                    tracing::info!(writer = %w, "Removed the heartbeat of a gone spool writer; all its files have shipped.");
+                }
+            }
+            std::io::Result::Ok(())
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(
+                data_dir = %self.opts.data_dir.display(),
+                error = %e,
+                "Cannot remove the heartbeats of gone spool writers; trying again next pass. Check the permissions of the writers/ directory."
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "The task removing gone writers' heartbeats failed; trying again next pass.")
+            }
+        }
+    }
+
     fn log_store_error(&self, e: &ArchiveError, retry_in: Option<Duration>) {
         let retry = retry_in
             .map(|d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string());
@@ -640,6 +676,9 @@ impl Rotator {
                 "Shutdown: abandoned uploads still in flight; their spool files are kept and \
                  will be merged, not duplicated, on the next run."
             );
+        }
+        if !abandoned {
+            self.forget_gone_writers().await;
         }
         report.oldest_pending = pending_hours.iter().min().copied();
         let pending = report.pending() as u64;

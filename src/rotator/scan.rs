@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::cloud_id::CloudId;
 use crate::spool::{HourBucket, Segment, SpoolName, WriterId, WriterState, parse_segment};
@@ -78,17 +78,81 @@ pub fn may_ship(
         .writer
         .as_ref()
         .and_then(|w| writers.get(w))
-        .filter(|s| {
-            let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
-            s.last_beat
-                .checked_add_signed(grace)
-                .is_none_or(|t| t > now)
-        });
+        .filter(|s| is_live(s, now, grace));
     match (live, segment) {
         (Some(_), Segment::Late(_)) => true,
         (Some(state), Segment::Main) => state.sealed.is_some_and(|h| name.hour <= h),
         (None, _) => is_completed(name.hour, now, grace),
     }
+}
+
+/// Whether a writer beat within the last `grace` (else it is gone).
+fn is_live(state: &WriterState, now: DateTime<Utc>, grace: Duration) -> bool {
+    let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+    state
+        .last_beat
+        .checked_add_signed(grace)
+        .is_none_or(|t| t > now)
+}
+
+/// Writers that are gone (silent for longer than `grace`) and have no file
+/// left in any hour directory, claimed or not: their heartbeat files tell
+/// nothing any more and would pile up under `writers/` with every crash.
+/// Lists the hour directories only while some writer is gone, which is
+/// rare, so a normal pass costs nothing more.
+pub fn gone_writers_without_files(
+    data_dir: &Path,
+    file_prefix: &str,
+    now: DateTime<Utc>,
+    grace: Duration,
+) -> std::io::Result<Vec<WriterId>> {
+    let mut gone: HashSet<WriterId> = crate::spool::writers(data_dir)?
+        .into_iter()
+        .filter(|(_, s)| !is_live(s, now, grace))
+        .map(|(w, _)| w)
+        .collect();
+    if gone.is_empty() {
+        return Ok(Vec::new());
+    }
+    for entry in std::fs::read_dir(data_dir)? {
+        let entry = entry?;
+        if entry
+            .file_name()
+            .to_str()
+            .and_then(HourBucket::parse)
+            .is_none()
+        {
+            continue;
+        }
+        let rd = match std::fs::read_dir(entry.path()) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            // A file (or an unreadable directory) with an hour's name.
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => continue,
+            Err(e) => return Err(e),
+        };
+        for f in rd {
+            let fname = f?.file_name();
+            let Some((base, _)) = fname.to_str().map(unclaimed_name) else {
+                continue;
+            };
+            if let Some((
+                SpoolName {
+                    writer: Some(w), ..
+                },
+                _,
+            )) = parse_segment(file_prefix, base)
+            {
+                gone.remove(&w);
+            }
+        }
+        if gone.is_empty() {
+            break;
+        }
+    }
+    let mut gone: Vec<WriterId> = gone.into_iter().collect();
+    gone.sort();
+    Ok(gone)
 }
 
 /// Every completed spool file under `data_dir`, oldest hour first (then by
