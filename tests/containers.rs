@@ -154,14 +154,18 @@ async fn simulator_reading_reaches_the_bucket() {
         file_name.contains(&hour),
         "{file_name} does not name the hour {hour}"
     );
-    let past_dir = spool.path().join(&past);
+    // Under no writer's id: the pinger is alive and never sealed that hour,
+    // so a file under its id would (rightly) wait; a file of no live writer
+    // ships once its hour is over by rotate_grace.
+    let mut spool_name = rainforest::spool::parse_file_name(support::spool::PREFIX, file_name)
+        .expect("the pinger's spool file name parses");
+    spool_name.hour = rainforest::spool::HourBucket::of(now - chrono::Duration::hours(3));
+    spool_name.writer = None;
+    let past_file = spool_name.path(spool.path(), support::spool::PREFIX);
+    let past_dir = past_file.parent().expect("hour directory").to_path_buf();
     std::fs::create_dir_all(&past_dir).expect("past hour directory");
     open_to_all(&past_dir);
-    std::fs::write(
-        past_dir.join(file_name.replace(&hour, &past)),
-        format!("{reading}\n"),
-    )
-    .expect("past hour spool file");
+    std::fs::write(&past_file, format!("{reading}\n")).expect("past hour spool file");
 
     let rotator = on(&net, &name("rotator"), rainforest())
         .with_cmd(["rotator"])

@@ -72,7 +72,7 @@ fn rotator_command(s3: &S3Server, bucket: &str, data_dir: &Path, args: &[&str]) 
         .arg(data_dir)
         .args(["--set", &format!("s3_bucket={bucket}")])
         .args(["--set", &format!("s3_endpoint={}", s3.endpoint())])
-        .args(["--set", "rotate_grace=1ms", "--set", "rotate_every=200ms"])
+        .args(["--set", "rotate_grace=30s", "--set", "rotate_every=200ms"])
         .stdin(Stdio::null());
     cmd
 }

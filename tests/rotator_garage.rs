@@ -463,7 +463,7 @@ fn rotator_command(
         .args(set("s3_region", garage.region()))
         .args(set("redis_url", redis.url()))
         .args(set("redis_namespace", namespace.to_string()))
-        .args(set("rotate_grace", "1ms".into()));
+        .args(set("rotate_grace", "30s".into()));
     cmd
 }
 

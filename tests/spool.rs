@@ -1,6 +1,8 @@
 //! The spool on a real file system: whole lines only, a bounded pool of open
 //! files, torn tails cut, and disk errors retried without losing lines.
 
+mod support;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -8,6 +10,7 @@ use chrono::{DateTime, Utc};
 use rainforest::cloud_id::CloudId;
 use rainforest::spool::{HourBucket, Spool, SpoolOptions, hour_file};
 use rainforest::stream::Kind;
+use support::spool::written_lines;
 
 fn spool(dir: &Path, open_files: usize) -> Spool {
     Spool::start(SpoolOptions {
@@ -76,12 +79,7 @@ async fn concurrent_writers_never_interleave_and_a_small_pool_loses_nothing() {
     s.close().await;
     for m in 0..20u32 {
         let id = CloudId::from_index(m);
-        let lines = read_lines(&hour_file(
-            dir.path(),
-            "iseif-rainforest",
-            id,
-            HourBucket::of(t),
-        ));
+        let lines = written_lines(&s, Kind::Demand, id, HourBucket::of(t));
         let ns: Vec<u64> = lines.iter().map(|v| v["n"].as_u64().expect("n")).collect();
         assert_eq!(ns, (0..50).collect::<Vec<u64>>(), "meter {id}");
     }
@@ -104,32 +102,66 @@ async fn lines_go_to_the_utc_hour_of_polled_at() {
         .await
         .expect("append");
     s.close().await;
-    let p10 = dir
-        .path()
-        .join("2025-01-15-10/iseif-rainforest-00ce69-2025-01-15-10.jl");
-    let p11 = dir
-        .path()
-        .join("2025-01-15-11/iseif-rainforest-00ce69-2025-01-15-11.jl");
+    let w = s.writer();
+    let p10 = dir.path().join(format!(
+        "2025-01-15-10/iseif-rainforest-00ce69-2025-01-15-10.{w}.jl"
+    ));
+    let p11 = dir.path().join(format!(
+        "2025-01-15-11/iseif-rainforest-00ce69-2025-01-15-11.{w}.jl"
+    ));
     assert_eq!(read_lines(&p10)[0]["n"], 1);
     assert_eq!(read_lines(&p11)[0]["n"], 2);
 }
 
 #[tokio::test]
-async fn a_torn_tail_from_a_crash_is_cut_before_appending() {
+async fn another_writers_file_is_never_touched_even_with_a_torn_tail() {
     let dir = tempfile::tempdir().expect("tempdir");
     let id = CloudId::parse("00ce69").expect("id");
     let t = at("2025-01-15T10:20:00Z");
-    let path = hour_file(dir.path(), "iseif-rainforest", id, HourBucket::of(t));
-    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-    std::fs::write(&path, "{\"n\":0}\n{\"n\":1,\"cut here").expect("write");
+    // A file of the old layout (or of a writer that crashed) for the hour.
+    let other = hour_file(dir.path(), "iseif-rainforest", id, HourBucket::of(t));
+    std::fs::create_dir_all(other.parent().expect("parent")).expect("mkdir");
+    let torn = "{\"n\":0}\n{\"n\":1,\"cut here";
+    std::fs::write(&other, torn).expect("write");
     let s = spool(dir.path(), 8);
     s.append(id, t, line(id, 2)).await.expect("append");
     s.close().await;
-    let ns: Vec<u64> = read_lines(&path)
+    // Its bytes stay as they were (the rotator drops the torn tail when it
+    // ships the file); our line is in our own file.
+    assert_eq!(std::fs::read_to_string(&other).expect("read"), torn);
+    let ns: Vec<u64> = written_lines(&s, Kind::Demand, id, HourBucket::of(t))
         .iter()
         .map(|v| v["n"].as_u64().expect("n"))
         .collect();
-    assert_eq!(ns, vec![0, 2]);
+    assert_eq!(ns, vec![2]);
+}
+
+#[tokio::test]
+async fn two_spools_on_one_directory_write_separate_files_and_lose_no_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = CloudId::parse("00ce69").expect("id");
+    let t = chrono::Utc::now();
+    let (a, b) = (spool(dir.path(), 2), spool(dir.path(), 2));
+    assert_ne!(a.writer(), b.writer());
+    for n in 0..20 {
+        a.append(id, t, line(id, n)).await.expect("append a");
+        b.append(id, t, line(id, 100 + n)).await.expect("append b");
+    }
+    a.close().await;
+    b.close().await;
+    let h = HourBucket::of(t);
+    assert_ne!(
+        a.file_of(Kind::Demand, id, h),
+        b.file_of(Kind::Demand, id, h)
+    );
+    let ns = |s: &Spool| -> Vec<u64> {
+        written_lines(s, Kind::Demand, id, h)
+            .iter()
+            .map(|v| v["n"].as_u64().expect("n"))
+            .collect()
+    };
+    assert_eq!(ns(&a), (0..20).collect::<Vec<u64>>());
+    assert_eq!(ns(&b), (100..120).collect::<Vec<u64>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,12 +189,7 @@ async fn disk_errors_are_counted_and_retried_until_the_lines_land() {
     std::fs::remove_file(&blocker).expect("remove blocker");
     tokio::time::sleep(Duration::from_millis(400)).await;
     s.close().await;
-    let lines = read_lines(&hour_file(
-        dir.path(),
-        "iseif-rainforest",
-        id,
-        HourBucket::of(t),
-    ));
+    let lines = written_lines(&s, Kind::Demand, id, HourBucket::of(t));
     assert_eq!(lines.len(), 3);
 }
 
@@ -177,10 +204,13 @@ async fn each_kind_goes_to_its_own_file_and_demand_keeps_the_old_name() {
         .await
         .expect("append summation");
     s.close().await;
-    let demand = hour_file(dir.path(), "iseif-rainforest", id, HourBucket::of(t));
-    let summation = dir
-        .path()
-        .join("2025-01-15-10/iseif-rainforest-summation-00ce69-2025-01-15-10.jl");
+    let w = s.writer();
+    let demand = dir.path().join(format!(
+        "2025-01-15-10/iseif-rainforest-00ce69-2025-01-15-10.{w}.jl"
+    ));
+    let summation = dir.path().join(format!(
+        "2025-01-15-10/iseif-rainforest-summation-00ce69-2025-01-15-10.{w}.jl"
+    ));
     assert_eq!(read_lines(&demand).len(), 1);
     assert_eq!(read_lines(&demand)[0]["n"], 1);
     assert_eq!(read_lines(&summation).len(), 1);

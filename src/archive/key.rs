@@ -51,11 +51,18 @@ impl ObjectKey {
         ObjectKey(key)
     }
 
-    /// The small object [`crate::archive::Archive::preflight`] writes under
-    /// `prefix` to find out whether the store enforces conditional writes
-    /// (under the prefix, so a policy limited to it still allows it).
+    /// The small object [`crate::archive::Archive::preflight`] writes to
+    /// find out whether the store enforces conditional writes. It sits
+    /// *next to* the data prefix, not under it (`rainforest-logs` gives
+    /// `rainforest-logs.rainforest-conditional-write-probe`), so a crawler
+    /// or an Athena table over `rainforest-logs/` never reads it as data,
+    /// while an IAM policy on `rainforest-logs*` still covers it. With an
+    /// empty prefix the data is the whole bucket; the probe is then a
+    /// hidden name at the top, which Athena and Hive skip.
     pub fn probe(prefix: &str) -> ObjectKey {
         let mut key = clean_prefix(prefix);
+        // The prefix's trailing `/` goes: the probe is its sibling.
+        key.pop();
         key.push_str(".rainforest-conditional-write-probe");
         ObjectKey(key)
     }
@@ -65,6 +72,12 @@ impl ObjectKey {
     /// archive's meters starts.
     pub fn meters_root(prefix: &str) -> String {
         clean_prefix(prefix)
+    }
+
+    /// Whether this key lies under `prefix` (what a listing of the data
+    /// prefix returns).
+    pub fn is_under(&self, prefix: &str) -> bool {
+        self.0.starts_with(&clean_prefix(prefix))
     }
 
     /// The key as S3 sees it (no leading slash).
@@ -124,6 +137,33 @@ mod tests {
             s.as_str(),
             "rainforest-logs/00ce69/2025/01/05/iseif-rainforest-summation-00ce69-2025-01-05-07.jl.gz"
         );
+    }
+
+    #[test]
+    fn the_probe_sits_next_to_the_data_prefix_not_under_it() {
+        let p = ObjectKey::probe("rainforest-logs");
+        assert_eq!(
+            p.as_str(),
+            "rainforest-logs.rainforest-conditional-write-probe"
+        );
+        assert!(!p.is_under("rainforest-logs"));
+        let nested = ObjectKey::probe("/data/rainforest-logs/");
+        assert_eq!(
+            nested.as_str(),
+            "data/rainforest-logs.rainforest-conditional-write-probe"
+        );
+        assert!(!nested.is_under("data/rainforest-logs"));
+        assert_eq!(
+            ObjectKey::probe("").as_str(),
+            ".rainforest-conditional-write-probe"
+        );
+        let data = ObjectKey::for_hour(
+            "rainforest-logs",
+            "p",
+            CloudId::parse("abcdef").unwrap(),
+            hour("2024-12-31-23"),
+        );
+        assert!(data.is_under("rainforest-logs"));
     }
 
     #[test]

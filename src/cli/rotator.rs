@@ -88,8 +88,9 @@ fn dry_run(rotator: &Rotator) -> anyhow::Result<ExitCode> {
         );
     }
     println!(
-        "dry run: {} completed file(s), {bytes} bytes, would be uploaded to {}; {not_yet} file(s) of \
-         hours not yet completed are left alone; nothing was changed",
+        "dry run: {} completed file(s), {bytes} bytes, would be uploaded to {}; {not_yet} file(s) \
+         not ready yet (the current hour, a live writer's unsealed hour, or within rotate_grace) \
+         are left alone; nothing was changed",
         planned.len(),
         rotator.archive().describe()
     );

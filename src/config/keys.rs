@@ -209,7 +209,7 @@ pub const KEYS: &[Key] = &[
     key(
         "rotate_grace",
         "2m",
-        "How long after an hour ends its spool files are left for late writes before upload",
+        "How long a spool writer may stay silent before the rotator takes it for gone and ships its unsealed files (also the wait after an hour ends for files without a writer id); at least 30s",
     ),
     key(
         "rotate_every",

@@ -213,6 +213,11 @@ impl Layers {
                 .map(|(k, (_, o))| (*k, o.clone()))
                 .collect(),
         };
+        let grace_parsed = !p.problems.iter().any(|m| m.starts_with("`rotate_grace`"));
+        if grace_parsed && cfg.rotate_grace < crate::spool::MIN_ROTATE_GRACE {
+            let msg = crate::spool::grace_too_short(cfg.rotate_grace);
+            p.fail::<()>("rotate_grace", msg);
+        }
         if problems.is_empty() {
             Ok(cfg)
         } else {
@@ -735,6 +740,24 @@ mod tests {
         assert!(text.contains("`relay_url`"), "{text}");
         assert!(text.contains("unknown key `bogus`"), "{text}");
         assert_eq!(err.problems.len(), 3);
+    }
+
+    #[test]
+    fn a_rotate_grace_not_clear_of_the_spool_close_delay_is_refused() {
+        let grace = |v: &str| {
+            Layers::defaults()
+                .env(env(&[("RAINFOREST_ROTATE_GRACE", v)]))
+                .build()
+        };
+        let err = grace("10s").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("`rotate_grace` (from environment variable RAINFOREST_ROTATE_GRACE): 10s is too short"),
+            "{text}"
+        );
+        assert!(text.contains("at least 30s"), "{text}");
+        assert_eq!(grace("soon").unwrap_err().problems.len(), 1);
+        assert_eq!(grace("30s").unwrap().rotate_grace, Duration::from_secs(30));
     }
 
     #[test]

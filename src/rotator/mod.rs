@@ -1,15 +1,15 @@
 //! The rotator: ships completed spool hours to the archive exactly once.
 //!
-//! Owns finding completed hour files (hour ended + `rotate_grace`, read
-//! from the rotator's [`Clock`] so tests can set the hour, see
-//! [`Rotator::with_clock`]), checking their lines (a torn last line is
+//! Owns finding the files that may ship (sealed by their writer, or hour
+//! ended + `rotate_grace`, read from the rotator's [`Clock`] so tests can
+//! set the hour, see [`Rotator::with_clock`]), checking their lines (a torn last line is
 //! dropped, a file with no usable line is quarantined), gzip, the
 //! read-merge-write of the object, retries and backoff (the shared
 //! [`Backoff`]), and deleting a spool file once the archive acknowledged
 //! every one of its lines. It shares only the spool directory with the pinger and
 //! must not write into a live hour, read the registry or touch an object's
 //! lines other than by the merge (union, ordered by `polled_at`, exact
-//! duplicates removed), so a retry, a restart or a second rotator can only
+//! duplicates and later polls of a slot removed), so a retry, a restart or a second rotator can only
 //! converge on the same object.
 //!
 //! Failure handling, from fast to slow:
@@ -24,20 +24,21 @@
 //! Nothing is ever given up on while the file exists, and every pass takes
 //! the oldest hour first.
 //!
-//! Late lines (a poll that started before the hour turned, a slow disk):
-//! before reading a file the rotator renames it to
-//! `<name>.shipping-<pid>-<n>` (its claim). The spool writer opens files by
-//! their spool name, so a line for that hour arriving later creates a new
-//! spool file, shipped and merged on the next pass, instead of landing in
-//! a file that is about to be deleted. A writer that had the file open
-//! before the claim can still append to it until its flush ends, so after
-//! the upload the rotator compares the file's size with what it read and,
-//! if it grew, merges the new lines too before deleting it. The writer
-//! closes an hour's files at its first flush 10 s after the hour ends, so
-//! with `rotate_grace` above ~11 s (default 2 min) no writer holds a
-//! claimed file and that last window (between the size check and the
-//! delete) cannot be hit. Claims left by a crash are found by the scan and
-//! shipped like any file.
+//! Which files may go (see `scan`): a live writer's sealed hours, its late
+//! segments, and a gone writer's (or an old-layout) files after
+//! `rotate_grace`. A writer never appends to a sealed file; a line for a
+//! sealed hour goes to a late segment, merged into the same object on the
+//! next pass, so no line lands in a file being shipped. Before reading a
+//! file the rotator renames it to `<name>.shipping-<pid>-<n>` (its claim),
+//! so two rotators on one volume never ship it twice. For a gone writer's
+//! file, which nobody sealed, the rotator compares the file's size after the
+//! upload with what it read and merges lines that appeared meanwhile before
+//! deleting it. Claims left by a crash are found by the scan and shipped
+//! like any file.
+//!
+//! The merge keeps one line per `(cloud_id, slot)`, the first polled (see
+//! `lines`), so hand-over duplicates from two pingers, shipped by rotators
+//! on different hosts, converge on one object.
 //!
 //! Every write is conditional (see `archive`). When the start-up probe finds
 //! a store that ignores conditional writes (Garage), and `redis_url` is
@@ -63,7 +64,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use lines::{Line, archived_lines, check_spool, gunzip, gzip, merge};
 pub use lock::{ArchiveLock, LockError, LockGuard};
-pub use scan::{SpoolFile, completed_files, is_completed};
+pub use scan::{SpoolFile, completed_files, gone_writers_without_files, is_completed, may_ship};
 pub use stats::{RotatorStats, StatsSnapshot};
 
 use crate::archive::{Archive, ArchiveError, ObjectKey};
@@ -539,6 +540,42 @@ impl Rotator {
         tracing::info!("Rotator stopped.");
     }
 
+    /// Removes the heartbeat files of writers that are gone and whose files
+    /// have all shipped (a crashed pinger's, a replaced container's), after
+    /// the pass, so files shipped in it count as gone. A failure only
+    /// leaves a small file for the next pass.
+    async fn forget_gone_writers(&self) {
+        let data_dir = self.opts.data_dir.clone();
+        let prefix = self.opts.file_prefix.clone();
+        let grace = self.opts.grace;
+        let now = self.clock.now();
+        let silent_since = chrono::Duration::from_std(grace)
+            .ok()
+            .and_then(|g| now.checked_sub_signed(g))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        let done = tokio::task::spawn_blocking(move || {
+            let gone = gone_writers_without_files(&data_dir, &prefix, now, grace)?;
+            for w in gone {
+                if crate::spool::remove_silent(&data_dir, &w, silent_since)? {
+                    tracing::info!(writer = %w, "Removed the heartbeat of a gone spool writer; all its files have shipped.");
+                }
+            }
+            std::io::Result::Ok(())
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(
+                data_dir = %self.opts.data_dir.display(),
+                error = %e,
+                "Cannot remove the heartbeats of gone spool writers; trying again next pass. Check the permissions of the writers/ directory."
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "The task removing gone writers' heartbeats failed; trying again next pass.")
+            }
+        }
+    }
+
     fn log_store_error(&self, e: &ArchiveError, retry_in: Option<Duration>) {
         let retry = retry_in
             .map(|d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string());
@@ -639,6 +676,9 @@ impl Rotator {
                 "Shutdown: abandoned uploads still in flight; their spool files are kept and \
                  will be merged, not duplicated, on the next run."
             );
+        }
+        if !abandoned {
+            self.forget_gone_writers().await;
         }
         report.oldest_pending = pending_hours.iter().min().copied();
         let pending = report.pending() as u64;

@@ -69,9 +69,10 @@ enum Prepared {
 impl Rotator {
     /// The object key of a spool file.
     pub(super) fn key_of(&self, file: &SpoolFile) -> ObjectKey {
-        ObjectKey::for_hour(
+        ObjectKey::for_stream(
             &self.opts.key_prefix,
             &self.opts.file_prefix,
+            file.kind,
             file.cloud_id,
             file.hour,
         )
@@ -229,6 +230,24 @@ impl Rotator {
         guard: Option<&LockGuard>,
     ) -> Result<bool, RotatorError> {
         let still_locked = || guard.map_or(Ok(()), LockGuard::ensure_held);
+        // Most keys are new: create first and read only when the key turns
+        // out to exist, one request instead of two. Only where the probe
+        // found If-None-Match enforced, as elsewhere a blind create could
+        // replace an object it never read.
+        if guard.is_none() && self.conditional_writes_enforced() == Some(true) {
+            match self
+                .archive
+                .put(key, ready.gz.clone(), Condition::Absent)
+                .await
+            {
+                Ok(()) => {
+                    RotatorStats::add(&self.stats.bytes_uploaded, ready.gz.len() as u64);
+                    return Ok(false);
+                }
+                Err(ArchiveError::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         for _ in 0..MAX_CONFLICTS {
             let lost = match self.archive.get(key).await? {
                 None => {

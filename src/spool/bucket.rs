@@ -4,6 +4,9 @@
 //! completed hours), so both agree on one layout:
 //! `<data_dir>/YYYY-MM-DD-HH/<prefix>[-<kind>]-<cloud_id>-YYYY-MM-DD-HH[.<writer>].jl`
 //! (demand files carry no kind, so their names stay the old logger's).
+//! A line that arrives for an hour its writer has already sealed goes to a
+//! late segment of its own, `….<writer>.late<n>.jl` ([`Segment::Late`]),
+//! which [`parse_file_name`] reads as the same [`SpoolName`].
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -80,6 +83,37 @@ impl WriterId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A new id for one writing process (one [`crate::spool::Spool`]):
+    /// the host name (the container's, so replicas on one volume differ),
+    /// the process id and a random suffix, so neither a restart nor a
+    /// second spool in the same process ever reuses a live writer's name.
+    pub fn unique() -> WriterId {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_default();
+        WriterId::from_parts(&host, std::process::id(), rand::random::<u32>())
+    }
+
+    /// The id [`unique`](Self::unique) builds: `<host>-<pid>-<random>`,
+    /// the host reduced to the allowed alphabet and at most 40 characters.
+    fn from_parts(host: &str, pid: u32, random: u32) -> WriterId {
+        let mut h: String = host
+            .trim()
+            .chars()
+            .map(|c| match c.to_ascii_lowercase() {
+                c @ ('a'..='z' | '0'..='9') => c,
+                _ => '-',
+            })
+            .take(40)
+            .collect();
+        h = h.trim_matches('-').to_string();
+        if h.is_empty() {
+            h.push_str("host");
+        }
+        WriterId(format!("{h}-{pid}-{random:08x}"))
+    }
 }
 
 impl fmt::Display for WriterId {
@@ -135,27 +169,70 @@ impl SpoolName {
             .join(self.hour.to_string())
             .join(self.file_name(prefix))
     }
+
+    /// The name of late segment `n` of this file: where a writer puts lines
+    /// for an hour it has already sealed (see [`Segment::Late`]). Only a
+    /// named writer seals, so `None` for a file of the old layout.
+    pub fn late_file_name(&self, prefix: &str, n: u32) -> Option<String> {
+        let w = self.writer.as_ref()?;
+        let base = self.kind.file_prefix(prefix);
+        Some(format!(
+            "{base}-{}-{}.{w}.late{n}.jl",
+            self.cloud_id, self.hour
+        ))
+    }
 }
 
-/// Recognises a spool file name; `None` for anything else in the directory
-/// (temporary files, other prefixes, names a person left there).
-pub fn parse_file_name(prefix: &str, name: &str) -> Option<SpoolName> {
+/// Which of a writer's files for one hour a name is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Segment {
+    /// The file the writer appends to until it seals the hour.
+    Main,
+    /// Lines that came after the writer sealed the hour. The writer writes
+    /// the whole segment under a hidden name and renames it into place, so
+    /// a late segment is complete as soon as it can be seen.
+    Late(u32),
+}
+
+/// Recognises a spool file name and tells a late segment from the main
+/// file; `None` for anything else.
+pub fn parse_segment(prefix: &str, name: &str) -> Option<(SpoolName, Segment)> {
     let rest = name
         .strip_prefix(prefix)?
         .strip_prefix('-')?
         .strip_suffix(".jl")?;
     let (kind, rest) = Kind::split_marker(rest);
-    let (rest, writer) = match rest.split_once('.') {
-        Some((rest, w)) => (rest, Some(WriterId::parse(w)?)),
-        None => (rest, None),
+    let (rest, writer, segment) = match rest.split_once('.') {
+        Some((rest, tail)) => {
+            let (w, segment) = match tail.split_once('.') {
+                Some((w, late)) => {
+                    let n = late.strip_prefix("late")?;
+                    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+                        return None;
+                    }
+                    (w, Segment::Late(n.parse().ok()?))
+                }
+                None => (tail, Segment::Main),
+            };
+            (rest, Some(WriterId::parse(w)?), segment)
+        }
+        None => (rest, None, Segment::Main),
     };
     let (id, hour) = rest.split_once('-')?;
-    Some(SpoolName {
+    let name = SpoolName {
         kind,
         cloud_id: CloudId::parse(id).ok()?,
         hour: HourBucket::parse(hour)?,
         writer,
-    })
+    };
+    Some((name, segment))
+}
+
+/// Recognises a spool file name (a late segment reads as its main file's
+/// name); `None` for anything else in the directory (temporary files,
+/// other prefixes, names a person left there).
+pub fn parse_file_name(prefix: &str, name: &str) -> Option<SpoolName> {
+    parse_segment(prefix, name).map(|(name, _)| name)
 }
 
 #[cfg(test)]
@@ -215,6 +292,56 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn a_late_segment_parses_as_its_file_and_says_which_it_is() {
+        let name = SpoolName {
+            kind: Kind::Price,
+            cloud_id: CloudId::parse("00ce69").unwrap(),
+            hour: HourBucket(480_000),
+            writer: WriterId::parse("host-12-0000beef"),
+        };
+        let late = name.late_file_name("pre", 3).unwrap();
+        assert_eq!(
+            late,
+            "pre-price-00ce69-2024-10-04-00.host-12-0000beef.late3.jl"
+        );
+        assert_eq!(
+            parse_segment("pre", &late),
+            Some((name.clone(), Segment::Late(3)))
+        );
+        assert_eq!(parse_file_name("pre", &late), Some(name.clone()));
+        assert_eq!(
+            parse_segment("pre", &name.file_name("pre")),
+            Some((name.clone(), Segment::Main))
+        );
+        assert_eq!(
+            SpoolName {
+                writer: None,
+                ..name
+            }
+            .late_file_name("pre", 1),
+            None
+        );
+        for bad in [
+            "pre-00ce69-2024-10-04-00.w.late.jl",
+            "pre-00ce69-2024-10-04-00.w.late1x.jl",
+            "pre-00ce69-2024-10-04-00.w.other1.jl",
+            ".pre-00ce69-2024-10-04-00.w.late1.jl.tmp",
+        ] {
+            assert_eq!(parse_segment("pre", bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_unique_writer_id_is_a_valid_name_whatever_the_host() {
+        let id = WriterId::from_parts("Pinger_7.example.ORG\n", 42, 0xbeef);
+        assert_eq!(id.as_str(), "pinger-7-example-org-42-0000beef");
+        assert_eq!(WriterId::parse(id.as_str()), Some(id));
+        let id = WriterId::from_parts(&"é".repeat(100), 1, 2);
+        assert_eq!(id.as_str(), "host-1-00000002");
+        assert_ne!(WriterId::unique(), WriterId::unique());
     }
 
     #[test]

@@ -8,8 +8,16 @@
 //! second. A write that fails half-way is cut back to the last whole line and
 //! retried, so the files only ever hold whole lines (plus, after a power
 //! cut, at most a torn last line, which the rotator drops).
+//!
+//! Each spool has a [`WriterId`] of its own, part of every file name it
+//! writes, so pingers and servers sharing one volume never append to (or
+//! cut back) each other's files. A writer seals an hour 10 s after it ends
+//! (fsync, close, and say so in its heartbeat file, see [`heartbeat`]);
+//! a line for a sealed hour goes to a new late segment instead, so no line
+//! lands in a file the rotator may be shipping.
 
 pub mod bucket;
+pub mod heartbeat;
 mod writer;
 
 use std::path::PathBuf;
@@ -20,10 +28,37 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
-pub use bucket::{HourBucket, SpoolName, WriterId, hour_file, parse_file_name};
+pub use bucket::{
+    HourBucket, Segment, SpoolName, WriterId, hour_file, parse_file_name, parse_segment,
+};
+pub use heartbeat::{WriterState, remove_silent, writers};
 
 use crate::cloud_id::CloudId;
 use crate::stream::Kind;
+
+/// The shortest `rotate_grace` allowed. A writer closes an hour's files
+/// [`CLOSE_AFTER`] after the hour ends, beats its heartbeat once a second,
+/// and a slow disk can hold a flush up for seconds more; the rotator takes
+/// a writer silent for `rotate_grace` for gone and ships its files, so the
+/// grace must stay well clear of all three.
+pub const MIN_ROTATE_GRACE: Duration = Duration::from_secs(30);
+
+/// How long after an hour ends the writer closes, fsyncs and seals its
+/// files, leaving room for polls that started just before the hour turned.
+pub const CLOSE_AFTER: Duration = Duration::from_secs(10);
+
+/// The configuration problem when `rotate_grace` is below
+/// [`MIN_ROTATE_GRACE`].
+pub fn grace_too_short(grace: Duration) -> String {
+    format!(
+        "{} is too short: the spool seals an hour {} after it ends and the rotator \
+         takes a writer silent for rotate_grace for gone, so a live writer's files could \
+         be shipped while it still appends; set at least {} (default 2m)",
+        humantime::format_duration(grace),
+        humantime::format_duration(CLOSE_AFTER),
+        humantime::format_duration(MIN_ROTATE_GRACE),
+    )
+}
 
 /// Settings of the spool.
 #[derive(Debug, Clone)]
@@ -51,9 +86,17 @@ pub struct SpoolStats {
     pub lines_dropped: AtomicU64,
     /// Files opened (pool misses).
     pub files_opened: AtomicU64,
-    /// Failed fsyncs when an hour's file was sealed (or at close): its
-    /// lines were written but may not survive a power cut.
+    /// Files whose sync failed as they were closed (at an hour's seal, on
+    /// eviction, at shutdown; a failed `syncfs` counts its whole batch):
+    /// their lines were written but may not survive a power cut.
     pub fsync_errors: AtomicU64,
+    /// Files made durable as they were closed: at an hour's seal, when
+    /// evicted from the pool of open files, and at shutdown. Every close
+    /// is one.
+    pub files_synced: AtomicU64,
+    /// Sync calls behind `files_synced`: one `syncfs` per batch of files
+    /// closed together, so the ratio shows how well batching pays.
+    pub syncs: AtomicU64,
 }
 
 impl SpoolStats {
@@ -124,19 +167,31 @@ pub struct Spool {
     tx: mpsc::Sender<Msg>,
     inbox: Arc<Inbox>,
     stats: Arc<SpoolStats>,
+    writer: WriterId,
+    data_dir: Arc<PathBuf>,
+    prefix: Arc<str>,
 }
 
 impl Spool {
-    /// Starts the writer thread and its once-a-second flush ticker.
+    /// Starts the writer thread and its once-a-second flush ticker, under a
+    /// new [`WriterId::unique`] of its own.
     pub fn start(opts: SpoolOptions) -> std::io::Result<Spool> {
+        Spool::start_as(opts, WriterId::unique())
+    }
+
+    /// [`start`](Self::start) under a chosen writer id, which no other live
+    /// writer on the volume may have (tests name their writers).
+    pub fn start_as(opts: SpoolOptions, writer: WriterId) -> std::io::Result<Spool> {
         std::fs::create_dir_all(&opts.data_dir)?;
+        let data_dir = Arc::new(opts.data_dir.clone());
+        let prefix: Arc<str> = opts.prefix.as_str().into();
         // Deep enough to absorb a second of lines from 100,000 meters while a
         // flush is running, small enough to push back if the disk stalls.
         let (tx, rx) = mpsc::channel(65_536);
         let stats = Arc::new(SpoolStats::default());
         let flush_every = opts.flush_every.min(Duration::from_secs(1));
         let inbox = Arc::new(Inbox::default());
-        writer::spawn(opts, rx, inbox.clone(), stats.clone())?;
+        writer::spawn(opts, writer.clone(), rx, inbox.clone(), stats.clone())?;
         let ticker = tx.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(flush_every);
@@ -149,7 +204,14 @@ impl Spool {
                 }
             }
         });
-        Ok(Spool { tx, inbox, stats })
+        Ok(Spool {
+            tx,
+            inbox,
+            stats,
+            writer,
+            data_dir,
+            prefix,
+        })
     }
 
     /// Appends one demand line (which must end in `\n`) to the meter's file
@@ -215,5 +277,22 @@ impl Spool {
     /// The spool's counters.
     pub fn stats(&self) -> &SpoolStats {
         &self.stats
+    }
+
+    /// The id in the names of this spool's files.
+    pub fn writer(&self) -> &WriterId {
+        &self.writer
+    }
+
+    /// The file this spool appends meter `cloud_id`'s `kind` lines of
+    /// `hour` to, until it seals the hour (tools and tests read it).
+    pub fn file_of(&self, kind: Kind, cloud_id: CloudId, hour: HourBucket) -> PathBuf {
+        SpoolName {
+            kind,
+            cloud_id,
+            hour,
+            writer: Some(self.writer.clone()),
+        }
+        .path(&self.data_dir, &self.prefix)
     }
 }

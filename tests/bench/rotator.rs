@@ -1,7 +1,7 @@
 //! Rotator benchmark: ships N one-hour spool files to a local S3 server in
 //! three cases and prints one JSON line of figures per case:
-//! - `fresh`: every key is new (`If-None-Match: *` PUTs into an empty
-//!   bucket);
+//! - `fresh`: every key is new (one `If-None-Match: *` PUT each into an
+//!   empty bucket, after the start-up probe found them enforced);
 //! - `merge`: every key already holds half of the hour (the odd lines),
 //!   the spool file the other half plus an overlap, so each file costs a
 //!   GET, a gunzip, a merge and an `If-Match` PUT;
@@ -268,6 +268,11 @@ async fn run_case(
         ..RotatorOptions::from_config(&rainforest::config::Config::defaults()?)
     };
     let mut rotator = Rotator::new(opts, s3.at(&bucket).archive().await);
+    if case != Case::Lock {
+        // As a running rotator does at start-up: moto enforces conditional
+        // writes, so new keys are created with one PUT, no GET first.
+        rotator.preflight().await?;
+    }
     if case == Case::Lock {
         // Without a start-up probe the rotator takes the lock for every
         // key, as it does on a store that ignores conditional writes.

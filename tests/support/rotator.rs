@@ -87,14 +87,15 @@ impl Endpoint {
 }
 
 /// Every spool file left under `data_dir`, claimed ones included
-/// (quarantine excluded), sorted.
+/// (quarantine and the writers' heartbeat files excluded), sorted.
 pub fn unshipped_files(data_dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(data_dir) else {
         return out;
     };
     for d in rd.flatten() {
-        if d.file_name() == "quarantine" || !d.path().is_dir() {
+        let skip = ["quarantine", rainforest::spool::heartbeat::WRITERS_DIR];
+        if skip.iter().any(|s| d.file_name() == *s) || !d.path().is_dir() {
             continue;
         }
         for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {

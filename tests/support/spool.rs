@@ -5,12 +5,16 @@
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rainforest::archive::ObjectKey;
 use rainforest::cloud_id::CloudId;
 use rainforest::record::format_time;
-use rainforest::spool::{HourBucket, hour_file};
+use rainforest::spool::{
+    HourBucket, Segment, Spool, SpoolName, WriterId, hour_file, parse_segment,
+};
+use rainforest::stream::Kind;
 
 /// The default spool file prefix (`file_prefix`).
 pub const PREFIX: &str = "iseif-rainforest";
@@ -214,4 +218,103 @@ pub fn dir_archive_lines(root: &Path) -> Vec<serde_json::Value> {
         }
     }
     out
+}
+
+/// Every line `spool` wrote for meter `cloud_id`'s `kind` in `hour`, in
+/// writing order: its main file, then its late segments by number (lines
+/// that came after the writer had sealed the hour). Panics on a line that
+/// is not JSON.
+pub fn written_lines(
+    spool: &Spool,
+    kind: Kind,
+    cloud_id: CloudId,
+    hour: HourBucket,
+) -> Vec<serde_json::Value> {
+    let main = spool.file_of(kind, cloud_id, hour);
+    let dir = main.parent().expect("hour dir");
+    let own = main
+        .file_name()
+        .and_then(|n| parse_segment(PREFIX, &n.to_string_lossy()))
+        .map(|(name, _)| name)
+        .expect("the spool's own file name parses");
+    let mut files: Vec<(u32, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let (name, seg) = parse_segment(PREFIX, &e.file_name().to_string_lossy())?;
+            let n = match seg {
+                Segment::Main => 0,
+                Segment::Late(n) => n,
+            };
+            (name == own).then(|| (n, e.path()))
+        })
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for (_, p) in files {
+        let text = std::fs::read_to_string(&p).expect("read spool file");
+        for line in text.lines() {
+            out.push(
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("{}: bad line {line:.80}: {e}", p.display())),
+            );
+        }
+    }
+    out
+}
+
+/// A record line with a `slot` (the scheduled instant, `slot_second` into
+/// `hour`) polled `delay_ms` after it: two of these with the same slot are
+/// a hand-over duplicate.
+pub fn slot_line(cloud_id: CloudId, hour: HourBucket, slot_second: u32, delay_ms: i64) -> String {
+    let slot: DateTime<Utc> = hour.start() + chrono::Duration::seconds(i64::from(slot_second));
+    serde_json::json!({
+        "cloud_id": cloud_id.as_str(),
+        "slot": format_time(slot),
+        "polled_at": format_time(slot + chrono::Duration::milliseconds(delay_ms)),
+        "demand_kw": f64::from(slot_second) / 1000.0 + delay_ms as f64,
+        "source": "relay",
+    })
+    .to_string()
+}
+
+/// Writes the main spool file of `writer` for meter `cloud_id`'s `kind` in
+/// `hour` with `lines`, as that writer would name it; returns its path.
+pub fn write_spool_as(
+    data_dir: &Path,
+    kind: Kind,
+    writer: &str,
+    cloud_id: CloudId,
+    hour: HourBucket,
+    lines: &[String],
+) -> PathBuf {
+    let name = SpoolName {
+        kind,
+        cloud_id,
+        hour,
+        writer: Some(WriterId::parse(writer).expect("writer id")),
+    };
+    let path = name.path(data_dir, PREFIX);
+    std::fs::create_dir_all(path.parent().expect("hour dir")).expect("mkdir");
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&path, text).expect("write spool file");
+    path
+}
+
+/// Leaves the heartbeat file a writer keeps (`writers/<id>.heartbeat`,
+/// holding the last hour it sealed), last beaten `age` ago: a live writer
+/// with a recent beat, a dead one with an old beat.
+pub fn heartbeat(data_dir: &Path, writer: &str, sealed: Option<HourBucket>, age: Duration) {
+    let dir = data_dir.join(rainforest::spool::heartbeat::WRITERS_DIR);
+    std::fs::create_dir_all(&dir).expect("mkdir writers");
+    let path = dir.join(format!("{writer}.heartbeat"));
+    let text = sealed.map(|h| format!("{h}\n")).unwrap_or_default();
+    std::fs::write(&path, text).expect("write heartbeat");
+    let beat = std::time::SystemTime::now() - age;
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_modified(beat))
+        .expect("set the heartbeat's time");
 }
