@@ -879,7 +879,7 @@ async fn openapi_document_lists_every_route_with_bearer_auth() {
     }
     assert_eq!(
         doc["paths"].as_object().unwrap().len(),
-        11,
+        12,
         "an undocumented or extra path"
     );
     assert_eq!(

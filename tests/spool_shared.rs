@@ -107,6 +107,20 @@ async fn two_pingers_and_a_server_sharing_one_spool_lose_no_line() {
             .all(|r| on_disk.contains(&r["polled_at"].to_string()))
     })
     .await;
+    // The pingers split the meters (fleet membership), and the second to
+    // join starts its share a couple of heartbeats later: wait until it has
+    // written too, so both pingers' files share the directory.
+    let writer_ids = |data: &std::path::Path| -> BTreeSet<String> {
+        spool_files(data)
+            .iter()
+            .filter_map(|p| parse_file_name(PREFIX, &p.file_name()?.to_string_lossy()))
+            .filter_map(|n| n.writer.map(|w| w.to_string()))
+            .collect()
+    };
+    wait_for("files of both pingers and the server", async || {
+        writer_ids(&data).len() == 3
+    })
+    .await;
     for p in pingers {
         assert!(p.terminate().success(), "pinger stops cleanly");
     }
@@ -114,11 +128,7 @@ async fn two_pingers_and_a_server_sharing_one_spool_lose_no_line() {
     drop(server);
 
     // Three writers, each in files of its own.
-    let writers: BTreeSet<String> = spool_files(&data)
-        .iter()
-        .filter_map(|p| parse_file_name(PREFIX, &p.file_name()?.to_string_lossy()))
-        .filter_map(|n| n.writer.map(|w| w.to_string()))
-        .collect();
+    let writers = writer_ids(&data);
     assert_eq!(writers.len(), 3, "two pingers and the server: {writers:?}");
     assert!(spool_files(&data).iter().all(|p| {
         p.file_name()
