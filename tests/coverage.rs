@@ -251,6 +251,7 @@ async fn api_coverage_serves_the_same_report_worst_first_and_rejects_bad_paramet
         "day=yesterday",
         "kind=energy",
         "meter=0b0001,xyz",
+        "meter=",
         "colour=blue",
     ] {
         let a = server

@@ -105,12 +105,19 @@ fn check(field: &str, seconds: u64) -> Result<u32, ValidationError> {
 fn json_field(map: &Map<String, Value>, field: &str) -> Result<Option<u32>, ValidationError> {
     match map.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_u64() {
+        // JSON has one number type: `60.0` is the whole number 60 (the API
+        // schema says integer, and JSON Schema counts 60.0 as one).
+        Some(Value::Number(n)) => match n.as_u64().or_else(|| whole(n.as_f64()?)) {
             Some(s) => check(field, s).map(Some),
             None => Err(invalid(field)),
         },
         Some(_) => Err(invalid(field)),
     }
+}
+
+/// `x` as a whole, non-negative number of seconds, if it is one.
+fn whole(x: f64) -> Option<u64> {
+    (x.fract() == 0.0 && (0.0..=MAX_CADENCE_S as f64).contains(&x)).then_some(x as u64)
 }
 
 #[cfg(test)]
@@ -130,6 +137,13 @@ mod tests {
         );
         assert_eq!(c.price(Duration::from_secs(900)), Duration::ZERO);
         assert_eq!(c.fields().collect::<Vec<_>>(), vec![(PRICE_FIELD, 0)]);
+    }
+
+    #[test]
+    fn a_whole_number_written_with_a_fraction_is_that_number() {
+        let c = Cadence::from_json_map(&map(r#"{"summation_interval": 60.0}"#)).unwrap();
+        assert_eq!(c.summation(Duration::ZERO), Duration::from_secs(60));
+        assert!(Cadence::from_json_map(&map(r#"{"price_interval": 86401.0}"#)).is_err());
     }
 
     #[test]

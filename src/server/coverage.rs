@@ -237,7 +237,14 @@ pub async fn api_coverage(
             .map_err(|e| ApiError::bad_request("invalid-kind", format!("`kind`: {e}")))?,
     };
     let meters = match query.meter.as_deref().map(str::trim) {
-        None | Some("") => None,
+        None => None,
+        // Named but empty: a mistake, not "every meter" (leave it out for that).
+        Some("") => {
+            return Err(ApiError::bad_request(
+                "invalid-meter",
+                "`meter` is empty: name cloud ids separated by commas, or leave it out for every meter",
+            ));
+        }
         Some(list) => {
             let ids = list
                 .split(',')
