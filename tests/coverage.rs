@@ -252,6 +252,8 @@ async fn api_coverage_serves_the_same_report_worst_first_and_rejects_bad_paramet
         "kind=energy",
         "meter=0b0001,xyz",
         "meter=",
+        "kind=",
+        "day=",
         "colour=blue",
     ] {
         let a = server

@@ -218,6 +218,16 @@ pub async fn api_coverage(
     caller.require(Scope::Read)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid-query", e.body_text()))?;
     let service = state.coverage();
+    // A parameter named but left empty is a mistake, not the default (leave
+    // it out for that): the OpenAPI document's patterns say the same.
+    for (name, value) in [("day", &query.day), ("kind", &query.kind)] {
+        if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            return Err(ApiError::bad_request(
+                "empty-parameter",
+                format!("`{name}` is empty: give a value or leave it out for the default"),
+            ));
+        }
+    }
     let day = match query.day.as_deref().map(str::trim) {
         None | Some("") => yesterday(),
         Some(d) => NaiveDate::parse_from_str(d, "%Y-%m-%d")
