@@ -15,15 +15,18 @@ use rainforest::registry::{RedisRegistry, Registry};
 use rainforest::rotator::Rotator;
 use rainforest::simulator::{self, SimulateArgs, Simulator};
 use rainforest::spool::{HourBucket, parse_file_name};
+use rainforest::stream::Kind;
 use support::RedisServer;
 use support::pinger::Pinger;
 use support::process::wait_for;
 use support::rotator::{options, unshipped_files};
 use support::server::{ADMIN, ServerProcess};
-use support::spool::{PREFIX, dir_archive_lines, spool_files, spool_lines};
+use support::spool::{PREFIX, dir_archive_lines, kind_lines, spool_files, spool_lines};
 use tokio_util::sync::CancellationToken;
 
-const METERS: u32 = 3;
+/// Enough that two pingers splitting them by rendezvous hashing both get
+/// some (all to one pinger: 2 in 2^16).
+const METERS: u32 = 16;
 
 /// What the archive must hold for `lines`: one line per `(cloud_id, slot)`,
 /// the first polled, and every line without a slot (the rotator's merge).
@@ -156,6 +159,14 @@ async fn two_pingers_and_a_server_sharing_one_spool_lose_no_line() {
         "both pingers and the server polled"
     );
 
+    // What the archive must hold: every stream ships (summation lines too, when a summation slot fell
+    // in the run), each kind merged into its own objects.
+    let all_kinds: Vec<serde_json::Value> = Kind::ALL
+        .into_iter()
+        .flat_map(|kind| kind_lines(&data, kind))
+        .map(|(_, v)| v)
+        .collect();
+
     // The rotator ships all three writers' files (all gone now) into one
     // object per meter and hour: nothing lost, hand-over duplicates merged.
     let root = dir.path().join("archive");
@@ -171,5 +182,5 @@ async fn two_pingers_and_a_server_sharing_one_spool_lose_no_line() {
         .collect();
     let archived_set: BTreeSet<String> = archived.iter().cloned().collect();
     assert_eq!(archived.len(), archived_set.len(), "no line twice");
-    assert_eq!(archived_set, one_per_slot(&lines));
+    assert_eq!(archived_set, one_per_slot(&all_kinds));
 }
