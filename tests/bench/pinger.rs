@@ -312,6 +312,9 @@ fn main() -> anyhow::Result<ExitCode> {
         stop.cancel();
         p.join().await;
         let cpu = cpu_seconds() - cpu0;
+        // Taken before the arrival record is fetched and parsed, which is the
+        // benchmark's memory, not the pinger's.
+        let peak_rss_kb = proc_field("/proc/self/status", "VmHWM:").unwrap_or(0);
         let st = spool_stats.stats();
         let spool = (
             SpoolStats::get(&st.write_errors),
@@ -331,11 +334,13 @@ fn main() -> anyhow::Result<ExitCode> {
             steady_cpu,
             spool,
             arrivals,
+            peak_rss_kb,
         ))
     });
     drop(sim);
     drop(redis);
-    let (s, steady, warmup, cpu, steady_cpu, (write_errors, lines_dropped), arrivals) = result?;
+    let (s, steady, warmup, cpu, steady_cpu, (write_errors, lines_dropped), arrivals, peak_rss_kb) =
+        result?;
 
     // The steady window in the simulator's clock: the whole intervals that
     // end at the last request it saw (the pinger stopping) and start after
@@ -403,7 +408,7 @@ fn main() -> anyhow::Result<ExitCode> {
             "cpu_s_per_1000_polls": if steady_polls == 0 { 0.0 } else { (steady_cpu / steady_polls as f64 * 1000.0 * 1000.0).round() / 1000.0 },
             "cpu_s_per_1000_polls_incl_startup": if polls == 0 { 0.0 } else { (cpu / polls as f64 * 1000.0 * 1000.0).round() / 1000.0 },
             "cpu_cores_used": (cpu / a.seconds as f64 * 1000.0).round() / 1000.0,
-            "peak_rss_mb": proc_field("/proc/self/status", "VmHWM:").unwrap_or(0) / 1024,
+            "peak_rss_mb": peak_rss_kb / 1024,
             "readings_served": served_total,
             "lines_written": lines_on_disk,
             "lines_match_served": differ.is_empty(),
