@@ -338,8 +338,7 @@ async fn summaries(
             every,
             every,
             now.meters - now.meters_in_backoff,
-            usage.started.saturating_sub(last_usage.started),
-            usage.busy_micros.saturating_sub(last_usage.busy_micros),
+            usage.since(&last_usage),
             caps.max_concurrent(),
             caps.max_per_second(),
         );

@@ -82,9 +82,31 @@ impl Late {
 pub struct Usage {
     /// Requests that went out.
     pub started: u64,
-    /// Total time permits were held by requests that went out (µs): the
-    /// requests' own round trips, without any queueing.
+    /// Requests that went out and have ended (answered or failed).
+    pub finished: u64,
+    /// Total time permits were held by the requests that finished (µs):
+    /// the requests' own round trips, without any queueing.
     pub busy_micros: u64,
+}
+
+impl Usage {
+    /// What went through since `earlier`.
+    pub fn since(&self, earlier: &Usage) -> Usage {
+        Usage {
+            started: self.started.saturating_sub(earlier.started),
+            finished: self.finished.saturating_sub(earlier.finished),
+            busy_micros: self.busy_micros.saturating_sub(earlier.busy_micros),
+        }
+    }
+
+    /// The finished requests' mean round trip in seconds (0: none).
+    pub fn mean_round_trip_s(&self) -> f64 {
+        if self.finished == 0 {
+            0.0
+        } else {
+            self.busy_micros as f64 / 1e6 / self.finished as f64
+        }
+    }
 }
 
 /// The process-wide caps (`max_concurrent_requests`,
@@ -102,6 +124,7 @@ struct Gate {
     max: usize,
     state: Mutex<GateState>,
     started: AtomicU64,
+    finished: AtomicU64,
     busy_micros: AtomicU64,
 }
 
@@ -123,13 +146,19 @@ pub struct Permit {
     /// `None` once disarmed (a hand-over that found its waiter gone).
     gate: Option<Arc<Gate>>,
     since: Instant,
+    /// Whether the request went out (a permit given back at the rate cap's
+    /// deadline is no round trip).
+    sent: bool,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(gate) = self.gate.take() {
-            gate.busy_micros
-                .fetch_add(self.since.elapsed().as_micros() as u64, Ordering::Relaxed);
+            if self.sent {
+                gate.busy_micros
+                    .fetch_add(self.since.elapsed().as_micros() as u64, Ordering::Relaxed);
+                gate.finished.fetch_add(1, Ordering::Relaxed);
+            }
             Gate::release(&gate);
         }
     }
@@ -155,6 +184,7 @@ impl Gate {
             return Ok(Permit {
                 gate: Some(gate.clone()),
                 since: Instant::now(),
+                sent: false,
             });
         }
         let (tx, rx) = oneshot::channel();
@@ -171,6 +201,7 @@ impl Gate {
             let permit = Permit {
                 gate: Some(gate.clone()),
                 since: Instant::now(),
+                sent: false,
             };
             match tx.send(permit) {
                 Ok(()) => return,
@@ -200,6 +231,7 @@ impl Caps {
                 max: max_concurrent.max(1),
                 state: Mutex::new(GateState::default()),
                 started: AtomicU64::new(0),
+                finished: AtomicU64::new(0),
                 busy_micros: AtomicU64::new(0),
             }),
             rate: RateLimiter::direct(Quota::per_second(rps).allow_burst(burst)),
@@ -225,7 +257,14 @@ impl Caps {
                         Err(_) => rx.try_recv().ok(),
                     },
                 };
-                handed.ok_or_else(|| Late::since(asked))?
+                let permit = handed.ok_or_else(|| Late::since(asked))?;
+                // Handed over in the instant the deadline passed (the timer
+                // had not fired yet): too late all the same. Dropping the
+                // permit hands it to the next waiter.
+                if start.by.is_some_and(|by| Instant::now() > by) {
+                    return Err(Late::since(asked));
+                }
+                permit
             }
         };
         match start.by {
@@ -235,14 +274,13 @@ impl Caps {
                     .await
                     .is_err()
                 {
-                    // Not a request's round trip: keep it out of the busy time.
-                    permit.since = Instant::now();
                     return Err(Late::since(asked));
                 }
             }
         }
         self.gate.started.fetch_add(1, Ordering::Relaxed);
         permit.since = Instant::now();
+        permit.sent = true;
         Ok(permit)
     }
 
@@ -265,6 +303,7 @@ impl Caps {
     pub fn usage(&self) -> Usage {
         Usage {
             started: self.gate.started.load(Ordering::Relaxed),
+            finished: self.gate.finished.load(Ordering::Relaxed),
             busy_micros: self.gate.busy_micros.load(Ordering::Relaxed),
         }
     }
@@ -411,6 +450,26 @@ mod tests {
         let freed = Instant::now();
         drop(held);
         assert_eq!(waiter.await.unwrap(), Ok(freed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn round_trips_are_counted_over_the_requests_that_finished() {
+        let quick = Arc::new(Caps::new(4, 1_000_000));
+        let a = quick.admit(Start::ANYTIME).await.unwrap();
+        let _b = quick.admit(Start::ANYTIME).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(a);
+        let used = quick.usage();
+        assert_eq!((used.started, used.finished), (2, 1));
+        // One finished in 300 ms: not 150 ms averaged over both starts.
+        assert!((used.mean_round_trip_s() - 0.3).abs() < 1e-3, "{used:?}");
+        // A permit given back at the rate cap's deadline is no round trip.
+        let slow = Arc::new(Caps::new(4, 1));
+        let first = slow.admit(Start::ANYTIME).await.unwrap();
+        let by = Instant::now() + Duration::from_millis(100);
+        assert!(slow.admit(Start::by(by, 0)).await.is_err());
+        drop(first);
+        assert_eq!(slow.usage().finished, 1);
     }
 
     #[tokio::test]

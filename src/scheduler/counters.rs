@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::protocol::ErrorKind;
+use crate::protocol::pacing::Usage;
 
 /// Upper bounds (ms) of the scheduling-lag histogram buckets.
 const LAG_BOUNDS_MS: [u64; 14] = [
@@ -300,25 +301,21 @@ pub struct Capacity {
 const HEADROOM: f64 = 1.2;
 
 impl Capacity {
-    /// The estimate for a window of `window` in which `started` requests
-    /// went out holding permits for `busy_micros` in total, with `due`
-    /// meters every `interval`.
+    /// The estimate for a window of `window` in which the caps let `used`
+    /// through, with `due` meters every `interval`.
     pub fn estimate(
         window: Duration,
         interval: Duration,
         due: i64,
-        started: u64,
-        busy_micros: u64,
+        used: Usage,
         max_concurrent: usize,
         max_per_second: u32,
     ) -> Capacity {
         let needed_per_s = due.max(0) as f64 / interval.as_secs_f64().max(1e-3);
-        let achieved_per_s = started as f64 / window.as_secs_f64().max(1e-3);
-        let mean_round_trip_s = if started == 0 {
-            0.0
-        } else {
-            busy_micros as f64 / 1e6 / started as f64
-        };
+        let achieved_per_s = used.started as f64 / window.as_secs_f64().max(1e-3);
+        // Over the requests that finished in the window, not those that
+        // started: with 3 s round trips they are different requests.
+        let mean_round_trip_s = used.mean_round_trip_s();
         let by_concurrency = if mean_round_trip_s > 0.0 {
             max_concurrent as f64 / mean_round_trip_s
         } else {
@@ -383,8 +380,11 @@ mod tests {
             Duration::from_secs(6),
             Duration::from_secs(6),
             10_000,
-            8_192,
-            8_192 * 3_000_000,
+            Usage {
+                started: 8_192,
+                finished: 8_192,
+                busy_micros: 8_192 * 3_000_000,
+            },
             4_096,
             20_000,
         );
@@ -401,8 +401,11 @@ mod tests {
             Duration::from_secs(6),
             Duration::from_secs(6),
             10_000,
-            6_000,
-            6_000 * 10_000,
+            Usage {
+                started: 6_000,
+                finished: 6_000,
+                busy_micros: 6_000 * 10_000,
+            },
             4_096,
             1_000,
         );
@@ -419,8 +422,11 @@ mod tests {
             Duration::from_secs(6),
             Duration::from_secs(6),
             0,
-            0,
-            0,
+            Usage {
+                started: 0,
+                finished: 0,
+                busy_micros: 0,
+            },
             4_096,
             20_000,
         );

@@ -353,8 +353,11 @@ mod tests {
             std::time::Duration::from_secs(6),
             std::time::Duration::from_secs(6),
             10_000,
-            8_192,
-            8_192 * 3_000_000,
+            crate::protocol::pacing::Usage {
+                started: 8_192,
+                finished: 8_192,
+                busy_micros: 8_192 * 3_000_000,
+            },
             4_096,
             20_000,
         ));
