@@ -13,7 +13,7 @@
 //! protects the meter and the process with demand polls: the global caps
 //! and the device pace live in the [`Eagle`] client, and a meter whose demand
 //! polls are paused (backoff, rejected credentials) is paused for every kind
-//! through its [`Gate`]. A kind that fails on its own backs off on its own
+//! through its [`MeterHandle`]. A kind that fails on its own backs off on its own
 //! with the shared [`Backoff`]. Kind reads rank below demand at the caps
 //! (rank 0): when the process is over capacity, demand goes first.
 //!
@@ -24,17 +24,17 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::handle::MeterHandle;
 use super::slots;
 use crate::backfill::Backfill;
 use crate::backoff::Backoff;
@@ -127,27 +127,6 @@ impl KindReader {
     }
 }
 
-/// A meter's pause, shared by its demand task (which sets it) and its kind
-/// tasks (which respect it), so a failing meter is not hammered by the
-/// streams its demand polls already back off from.
-#[derive(Debug, Default)]
-pub struct Gate(Mutex<Option<Instant>>);
-
-impl Gate {
-    /// Publishes the demand task's pause (`None`: not paused).
-    pub fn set(&self, until: Option<Instant>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = until;
-    }
-
-    /// Whether the meter is paused at `at`.
-    pub fn paused_at(&self, at: Instant) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|until| at < until)
-    }
-}
-
 /// Reads of the other streams, per kind, for tests and summaries.
 #[derive(Debug, Default)]
 pub struct KindCounters {
@@ -205,19 +184,17 @@ impl Kinds {
     }
 
     /// Starts meter `id`'s task for its other streams (one for both kinds:
-    /// a task per kind cost ~900 bytes each at 100,000 meters); it stops
-    /// with `stop`. Returns the
-    /// gate the meter's demand task publishes its pause through.
+    /// a task per kind cost ~900 bytes each at 100,000 meters). It follows
+    /// `handle`'s settings and pause, and stops with the meter or with
+    /// `shutdown`.
     pub fn start(
         self: &Arc<Self>,
         tracker: &TaskTracker,
         id: CloudId,
-        user: watch::Receiver<User>,
-        stop: CancellationToken,
-    ) -> Arc<Gate> {
-        let gate = Arc::new(Gate::default());
-        tracker.spawn(streams_task(self.clone(), id, user, gate.clone(), stop));
-        gate
+        handle: Arc<MeterHandle>,
+        shutdown: CancellationToken,
+    ) {
+        tracker.spawn(streams_task(self.clone(), id, handle, shutdown));
     }
 }
 
@@ -334,7 +311,7 @@ impl Stream {
 async fn read(
     kinds: Arc<Kinds>,
     kind: Kind,
-    user: User,
+    user: Arc<User>,
     slot: DateTime<Utc>,
     start: Start,
 ) -> Result<(), PollError> {
@@ -368,15 +345,15 @@ async fn sleep_for(wait: Option<Duration>) {
 async fn streams_task(
     kinds: Arc<Kinds>,
     id: CloudId,
-    mut user: watch::Receiver<User>,
-    gate: Arc<Gate>,
-    stop: CancellationToken,
+    handle: Arc<MeterHandle>,
+    shutdown: CancellationToken,
 ) {
     let mut streams = SCHEDULED.map(Stream::new);
+    let mut seen = handle.version();
     loop {
         let now = kinds.reader.clock.now();
         if streams.iter().any(|s| !s.planned && s.in_flight.is_none()) {
-            let current = user.borrow_and_update();
+            let current = handle.user();
             for s in streams
                 .iter_mut()
                 .filter(|s| !s.planned && s.in_flight.is_none())
@@ -390,9 +367,10 @@ async fn streams_task(
         let wait = first.map(|(slot, _)| (slot - now).to_std().unwrap_or_default());
         let [a, b] = &mut streams;
         tokio::select! {
-            _ = stop.cancelled() => break,
-            changed = user.changed() => {
-                if changed.is_err() { break }
+            _ = shutdown.cancelled() => break,
+            changed = handle.changed(seen) => {
+                if !changed { break }
+                seen = handle.version();
                 // Slots not reached yet are replanned under the new settings.
                 for s in [a, b] { s.planned = false; }
                 continue;
@@ -419,12 +397,12 @@ async fn streams_task(
         s.last_slot = Some(slot);
         s.planned = false;
         let due = Instant::now();
-        if gate.paused_at(due) || s.backoff_until.is_some_and(|until| due < until) {
+        if handle.paused_at(due) || s.backoff_until.is_some_and(|until| due < until) {
             kinds.counters.skipped[s.kind as usize].fetch_add(1, Ordering::Relaxed);
             continue;
         }
         let start = Start::by(due + kinds.opts.max_start_lag.min(interval / 2), 0);
-        let current = user.borrow().clone();
+        let current = handle.user();
         s.in_flight = Some(Box::pin(read(kinds.clone(), s.kind, current, slot, start)));
     }
     // Stopping lets reads already sent finish and write their lines, as a
@@ -469,17 +447,5 @@ mod tests {
         }
         let (min, max) = (buckets.iter().min().unwrap(), buckets.iter().max().unwrap());
         assert!(*min > 60 && *max < 140, "{min}..{max}");
-    }
-
-    #[test]
-    fn a_gate_pauses_until_its_instant() {
-        let gate = Gate::default();
-        let now = Instant::now();
-        assert!(!gate.paused_at(now));
-        gate.set(Some(now + Duration::from_secs(5)));
-        assert!(gate.paused_at(now));
-        assert!(!gate.paused_at(now + Duration::from_secs(5)));
-        gate.set(None);
-        assert!(!gate.paused_at(now));
     }
 }
