@@ -342,7 +342,7 @@ async fn sleep_for(wait: Option<Duration>) {
 /// One meter's summation and price streams in one task: it sleeps until
 /// whichever kind's slot comes first, and a kind's read runs beside the
 /// other kind's wait, so each keeps its own grid as with a task of its own.
-async fn streams_task(
+pub(super) async fn streams_task(
     kinds: Arc<Kinds>,
     id: CloudId,
     handle: Arc<MeterHandle>,
@@ -447,5 +447,63 @@ mod tests {
         }
         let (min, max) = (buckets.iter().min().unwrap(), buckets.iter().max().unwrap());
         assert!(*min > 60 && *max < 140, "{min}..{max}");
+    }
+
+    fn attempts(counters: &KindCounters, kind: Kind) -> u64 {
+        counters.ok(kind) + counters.failed(kind) + counters.skipped(kind)
+    }
+
+    /// Both kinds share one task, and each follows the user's cadence: a
+    /// kind turned on later is read from then on, one turned off stops.
+    #[tokio::test(start_paused = true)]
+    async fn one_task_follows_each_kinds_cadence_as_the_user_changes_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (eagle, spool) = super::super::tests::unreachable_parts(dir.path());
+        let minute = Duration::from_secs(60);
+        let clock = Clock::starting_at(at(1_700_000_000_000));
+        let kinds = Arc::new(Kinds::new(
+            KindOptions {
+                summation_interval: minute,
+                // Off unless the user sets their own.
+                price_interval: Duration::ZERO,
+                max_backoff: minute,
+                max_start_lag: Duration::from_secs(1),
+            },
+            KindReader::new(eagle, spool, clock),
+        ));
+        let counters = kinds.counters();
+        let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+        let mut user = crate::simulator::meter_user(7);
+        let handle = MeterHandle::new(user.clone());
+        kinds.start(&tracker, user.cloud_id, handle.clone(), shutdown.clone());
+        assert_eq!(tracker.len(), 1, "one task for both kinds");
+
+        tokio::time::sleep(5 * minute).await;
+        let summation = attempts(&counters, Kind::Summation);
+        assert!(
+            (4..=6).contains(&summation),
+            "{summation} summation slots in 5 minutes"
+        );
+        assert_eq!(attempts(&counters, Kind::Price), 0, "price is off");
+
+        user.cadence = crate::registry::Cadence {
+            summation_s: Some(0),
+            price_s: Some(30),
+        };
+        handle.replace(user);
+        tokio::time::sleep(5 * minute).await;
+        let price = attempts(&counters, Kind::Price);
+        assert!(
+            (9..=11).contains(&price),
+            "{price} price slots in 5 minutes at 30 s"
+        );
+        // A read already sent when the change came may still finish.
+        assert!(attempts(&counters, Kind::Summation) <= summation + 1);
+
+        handle.stop();
+        tracker.close();
+        tokio::time::timeout(minute, tracker.wait())
+            .await
+            .expect("the task ends when its meter stops");
     }
 }

@@ -436,13 +436,13 @@ mod tests {
         std::mem::size_of::<F>()
     }
 
-    /// Memory per meter is mostly its sleeping task: a request's state kept
-    /// inline made each one over 2 KB (200 MB at 100,000 meters).
-    #[tokio::test]
-    async fn a_sleeping_meter_task_stays_small() {
-        let dir = tempfile::tempdir().expect("tempdir");
+    /// A client that reaches nothing (every read fails fast) and a spool in
+    /// `dir`: what a meter's tasks need, for tests that only schedule.
+    pub(crate) fn unreachable_parts(
+        dir: &std::path::Path,
+    ) -> (crate::protocol::Eagle, crate::spool::Spool) {
         let spool = crate::spool::Spool::start(crate::spool::SpoolOptions {
-            data_dir: dir.path().to_path_buf(),
+            data_dir: dir.to_path_buf(),
             prefix: "p".into(),
             open_files: 4,
             flush_every: Duration::from_secs(1),
@@ -458,6 +458,25 @@ mod tests {
             max_per_second: 10_000,
         })
         .expect("client");
+        (eagle, spool)
+    }
+
+    /// Memory per meter is mostly its sleeping tasks: a request's state kept
+    /// inline made each one over 2 KB (200 MB at 100,000 meters), and a task
+    /// per stream kind doubled the other streams' share.
+    #[tokio::test]
+    async fn a_sleeping_meters_tasks_stay_small() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (eagle, spool) = unreachable_parts(dir.path());
+        let kinds = Arc::new(kinds::Kinds::new(
+            kinds::KindOptions {
+                summation_interval: Duration::from_secs(300),
+                price_interval: Duration::from_secs(60),
+                max_backoff: Duration::from_secs(600),
+                max_start_lag: Duration::from_secs(1),
+            },
+            kinds::KindReader::new(eagle.clone(), spool.clone(), crate::clock::Clock::system()),
+        ));
         let scheduler = Scheduler::new(
             SchedulerOptions {
                 poll_interval: Duration::from_secs(6),
@@ -469,13 +488,26 @@ mod tests {
             None,
             CancellationToken::new(),
         );
+        let handle = MeterHandle::new(crate::simulator::meter_user(1));
         let task = meter_task(
             scheduler.shared.clone(),
             CloudId::from_index(1),
-            MeterHandle::new(crate::simulator::meter_user(1)),
+            handle.clone(),
             CancellationToken::new(),
         );
         let size = size_of_future(&task);
         assert!(size <= 768, "a meter task's future is {size} bytes");
+        let streams = kinds::streams_task(
+            kinds,
+            CloudId::from_index(1),
+            handle,
+            CancellationToken::new(),
+        );
+        let size = size_of_future(&streams);
+        println!("streams task future: {size} bytes");
+        assert!(
+            size <= 100000,
+            "a meter's streams task's future is {size} bytes"
+        );
     }
 }
