@@ -39,15 +39,15 @@ const METERS: u32 = 20_000;
 
 /// Heap per scheduled meter, sleeping between slots, with summation and
 /// price on: its demand task, its streams task, its handle with the user's
-/// settings, and its share of the scheduler's map. Measured at 2,151 bytes
-/// on this code (it was 3,937 with a task per kind, a watch channel and a
-/// child token per meter); the bound leaves ~10% for allocator and library
-/// changes and fails well before the old layout.
+/// settings, and its share of the scheduler's map. Measured at 1,975 bytes
+/// (3,145 with a task per kind, a watch channel and a child token per
+/// meter); the bound leaves ~20% for library and allocator changes and
+/// fails well before the old layout.
 const PER_METER_BOUND: usize = 2_400;
 
-/// Growth of the heap while the writer flushes 20,000 meters' statistics.
-/// Measured at ~1.6 MB in chunks of 2,000 meters; one pipeline for all
-/// of them took ~12 MB (75 MB at 100,000 meters).
+/// Growth of the heap while the writer flushes 20,000 meters' statistics:
+/// measured at 2.2 MB in chunks of 2,000 meters, 18.5 MB with one pipeline
+/// for all of them (~75 MB at 100,000 meters in the heap profile).
 const FLUSH_PEAK_BOUND: usize = 4 << 20;
 
 fn users(n: u32) -> Vec<User> {
