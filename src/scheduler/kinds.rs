@@ -3,22 +3,23 @@
 //!
 //! Owns one small task per meter for both kinds: it sleeps until whichever
 //! kind's next slot comes first, and a read of one kind runs beside the
-//! wait for the other, so each kind keeps its own grid. Slots lie on the wall clock
-//! (`slot = phase + k × cadence` since the Unix epoch), so a restarted
-//! pinger, or another pinger taking the meter over, keeps the same grid
-//! and the `slot` field of the lines means the same instant everywhere.
-//! Each kind's phase is the meter's id hashed with the kind
+//! wait for the other, so each kind keeps its own grid. Slots lie on the
+//! wall clock (`slot = phase + k × cadence` since the Unix epoch), so a
+//! restarted pinger, or another pinger taking the meter over, keeps the
+//! same grid and the `slot` field of the lines means the same instant
+//! everywhere. Each kind's phase is the meter's id hashed with the kind
 //! ([`phase_for_kind`]), so a meter's kinds, and meters among themselves,
 //! do not pile up on the same second. These reads share everything that
 //! protects the meter and the process with demand polls: the global caps
-//! and the device pace live in the [`Eagle`] client, and a meter whose demand
-//! polls are paused (backoff, rejected credentials) is paused for every kind
-//! through its [`MeterHandle`]. A kind that fails on its own backs off on its own
-//! with the shared [`Backoff`]. Kind reads rank below demand at the caps
-//! (rank 0): when the process is over capacity, demand goes first.
+//! and the device pace live in the [`Eagle`] client, and a meter whose
+//! demand polls are paused (backoff, rejected credentials) is paused for
+//! every kind through its [`MeterHandle`]. A kind that fails on its own
+//! backs off on its own with the shared [`Backoff`]. Kind reads rank below
+//! demand at the caps (rank 0): when the process is over capacity, demand
+//! goes first.
 //!
-//! It follows the meter set the scheduler keeps (tasks start and stop with
-//! the meter's demand task, so they follow the same owner), and the user's
+//! It follows the meter set the scheduler keeps (the task starts and stops
+//! with the meter's demand task, so it follows the same owner), and the user's
 //! own cadences ([`crate::registry::Cadence`]); it never reads the registry
 //! and writes only through the spool.
 
