@@ -215,12 +215,7 @@ fn apply_owned(
     view: &View,
 ) -> (usize, usize, usize) {
     let owners = view.owner_at(now_ms());
-    let owned: Vec<User> = users
-        .iter()
-        .filter(|u| owners.mine(u.cloud_id))
-        .cloned()
-        .collect();
-    let applied = scheduler.apply(owned);
+    let applied = scheduler.apply(users.iter().filter(|u| owners.mine(u.cloud_id)));
     fleet.set_owned(scheduler.len());
     scheduler.counters().fleet_members.store(
         view.members.len() as i64,

@@ -21,24 +21,26 @@
 
 pub mod counters;
 pub mod fairness;
+pub mod handle;
 pub mod kinds;
 pub mod slots;
 pub mod spark;
 
-use std::collections::HashMap;
+use std::borrow::Borrow;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use counters::{Capacity, Counters, Snapshot};
 pub use fairness::SkipLedger;
+pub use handle::MeterHandle;
 
 use crate::backoff::{self, Backoff};
 use crate::clock::now_unix;
@@ -102,16 +104,11 @@ struct Shared<R> {
     skips: SkipLedger,
 }
 
-struct MeterHandle {
-    user: watch::Sender<User>,
-    stop: CancellationToken,
-}
-
 /// Runs the per-meter tasks; [`Scheduler::apply`] reconciles them with the
 /// latest user list.
 pub struct Scheduler<R = Poller> {
     shared: Arc<Shared<R>>,
-    meters: HashMap<CloudId, MeterHandle>,
+    meters: HashMap<CloudId, Arc<MeterHandle>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     /// Summation and price scheduling, when the pinger turned it on.
@@ -183,55 +180,65 @@ impl<R: ReadMeter> Scheduler<R> {
 
     /// Starts new active users, stops removed or deactivated ones, and hands
     /// changed credentials to running tasks (used from their next poll).
-    pub fn apply(&mut self, users: Vec<User>) -> (usize, usize, usize) {
-        let mut wanted: HashMap<CloudId, User> = users
-            .into_iter()
-            .filter(|u| u.active)
-            .map(|u| (u.cloud_id, u))
-            .collect();
-        let mut stopped = 0;
-        self.meters.retain(|id, handle| {
-            if wanted.contains_key(id) {
-                true
-            } else {
-                handle.stop.cancel();
-                stopped += 1;
-                false
-            }
-        });
+    /// Takes users by reference or by value, and copies only those it
+    /// starts or changes: at 100,000 meters a copy of the whole list was a
+    /// good part of the pinger's peak memory.
+    pub fn apply<U: Borrow<User>>(
+        &mut self,
+        users: impl IntoIterator<Item = U>,
+    ) -> (usize, usize, usize) {
+        let mut wanted = HashSet::new();
         let mut changed = 0;
         let mut started = 0;
-        for (id, user) in wanted.drain() {
+        for user in users {
+            let user = user.borrow();
+            if !user.active {
+                continue;
+            }
+            let id = user.cloud_id;
+            wanted.insert(id);
             match self.meters.get(&id) {
                 Some(handle) => {
                     let differs = {
-                        let cur = handle.user.borrow();
+                        let cur = handle.user();
                         cur.user_email != user.user_email
                             || cur.user_pw != user.user_pw
                             || cur.local != user.local
                             || cur.cadence != user.cadence
                     };
                     if differs {
-                        handle.user.send_replace(user);
+                        handle.replace(user.clone());
                         changed += 1;
                     }
                 }
                 None => {
-                    let (tx, rx) = watch::channel(user);
-                    let stop = self.shutdown.child_token();
+                    let handle = MeterHandle::new(user.clone());
                     // The meter's other streams start and stop with its
                     // demand task, so they follow the same owner.
-                    let gate = self
-                        .kinds
-                        .as_ref()
-                        .map(|k| k.start(&self.tracker, id, tx.subscribe(), stop.clone()));
-                    self.tracker
-                        .spawn(meter_task(self.shared.clone(), id, rx, stop.clone(), gate));
-                    self.meters.insert(id, MeterHandle { user: tx, stop });
+                    if let Some(kinds) = &self.kinds {
+                        kinds.start(&self.tracker, id, handle.clone(), self.shutdown.clone());
+                    }
+                    self.tracker.spawn(meter_task(
+                        self.shared.clone(),
+                        id,
+                        handle.clone(),
+                        self.shutdown.clone(),
+                    ));
+                    self.meters.insert(id, handle);
                     started += 1;
                 }
             }
         }
+        let mut stopped = 0;
+        self.meters.retain(|id, handle| {
+            if wanted.contains(id) {
+                true
+            } else {
+                handle.stop();
+                stopped += 1;
+                false
+            }
+        });
         self.shared
             .counters
             .meters
@@ -272,9 +279,8 @@ impl MeterRun {
 async fn meter_task<R: ReadMeter>(
     shared: Arc<Shared<R>>,
     id: CloudId,
-    mut user: watch::Receiver<User>,
-    stop: CancellationToken,
-    gate: Option<Arc<kinds::Gate>>,
+    handle: Arc<MeterHandle>,
+    shutdown: CancellationToken,
 ) {
     let interval = shared.opts.poll_interval;
     let phase = slots::phase_for(id, interval);
@@ -284,17 +290,20 @@ async fn meter_task<R: ReadMeter>(
         skips: shared.skips.join(),
         ..MeterRun::default()
     };
+    let mut seen = handle.version();
     loop {
         let offset = slots::slot_offset(k, phase, interval);
         let slot = shared.origin + offset;
         tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = shutdown.cancelled() => break,
+            _ = handle.stopped() => break,
             _ = tokio::time::sleep_until(slot) => {}
         }
         // The pause waited for the meter or for someone to fix its settings;
         // new credentials (or a new address) deserve a try at once, or a
         // password fixed through the API would wait out `auth_backoff`.
-        if user.has_changed().unwrap_or(false) && run.end_pause(counters) {
+        let version = handle.version();
+        if version != seen && run.end_pause(counters) {
             tracing::info!(cloud_id = %id, failures = run.failures, "Credentials changed; polling again now.");
         }
         if run.backoff_until.is_some_and(|until| slot < until) {
@@ -303,7 +312,8 @@ async fn meter_task<R: ReadMeter>(
             continue;
         }
         let started = Instant::now();
-        let current = user.borrow_and_update().clone();
+        seen = version;
+        let current = handle.user();
         // Waits for the device's pace and the global caps inside, by the
         // deadline; the latency includes queueing under the caps.
         let start = Start::by(slot + shared.opts.max_start_lag, run.skips);
@@ -325,9 +335,7 @@ async fn meter_task<R: ReadMeter>(
         counters.latency(started.elapsed());
         let shutting_down = matches!(result, Err(PollError::Spool(_)));
         outcome(&shared, id, &mut run, result);
-        if let Some(gate) = &gate {
-            gate.set(run.backoff_until);
-        }
+        handle.set_pause(run.backoff_until);
         if shutting_down {
             break;
         }
@@ -428,13 +436,13 @@ mod tests {
         std::mem::size_of::<F>()
     }
 
-    /// Memory per meter is mostly its sleeping task: a request's state kept
-    /// inline made each one over 2 KB (200 MB at 100,000 meters).
-    #[tokio::test]
-    async fn a_sleeping_meter_task_stays_small() {
-        let dir = tempfile::tempdir().expect("tempdir");
+    /// A client that reaches nothing (every read fails fast) and a spool in
+    /// `dir`: what a meter's tasks need, for tests that only schedule.
+    pub(crate) fn unreachable_parts(
+        dir: &std::path::Path,
+    ) -> (crate::protocol::Eagle, crate::spool::Spool) {
         let spool = crate::spool::Spool::start(crate::spool::SpoolOptions {
-            data_dir: dir.path().to_path_buf(),
+            data_dir: dir.to_path_buf(),
             prefix: "p".into(),
             open_files: 4,
             flush_every: Duration::from_secs(1),
@@ -450,6 +458,25 @@ mod tests {
             max_per_second: 10_000,
         })
         .expect("client");
+        (eagle, spool)
+    }
+
+    /// Memory per meter is mostly its sleeping tasks: a request's state kept
+    /// inline made each one over 2 KB (200 MB at 100,000 meters), and a task
+    /// per stream kind doubled the other streams' share.
+    #[tokio::test]
+    async fn a_sleeping_meters_tasks_stay_small() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (eagle, spool) = unreachable_parts(dir.path());
+        let kinds = Arc::new(kinds::Kinds::new(
+            kinds::KindOptions {
+                summation_interval: Duration::from_secs(300),
+                price_interval: Duration::from_secs(60),
+                max_backoff: Duration::from_secs(600),
+                max_start_lag: Duration::from_secs(1),
+            },
+            kinds::KindReader::new(eagle.clone(), spool.clone(), crate::clock::Clock::system()),
+        ));
         let scheduler = Scheduler::new(
             SchedulerOptions {
                 poll_interval: Duration::from_secs(6),
@@ -461,15 +488,26 @@ mod tests {
             None,
             CancellationToken::new(),
         );
-        let (_tx, rx) = watch::channel(crate::simulator::meter_user(1));
+        let handle = MeterHandle::new(crate::simulator::meter_user(1));
         let task = meter_task(
             scheduler.shared.clone(),
             CloudId::from_index(1),
-            rx,
+            handle.clone(),
             CancellationToken::new(),
-            Some(Arc::new(kinds::Gate::default())),
         );
         let size = size_of_future(&task);
         assert!(size <= 768, "a meter task's future is {size} bytes");
+        let streams = kinds::streams_task(
+            kinds,
+            CloudId::from_index(1),
+            handle,
+            CancellationToken::new(),
+        );
+        let size = size_of_future(&streams);
+        println!("streams task future: {size} bytes");
+        assert!(
+            size <= 100000,
+            "a meter's streams task's future is {size} bytes"
+        );
     }
 }
