@@ -8,7 +8,8 @@
 //! - `lock`: fresh keys with the Redis merge lock held around each
 //!   read-merge-write (as on a store that ignores conditional writes).
 //!
-//! Run through `scripts/bench rotator --files N [--lines L] [--concurrency C]`.
+//! Run through `scripts/bench rotator --files N [--lines L] [--concurrency C]
+//! [--case fresh|merge|lock]...` (every case unless some are named).
 //! moto and Redis come from the test harness (`tests/support`: a private
 //! `moto_server` and `redis-server` on free loopback ports, or
 //! `TEST_S3_ENDPOINT` / `TEST_REDIS_URL`). The files (L simulated record
@@ -42,6 +43,8 @@ struct Args {
     files: u32,
     lines: u32,
     concurrency: usize,
+    /// The cases to run (all three unless `--case` names some).
+    cases: Vec<Case>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -49,6 +52,7 @@ fn args() -> anyhow::Result<Args> {
         files: 1000,
         lines: 600,
         concurrency: 8,
+        cases: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -56,9 +60,20 @@ fn args() -> anyhow::Result<Args> {
             "--files" => a.files = it.next().context("--files N")?.parse()?,
             "--lines" => a.lines = it.next().context("--lines L")?.parse()?,
             "--concurrency" => a.concurrency = it.next().context("--concurrency C")?.parse()?,
+            "--case" => a.cases.push(match it.next().as_deref() {
+                Some("fresh") => Case::Fresh,
+                Some("merge") => Case::Merge,
+                Some("lock") => Case::Lock,
+                other => bail!("--case fresh|merge|lock, not {other:?}"),
+            }),
             "--bench" => {}
-            other => bail!("unknown argument {other}; use --files N [--lines L] [--concurrency C]"),
+            other => bail!(
+                "unknown argument {other}; use --files N [--lines L] [--concurrency C] [--case fresh|merge|lock]..."
+            ),
         }
+    }
+    if a.cases.is_empty() {
+        a.cases = vec![Case::Fresh, Case::Merge, Case::Lock];
     }
     Ok(a)
 }
@@ -325,7 +340,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         let s3 = S3Server::start().context("no S3 server (see tests/support/s3.rs)")?;
         let redis = RedisServer::start().context("no Redis (see tests/support/mod.rs)")?;
-        for case in [Case::Fresh, Case::Merge, Case::Lock] {
+        for &case in &a.cases {
             let figures = run_case(&s3, &redis, &a, case).await?;
             println!("{figures}");
         }
