@@ -137,7 +137,12 @@ async fn two_pingers_split_disjointly_and_a_third_takes_only_its_share() {
     let started = now_ms();
     wait_covered(&[&a], started, i64::MAX).await;
 
-    let b = s.member("b", &[]);
+    // The joiners reload users only every ten minutes: what they load at
+    // start, before their share is theirs, must be polled from the instant
+    // it becomes theirs, not from the next reload (the others let it go
+    // at that instant).
+    let slow_reload = ["--set", "user_reload_interval=600s"];
+    let b = s.member("b", &slow_reload);
     let (from, to) = window(now_ms() + settle().as_millis() as i64);
     sleep_until_ms(to).await;
     wait_covered(&[&a, &b], from, to).await;
@@ -170,7 +175,7 @@ async fn two_pingers_split_disjointly_and_a_third_takes_only_its_share() {
         "{text}"
     );
 
-    let c = s.member("c", &[]);
+    let c = s.member("c", &slow_reload);
     let (from, to) = window(now_ms() + settle().as_millis() as i64);
     sleep_until_ms(to).await;
     wait_covered(&[&a, &b, &c], from, to).await;

@@ -252,6 +252,8 @@ pub(super) fn spawn(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
         let mut recovered: Option<tokio::time::Instant> = None;
+        // Activation instants up to here have been told to the pinger.
+        let mut told_ms = now_ms();
         loop {
             let activation = tx.borrow().next_activation(now_ms());
             let wake = async {
@@ -262,15 +264,30 @@ pub(super) fn spawn(
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
+            let beat = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {}
-                // The split changes at a member's instant with nothing new
-                // from Redis; the pinger re-filters on this notification.
-                _ = wake => {
-                    tx.send_modify(|_| {});
-                    continue;
-                }
+                _ = tick.tick() => true,
+                _ = wake => false,
+            };
+            // The split changes at a member's instant with nothing new from
+            // Redis; the pinger re-filters on this notification. Checked
+            // whichever branch woke us: a joiner's instant is two heartbeats
+            // after its first, so the heartbeat tick is due at the same
+            // moment and may win the race, and the instant must not pass
+            // unannounced (the joiner would poll nothing until its next
+            // user reload while the others have let its share go).
+            let now = now_ms();
+            if tx
+                .borrow()
+                .members
+                .iter()
+                .any(|m| m.active_from_ms > told_ms && m.active_from_ms <= now)
+            {
+                tx.send_modify(|_| {});
+            }
+            told_ms = now;
+            if !beat {
+                continue;
             }
             match heart.beat().await {
                 Ok(_) if shard.is_some() => failing = false,
