@@ -16,7 +16,13 @@
 //! - `missed_slots`: slots in the measured window (after start-up, before
 //!   the stop) with no line.
 //! - `duplicate_slots`: lines beyond the first for one `(cloud_id, slot)`,
-//!   before the rotator's merge (which keeps one line per slot).
+//!   before the rotator's merge (which keeps one line per slot);
+//!   `duplicate_slots_after_merge`: the same in the archive after the real
+//!   rotator has shipped every pinger's directory, one after the other,
+//!   into one archive (a directory), so the later ones merge into the
+//!   objects the earlier wrote, as rotators on several hosts do; and
+//!   `slots_lost_in_merge`: `(cloud_id, slot)`s on disk before and not in
+//!   the archive after (must be 0).
 //! - `missed_slots_per_orphan_max`: the most slots any meter missed, to hold
 //!   against the hand-over window (`member_ttl + member_heartbeat +
 //!   poll_interval` over `poll_interval`).
@@ -32,11 +38,14 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chrono::DateTime;
+use rainforest::archive::{Archive, DirArchive};
 use rainforest::config::Layers;
 use rainforest::registry::Registry;
+use rainforest::rotator::{Rotator, RotatorOptions, gunzip};
 use rainforest::scheduler::slots::phase_for;
 use rainforest::simulator::{meter_cloud_id, meter_user};
 use support::process::Proc;
+use tokio_util::sync::CancellationToken;
 
 /// A poll that started within this of its slot is on time.
 const ON_TIME_MS: i64 = 500;
@@ -97,6 +106,9 @@ struct Line {
     cloud_id: String,
     slot_ms: i64,
     polled_ms: i64,
+    /// A demand line (the slots graded; summation and price lines only
+    /// count for the merge).
+    demand: bool,
 }
 
 /// Every line under `dir` with its slot and poll time (unix ms).
@@ -118,10 +130,65 @@ fn lines(dir: &Path) -> anyhow::Result<Vec<Line>> {
                 cloud_id: v["cloud_id"].as_str().unwrap_or_default().to_string(),
                 slot_ms: ms(&v, "slot")?,
                 polled_ms: ms(&v, "polled_at")?,
+                demand: v.get("demand_kw").is_some(),
             });
         }
     }
     Ok(out)
+}
+
+/// Ships every pinger directory in turn into one directory archive with the
+/// real rotator, its clock two hours ahead so the run's hours are over (a
+/// writer that has stopped is gone at once: the grace is a millisecond),
+/// then returns each archived line's `(object, cloud_id,
+/// slot)` with how often it appears.
+fn ship_and_count(
+    config: &rainforest::config::Config,
+    dirs: &[PathBuf],
+    root: &Path,
+) -> anyhow::Result<HashMap<(String, String, String), u32>> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        for d in dirs {
+            let opts = RotatorOptions {
+                data_dir: d.clone(),
+                grace: Duration::from_millis(1),
+                ..RotatorOptions::from_config(config)
+            };
+            let later = chrono::Utc::now() + chrono::Duration::hours(2);
+            let rotator = Rotator::new(opts, Archive::Dir(DirArchive::new(root.to_path_buf())))
+                .with_clock(rainforest::clock::Clock::starting_at(later));
+            rotator.preflight().await?;
+            let report = rotator.run_once(&CancellationToken::new()).await;
+            if !report.all_archived() {
+                bail!("{}: not every file was archived: {report:?}", d.display());
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    let mut counts = HashMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)?.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.to_string_lossy().ends_with(".jl.gz") {
+                let object = path.strip_prefix(root)?.display().to_string();
+                let text = gunzip(&std::fs::read(&path)?)
+                    .with_context(|| format!("{object} is not gzip"))?;
+                for line in String::from_utf8(text)?.lines() {
+                    let v: serde_json::Value = serde_json::from_str(line)
+                        .with_context(|| format!("{object}: not a record: {line}"))?;
+                    let field = |f: &str| v[f].as_str().unwrap_or_default().to_string();
+                    *counts
+                        .entry((object.clone(), field("cloud_id"), field("slot")))
+                        .or_default() += 1;
+                }
+            }
+        }
+    }
+    Ok(counts)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -223,12 +290,14 @@ fn main() -> anyhow::Result<()> {
         let path = entry.path();
         if path.extension().is_some_and(|e| e == "log") {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let last = text
-                .lines()
-                .rev()
-                .find(|l| l.contains("meters=") || l.contains("Fleet:"))
-                .unwrap_or_default();
-            eprintln!("{}: {last}", path.display());
+            for line in text.lines().filter(|l| {
+                l.contains("meters=")
+                    || l.contains("Fleet:")
+                    || l.contains("WARN")
+                    || l.contains("ERROR")
+            }) {
+                eprintln!("{}: {line}", path.display());
+            }
         }
     }
     let per_dir: Vec<Vec<Line>> = dirs
@@ -241,7 +310,7 @@ fn main() -> anyhow::Result<()> {
     let to = stopped_at - interval_ms;
     let mut seen: HashMap<(String, i64), u32> = HashMap::new();
     let mut on_time = 0u64;
-    for l in per_dir.iter().flatten() {
+    for l in per_dir.iter().flatten().filter(|l| l.demand) {
         if l.slot_ms >= from && l.slot_ms < to {
             let n = seen.entry((l.cloud_id.clone(), l.slot_ms)).or_default();
             *n += 1;
@@ -276,7 +345,7 @@ fn main() -> anyhow::Result<()> {
     // before the kill; each one's first slot after the kill elsewhere.
     let orphans: BTreeSet<&str> = per_dir[victim]
         .iter()
-        .filter(|l| l.slot_ms >= killed_at - 2 * interval_ms)
+        .filter(|l| l.demand && l.slot_ms >= killed_at - 2 * interval_ms)
         .map(|l| l.cloud_id.as_str())
         .collect();
     let mut back: HashMap<&str, i64> = HashMap::new();
@@ -286,7 +355,7 @@ fn main() -> anyhow::Result<()> {
         }
         for l in d
             .iter()
-            .filter(|l| l.slot_ms > killed_at && l.slot_ms < restarted_at)
+            .filter(|l| l.demand && l.slot_ms > killed_at && l.slot_ms < restarted_at)
         {
             if orphans.contains(l.cloud_id.as_str()) {
                 let e = back.entry(l.cloud_id.as_str()).or_insert(l.slot_ms);
@@ -294,6 +363,23 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
+    // Every (cloud_id, slot) on disk, whatever the stream; the archive must
+    // hold each once.
+    let on_disk: std::collections::HashSet<(String, i64)> = per_dir
+        .iter()
+        .flatten()
+        .map(|l| (l.cloud_id.clone(), l.slot_ms))
+        .collect();
+    let archived = ship_and_count(&config, &dirs, &dir.path().join("archive"))?;
+    let duplicates_after: u64 = archived.values().map(|n| u64::from(n - 1)).sum();
+    let in_archive: std::collections::HashSet<(String, i64)> = archived
+        .keys()
+        .filter_map(|(_, id, slot)| {
+            let ms = DateTime::parse_from_rfc3339(slot).ok()?.timestamp_millis();
+            Some((id.clone(), ms))
+        })
+        .collect();
+    let lost_in_merge = on_disk.difference(&in_archive).count();
     let handover_s = if back.len() == orphans.len() {
         back.values().max().map(|t| (t - killed_at) as f64 / 1000.0)
     } else {
@@ -317,8 +403,13 @@ fn main() -> anyhow::Result<()> {
             "missed_slots_per_meter_max": missed_max,
             "missed_slots_allowed_per_meter": (bound_ms + interval_ms - 1) / interval_ms,
             "duplicate_slots": duplicates,
+            "duplicate_slots_after_merge": duplicates_after,
+            "slots_lost_in_merge": lost_in_merge,
             "on_time_ratio": if expected == 0 { 0.0 } else { (on_time as f64 / expected as f64 * 10_000.0).floor() / 10_000.0 },
         })
     );
+    if duplicates_after > 0 || lost_in_merge > 0 {
+        bail!("the merge left {duplicates_after} duplicate slots and lost {lost_in_merge}");
+    }
     Ok(())
 }
