@@ -19,9 +19,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -61,7 +60,6 @@ impl Streams {
             tracker: tracker.clone(),
             meters: HashMap::new(),
             queue: DelayQueue::new(),
-            next_generation: 0,
         };
         tracker.spawn(driver.run(rx, shutdown));
         Streams { commands }
@@ -92,49 +90,51 @@ impl Streams {
 /// A finished read, back at the driver.
 struct Done {
     id: CloudId,
-    generation: u64,
+    /// Whose read it was: a meter removed and added again under the same
+    /// id has a new handle.
+    handle: Arc<MeterHandle>,
     index: usize,
     result: Result<(), PollError>,
 }
 
-/// One kind's schedule for one meter.
+/// One kind's schedule for one meter; kept small, as there are two per
+/// meter (the slot itself and the cadence live in the timer queue's entry
+/// and the user's settings).
 struct Stream {
-    failures: u32,
+    /// The last slot served (read or skipped), in milliseconds since the
+    /// epoch, so none is served twice; `i64::MIN`: none yet.
+    last_ms: i64,
     backoff_until: Option<Instant>,
-    /// The last slot served (read or skipped), so none is served twice.
-    last_slot: Option<DateTime<Utc>>,
-    /// The cadence of the latest plan; zero: the kind is off.
-    interval: Duration,
-    /// The planned slot and its timer; `None`: off.
-    next: Option<(DateTime<Utc>, delay_queue::Key)>,
+    /// The next slot's timer; `None`: the kind is off for this meter.
+    timer: Option<delay_queue::Key>,
+    failures: u32,
     in_flight: bool,
 }
 
 impl Stream {
     const NEW: Stream = Stream {
-        failures: 0,
+        last_ms: i64::MIN,
         backoff_until: None,
-        last_slot: None,
-        interval: Duration::ZERO,
-        next: None,
+        timer: None,
+        failures: 0,
         in_flight: false,
     };
 }
 
 struct Meter {
     handle: Arc<MeterHandle>,
-    /// Tells a finished read of a removed meter from one of a meter later
-    /// added again under the same id.
-    generation: u64,
     streams: [Stream; 2],
 }
+
+/// A timer queue entry: meter, kind (index into [`SCHEDULED`]) and slot in
+/// milliseconds since the epoch.
+type Due = (CloudId, u8, i64);
 
 struct Driver {
     kinds: Arc<Kinds>,
     tracker: TaskTracker,
     meters: HashMap<CloudId, Meter>,
-    queue: DelayQueue<(CloudId, usize)>,
-    next_generation: u64,
+    queue: DelayQueue<Due>,
 }
 
 impl Driver {
@@ -156,8 +156,8 @@ impl Driver {
                 },
                 Some(done) = done_rx.recv() => self.finished(done),
                 Some(expired) = std::future::poll_fn(|cx| self.queue.poll_expired(cx)) => {
-                    let (id, index) = expired.into_inner();
-                    self.due(id, index, &done_tx);
+                    let (id, index, slot_ms) = expired.into_inner();
+                    self.due(id, usize::from(index), slot_ms, &done_tx);
                 }
             }
         }
@@ -167,10 +167,8 @@ impl Driver {
 
     fn add(&mut self, id: CloudId, handle: Arc<MeterHandle>) {
         self.remove(id);
-        self.next_generation += 1;
         let meter = Meter {
             handle,
-            generation: self.next_generation,
             streams: [Stream::NEW, Stream::NEW],
         };
         self.meters.insert(id, meter);
@@ -180,7 +178,7 @@ impl Driver {
     fn remove(&mut self, id: CloudId) {
         if let Some(meter) = self.meters.remove(&id) {
             for s in meter.streams {
-                if let Some((_, key)) = s.next {
+                if let Some(key) = s.timer {
                     self.queue.try_remove(&key);
                 }
             }
@@ -203,10 +201,9 @@ impl Driver {
         let kind = SCHEDULED[index];
         let interval = self.kinds.opts.cadence(&meter.handle.user(), kind);
         let s = &mut meter.streams[index];
-        if let Some((_, key)) = s.next.take() {
+        if let Some(key) = s.timer.take() {
             self.queue.try_remove(&key);
         }
-        s.interval = interval;
         if interval.is_zero() {
             // Off for this meter; a change of the user's cadence replans it.
             return;
@@ -215,16 +212,16 @@ impl Driver {
         let phase = phase_for_kind(id, kind, interval);
         // Never the same slot twice, even if the wall clock lags the timer
         // that woke us.
-        let from = s.last_slot.map_or(now, |last| {
-            now.max(last + chrono::Duration::milliseconds(1))
-        });
+        let after_last = DateTime::from_timestamp_millis(s.last_ms.saturating_add(1));
+        let from = after_last.map_or(now, |after| now.max(after));
         let slot = next_slot(from, phase, interval);
         let wait = (slot - now).to_std().unwrap_or_default();
-        s.next = Some((slot, self.queue.insert((id, index), wait)));
+        let due = (id, index as u8, slot.timestamp_millis());
+        s.timer = Some(self.queue.insert(due, wait));
     }
 
     /// Serves kind `index`'s slot of meter `id`: a read, or a skip.
-    fn due(&mut self, id: CloudId, index: usize, done: &mpsc::UnboundedSender<Done>) {
+    fn due(&mut self, id: CloudId, index: usize, slot_ms: i64, done: &mpsc::UnboundedSender<Done>) {
         let Some(meter) = self.meters.get_mut(&id) else {
             return;
         };
@@ -234,10 +231,16 @@ impl Driver {
         }
         let kind = SCHEDULED[index];
         let s = &mut meter.streams[index];
-        let Some((slot, _)) = s.next.take() else {
+        s.timer = None;
+        s.last_ms = slot_ms;
+        let user = meter.handle.user();
+        let interval = self.kinds.opts.cadence(&user, kind);
+        let slot = DateTime::from_timestamp_millis(slot_ms);
+        let (Some(slot), false) = (slot, interval.is_zero()) else {
+            // Turned off since it was planned; the replan that follows the
+            // change leaves it off.
             return;
         };
-        s.last_slot = Some(slot);
         let due = Instant::now();
         let skipped = &self.kinds.counters.skipped[kind as usize];
         if s.in_flight
@@ -247,15 +250,15 @@ impl Driver {
             skipped.fetch_add(1, Ordering::Relaxed);
         } else {
             s.in_flight = true;
-            let start = Start::by(due + self.kinds.opts.max_start_lag.min(s.interval / 2), 0);
-            let (kinds, user, done) = (self.kinds.clone(), meter.handle.user(), done.clone());
-            let generation = meter.generation;
+            let start = Start::by(due + self.kinds.opts.max_start_lag.min(interval / 2), 0);
+            let (kinds, done) = (self.kinds.clone(), done.clone());
+            let handle = meter.handle.clone();
             self.tracker.spawn(async move {
                 let result = super::kinds::read(kinds, kind, user, slot, start).await;
                 // Fails only once the driver ended: the read counted itself.
                 let _ = done.send(Done {
                     id,
-                    generation,
+                    handle,
                     index,
                     result,
                 });
@@ -270,7 +273,7 @@ impl Driver {
         let Some(meter) = self.meters.get_mut(&done.id) else {
             return;
         };
-        if meter.generation != done.generation {
+        if !Arc::ptr_eq(&meter.handle, &done.handle) {
             return;
         }
         let (id, kind) = (done.id, SCHEDULED[done.index]);
@@ -289,10 +292,11 @@ impl Driver {
             Err(PollError::Protocol(e)) => {
                 s.failures = s.failures.saturating_add(1);
                 let opts = &self.kinds.opts;
-                let interval = if s.interval.is_zero() {
+                let interval = opts.cadence(&meter.handle.user(), kind);
+                let interval = if interval.is_zero() {
                     opts.max_backoff
                 } else {
-                    s.interval
+                    interval
                 };
                 let delay = Backoff::new(interval, opts.max_backoff).delay(s.failures);
                 s.backoff_until = Some(Instant::now() + delay);
@@ -304,6 +308,8 @@ impl Driver {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::clock::Clock;
     use crate::scheduler::kinds::{KindCounters, KindOptions, KindReader};
