@@ -451,4 +451,75 @@ mod tests {
             .await
             .expect("the driver ends at shutdown");
     }
+
+    /// A read still running at its kind's next slot makes that slot a
+    /// counted skip (at most one read per meter and kind in flight), and
+    /// every slot is served exactly once: read, failed or skipped. The
+    /// relay here accepts connections and never answers, so each read
+    /// hangs until the request timeout, five slots later.
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_that_finds_the_last_read_running_is_skipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_, spool) = super::super::tests::unreachable_parts(dir.path());
+        // Never accepted: the kernel's backlog completes the connection and
+        // nothing ever answers.
+        let relay = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/", relay.local_addr().expect("addr"));
+        let eagle = crate::protocol::Eagle::new(crate::protocol::EagleOptions {
+            relay_url: url::Url::parse(&url).expect("url"),
+            request_timeout: Duration::from_secs(5),
+            insecure_tls: false,
+            trace_http: false,
+            local_networks: Default::default(),
+            max_concurrent: 10,
+            max_per_second: 10_000,
+        })
+        .expect("client");
+        let clock = Clock::starting_at(DateTime::from_timestamp_millis(1_700_000_000_000).unwrap());
+        let second = Duration::from_secs(1);
+        let opts = KindOptions {
+            summation_interval: second,
+            price_interval: Duration::ZERO,
+            max_backoff: second,
+            max_start_lag: second,
+        };
+        let kinds = Arc::new(Kinds::new(
+            opts,
+            KindReader::new(eagle, spool, clock.clone()),
+        ));
+        let counters = kinds.counters();
+        let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+        let streams = Streams::spawn(kinds, &tracker, shutdown.clone());
+        let user = crate::simulator::meter_user(3);
+        let id = user.cloud_id;
+        let start = clock.now();
+        streams.add(id, MeterHandle::new(user));
+
+        tokio::time::sleep(Duration::from_millis(20_500)).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let end = clock.now();
+        shutdown.cancel();
+        tracker.close();
+        tokio::time::timeout(Duration::from_secs(60), tracker.wait())
+            .await
+            .expect("reads in flight finish after shutdown");
+
+        let phase = phase_for_kind(id, Kind::Summation, second);
+        let mut slot = next_slot(start, phase, second);
+        let mut slots = 0;
+        while slot <= end {
+            slots += 1;
+            slot += chrono::Duration::seconds(1);
+        }
+        let (failed, skipped) = (
+            counters.failed(Kind::Summation),
+            counters.skipped(Kind::Summation),
+        );
+        assert_eq!(counters.ok(Kind::Summation), 0);
+        assert!(failed >= 2, "{failed} reads timed out");
+        assert!(failed <= 4, "{failed} reads: one at a time, each 5 s");
+        assert_eq!(failed + skipped, slots, "every slot served once");
+    }
 }
