@@ -468,8 +468,14 @@ mod tests {
             flush_every: Duration::from_secs(1),
         })
         .expect("spool");
-        let eagle = crate::protocol::Eagle::new(crate::protocol::EagleOptions {
-            relay_url: url::Url::parse("http://127.0.0.1:1/").expect("url"),
+        (client_to("http://127.0.0.1:1/"), spool)
+    }
+
+    /// A client whose relay is `url`, with a 5 s request timeout and room
+    /// for 10 requests at a time.
+    pub(crate) fn client_to(url: &str) -> crate::protocol::Eagle {
+        crate::protocol::Eagle::new(crate::protocol::EagleOptions {
+            relay_url: url::Url::parse(url).expect("url"),
             request_timeout: Duration::from_secs(5),
             insecure_tls: false,
             trace_http: false,
@@ -477,8 +483,7 @@ mod tests {
             max_concurrent: 10,
             max_per_second: 10_000,
         })
-        .expect("client");
-        (eagle, spool)
+        .expect("client")
     }
 
     /// Memory per meter is mostly its sleeping tasks: a request's state kept

@@ -465,16 +465,7 @@ mod tests {
         // nothing ever answers.
         let relay = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}/", relay.local_addr().expect("addr"));
-        let eagle = crate::protocol::Eagle::new(crate::protocol::EagleOptions {
-            relay_url: url::Url::parse(&url).expect("url"),
-            request_timeout: Duration::from_secs(5),
-            insecure_tls: false,
-            trace_http: false,
-            local_networks: Default::default(),
-            max_concurrent: 10,
-            max_per_second: 10_000,
-        })
-        .expect("client");
+        let eagle = super::super::tests::client_to(&url);
         let clock = Clock::starting_at(DateTime::from_timestamp_millis(1_700_000_000_000).unwrap());
         let second = Duration::from_secs(1);
         let opts = KindOptions {
