@@ -5,11 +5,13 @@
 //! replaces a `tokio::sync::watch` channel (which carries eight wake-up
 //! slots and the user inline, ~450 bytes), a child `CancellationToken`
 //! (~110 bytes) and a separate pause cell: at 100,000 meters those were
-//! ~60 MB. One [`Notify`] wakes whoever waits (the demand task for the stop,
-//! the streams task for a change or the stop); a version counter tells each
-//! task whether it has seen the latest settings. It never decides anything
-//! about polling: the demand task sets the pause, [`super::kinds`] respects
-//! it, and the scheduler alone replaces the settings and stops the meter.
+//! ~60 MB. One [`Notify`] wakes whoever waits (the demand task for the
+//! stop); a version counter tells a task whether it has seen the latest
+//! settings. The streams driver ([`super::streams`]) waits on no handle: the
+//! scheduler tells it of changes, and it sees a stop at the meter's next
+//! slot. It never decides anything about polling: the demand task sets the
+//! pause, the streams driver respects it, and the scheduler alone replaces
+//! the settings and stops the meter.
 
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
