@@ -60,12 +60,11 @@ impl MeterHandle {
         self.version.load(Ordering::Acquire)
     }
 
-    /// Hands new settings to the meter's tasks (used from their next poll)
-    /// and wakes those waiting for a change.
+    /// Hands new settings to the meter's tasks, used from their next poll
+    /// (nobody waits for a change: the demand task looks at its slot).
     pub fn replace(&self, user: User) {
         *lock(&self.user) = Arc::new(user);
         self.version.fetch_add(1, Ordering::AcqRel);
-        self.notify.notify_waiters();
     }
 
     /// Stops the meter's tasks (each after its in-flight read).
@@ -77,24 +76,6 @@ impl MeterHandle {
     /// Whether [`Self::stop`] was called.
     pub fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
-    }
-
-    /// Waits until the settings differ from version `seen` (`true`) or the
-    /// meter is stopped (`false`).
-    pub async fn changed(&self, seen: u64) -> bool {
-        loop {
-            // Registered before the checks, so a change made between the
-            // check and the wait still wakes us.
-            let mut notified = pin!(self.notify.notified());
-            notified.as_mut().enable();
-            if self.is_stopped() {
-                return false;
-            }
-            if self.version() != seen {
-                return true;
-            }
-            notified.await;
-        }
     }
 
     /// Waits until the meter is stopped.
@@ -148,32 +129,22 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_waiting_task_sees_a_change_then_the_stop() {
+    async fn a_new_setting_is_read_at_once_and_a_waiting_task_sees_the_stop() {
         let handle = MeterHandle::new(user(1));
-        let waiter = tokio::spawn({
-            let handle = handle.clone();
-            async move {
-                let seen = handle.version();
-                let changed = handle.changed(seen).await;
-                let email = handle.user().user_email.clone();
-                let stopped = handle.changed(handle.version()).await;
-                handle.stopped().await;
-                (changed, email, stopped)
-            }
-        });
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        let seen = handle.version();
         let mut newer = user(1);
         newer.user_email = "new@example.com".into();
         handle.replace(newer);
+        assert_ne!(handle.version(), seen, "a change is seen as one");
+        assert_eq!(handle.user().user_email, "new@example.com");
+        let waiter = tokio::spawn({
+            let handle = handle.clone();
+            async move { handle.stopped().await }
+        });
         tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!waiter.is_finished(), "a change is not a stop");
         handle.stop();
-        let (changed, email, stopped) = waiter.await.expect("waiter");
-        assert!(changed);
-        assert_eq!(email, "new@example.com");
-        assert!(!stopped, "a stopped meter is not a change");
-        // A change made before anyone waits is still seen.
-        let handle = MeterHandle::new(user(2));
-        handle.replace(user(2));
-        assert!(handle.changed(0).await);
+        waiter.await.expect("waiter");
+        assert!(handle.is_stopped());
     }
 }
