@@ -13,8 +13,8 @@
 //! Every wait here honours the request's [`Start`]: a scheduled poll that
 //! cannot go out by its deadline gets [`Late`] instead of a permit, so an
 //! overloaded process skips slots rather than running every poll late. While
-//! permits are short, a freed one goes to the waiter of highest
-//! [`Start::rank`] (earliest first among equals): the scheduler ranks a
+//! either cap is short, the next request to go out is the waiter's of
+//! highest [`Start::rank`] (earliest first among equals): the scheduler ranks a
 //! meter by how many slots it has already skipped, so the meters that
 //! skipped least are the ones left waiting, and skips rotate through the
 //! fleet. On-demand reads rank above every poll and have no deadline.
@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -110,34 +110,52 @@ impl Usage {
 }
 
 /// The process-wide caps (`max_concurrent_requests`,
-/// `max_requests_per_second`).
+/// `max_requests_per_second`), served from one queue by rank.
+///
+/// Both caps hand out the same permit: a waiter gets one only when a
+/// request may be in flight *and* may start this instant. A second queue
+/// for the rate cap (a plain rate limiter after the in-flight cap) would
+/// serve its waiters in whatever order their timers fire, so when the rate
+/// cap binds the skips would fall at random instead of rotating.
 #[derive(Debug)]
 pub struct Caps {
     gate: Arc<Gate>,
-    rate: DefaultDirectRateLimiter,
     max_per_second: u32,
 }
 
-/// The requests-in-flight cap: a semaphore whose waiters are served by rank.
+/// The queue and the state of both caps.
 #[derive(Debug)]
 struct Gate {
     max: usize,
+    /// Requests started per second.
+    rate: f64,
+    /// Most starts allowed back to back after a quiet spell.
+    burst: f64,
     state: Mutex<GateState>,
     started: AtomicU64,
     finished: AtomicU64,
     busy_micros: AtomicU64,
 }
 
+/// A whole start, give or take the rounding of the bucket's arithmetic.
+const ONE: f64 = 1.0 - 1e-9;
+
 /// A waiter's place: highest rank first, then first come.
 type QueueKey = (Reverse<u64>, u64);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct GateState {
     in_flight: usize,
+    /// Starts the rate cap allows right now (a token bucket).
+    tokens: f64,
+    refilled: Instant,
     /// Highest rank first, then first come; a waiter that gives up removes
     /// its own entry.
     queue: BTreeMap<QueueKey, oneshot::Sender<Permit>>,
     next_seq: u64,
+    /// A task is sleeping until the rate cap's next start, to hand it on:
+    /// no permit is released in between to do it.
+    timer: bool,
 }
 
 /// One request in flight; dropping it frees the slot for the best waiter.
@@ -146,8 +164,8 @@ pub struct Permit {
     /// `None` once disarmed (a hand-over that found its waiter gone).
     gate: Option<Arc<Gate>>,
     since: Instant,
-    /// Whether the request went out (a permit given back at the rate cap's
-    /// deadline is no round trip).
+    /// Whether the request went out: a permit refused as late after it was
+    /// handed over is no round trip, and gives its start back.
     sent: bool,
 }
 
@@ -159,7 +177,7 @@ impl Drop for Permit {
                     .fetch_add(self.since.elapsed().as_micros() as u64, Ordering::Relaxed);
                 gate.finished.fetch_add(1, Ordering::Relaxed);
             }
-            Gate::release(&gate);
+            Gate::release(&gate, !self.sent);
         }
     }
 }
@@ -171,46 +189,113 @@ impl Gate {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A permit now, or a place in the queue.
+    /// A permit not yet sent: [`Caps::admit`] marks it sent once its
+    /// waiter takes it in time.
+    fn permit(gate: &Arc<Gate>) -> Permit {
+        Permit {
+            gate: Some(gate.clone()),
+            since: Instant::now(),
+            sent: false,
+        }
+    }
+
+    fn refill(&self, st: &mut GateState, now: Instant) {
+        let gained = now.saturating_duration_since(st.refilled).as_secs_f64() * self.rate;
+        st.tokens = (st.tokens + gained).min(self.burst);
+        st.refilled = now;
+    }
+
+    /// A permit now, or a place in the queue. Nobody overtakes a waiter: a
+    /// newcomer queues behind anyone already waiting, whose rank decides.
     fn take_or_queue(
         gate: &Arc<Gate>,
         rank: u64,
     ) -> Result<Permit, (QueueKey, oneshot::Receiver<Permit>)> {
         let mut st = gate.lock();
-        // The queue is only ever non-empty while every permit is out
-        // (release hands a freed permit straight to a waiter).
-        if st.in_flight < gate.max {
-            st.in_flight += 1;
-            return Ok(Permit {
-                gate: Some(gate.clone()),
-                since: Instant::now(),
-                sent: false,
-            });
+        if st.queue.is_empty() && st.in_flight < gate.max {
+            gate.refill(&mut st, Instant::now());
+            if st.tokens >= ONE {
+                st.tokens -= 1.0;
+                st.in_flight += 1;
+                return Ok(Gate::permit(gate));
+            }
         }
         let (tx, rx) = oneshot::channel();
         let key = (Reverse(rank), st.next_seq);
         st.next_seq += 1;
         st.queue.insert(key, tx);
+        Gate::dispatch_or_arm(gate, &mut st);
         Err((key, rx))
     }
 
-    /// Hands a freed permit to the best waiter still waiting, or returns it.
-    fn release(gate: &Arc<Gate>) {
+    /// A request ended (or never went out, `refund`): its slot, and its
+    /// start if unused, go to the best waiter.
+    fn release(gate: &Arc<Gate>, refund: bool) {
         let mut st = gate.lock();
-        while let Some((_, tx)) = st.queue.pop_first() {
-            let permit = Permit {
-                gate: Some(gate.clone()),
-                since: Instant::now(),
-                sent: false,
+        st.in_flight = st.in_flight.saturating_sub(1);
+        if refund {
+            st.tokens = (st.tokens + 1.0).min(gate.burst);
+        }
+        Gate::dispatch_or_arm(gate, &mut st);
+    }
+
+    /// [`dispatch`](Self::dispatch), and when only the rate cap holds the
+    /// waiters back, a timer task to hand on its next start, since no
+    /// release may come to do it.
+    fn dispatch_or_arm(gate: &Arc<Gate>, st: &mut GateState) {
+        if Gate::dispatch(gate, st) && !st.timer {
+            st.timer = Gate::arm_timer(gate, st.tokens);
+        }
+    }
+
+    /// Hands permits to the best waiters while both caps allow; `true` when
+    /// waiters remain that only the rate cap holds back.
+    fn dispatch(gate: &Arc<Gate>, st: &mut GateState) -> bool {
+        while !st.queue.is_empty() && st.in_flight < gate.max {
+            gate.refill(st, Instant::now());
+            if st.tokens < ONE {
+                return true;
+            }
+            let Some((_, tx)) = st.queue.pop_first() else {
+                return false;
             };
-            match tx.send(permit) {
-                Ok(()) => return,
-                // The waiter was cancelled (shutdown): its permit must not
-                // release again, the slot is still ours to hand on.
+            match tx.send(Gate::permit(gate)) {
+                Ok(()) => {
+                    st.tokens -= 1.0;
+                    st.in_flight += 1;
+                }
+                // The waiter was cancelled (shutdown): the permit must not
+                // release what it never took.
                 Err(mut unused) => unused.gate = None,
             }
         }
-        st.in_flight = st.in_flight.saturating_sub(1);
+        false
+    }
+
+    /// Starts the task that waits for the rate cap's next start; `false`
+    /// outside a runtime (then the next release hands it on).
+    fn arm_timer(gate: &Arc<Gate>, tokens: f64) -> bool {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let gate = gate.clone();
+        let until_next =
+            |tokens: f64, rate: f64| Duration::from_secs_f64((1.0 - tokens).max(0.0) / rate);
+        let mut wait = until_next(tokens, gate.rate);
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(wait).await;
+                let mut st = gate.lock();
+                // `timer` stays set while this task lives, so no second
+                // one starts.
+                if !Gate::dispatch(&gate, &mut st) {
+                    st.timer = false;
+                    return;
+                }
+                wait = until_next(st.tokens, gate.rate);
+            }
+        });
+        true
     }
 
     /// Leaves the queue; `false` when a permit was already handed over.
@@ -225,23 +310,31 @@ impl Caps {
     pub fn new(max_concurrent: usize, max_per_second: u32) -> Self {
         let rps = NonZeroU32::new(max_per_second).unwrap_or(NonZeroU32::MIN);
         // A burst of a tenth of a second keeps the start of each slot smooth.
-        let burst = NonZeroU32::new((max_per_second / 10).max(1)).unwrap_or(NonZeroU32::MIN);
+        let burst = f64::from((rps.get() / 10).max(1));
         Caps {
             gate: Arc::new(Gate {
                 max: max_concurrent.max(1),
-                state: Mutex::new(GateState::default()),
+                rate: f64::from(rps.get()),
+                burst,
+                state: Mutex::new(GateState {
+                    in_flight: 0,
+                    tokens: burst,
+                    refilled: Instant::now(),
+                    queue: BTreeMap::new(),
+                    next_seq: 0,
+                    timer: false,
+                }),
                 started: AtomicU64::new(0),
                 finished: AtomicU64::new(0),
                 busy_micros: AtomicU64::new(0),
             }),
-            rate: RateLimiter::direct(Quota::per_second(rps).allow_burst(burst)),
             max_per_second: rps.get(),
         }
     }
 
     /// Waits for room under both caps, by `start`'s deadline; the request is
-    /// in flight until the returned permit drops. The in-flight cap serves
-    /// waiters by rank; the rate cap comes second, with the permit held.
+    /// in flight until the returned permit drops. Waiters are served by
+    /// rank, whichever cap holds them back.
     pub async fn admit(&self, start: Start) -> Result<Permit, Late> {
         let asked = Instant::now();
         let mut permit = match Gate::take_or_queue(&self.gate, start.rank) {
@@ -260,24 +353,13 @@ impl Caps {
                 let permit = handed.ok_or_else(|| Late::since(asked))?;
                 // Handed over in the instant the deadline passed (the timer
                 // had not fired yet): too late all the same. Dropping the
-                // permit hands it to the next waiter.
+                // unsent permit hands it, and its start, to the next waiter.
                 if start.by.is_some_and(|by| Instant::now() > by) {
                     return Err(Late::since(asked));
                 }
                 permit
             }
         };
-        match start.by {
-            None => self.rate.until_ready().await,
-            Some(by) => {
-                if tokio::time::timeout_at(by, self.rate.until_ready())
-                    .await
-                    .is_err()
-                {
-                    return Err(Late::since(asked));
-                }
-            }
-        }
         self.gate.started.fetch_add(1, Ordering::Relaxed);
         permit.since = Instant::now();
         permit.sent = true;
@@ -435,6 +517,36 @@ mod tests {
         assert_eq!(late.waited_ms, 1000, "gives up exactly at its deadline");
         assert_eq!(caps.available(), 1, "the permit came back");
         assert_eq!(caps.usage().started, 2);
+    }
+
+    /// Real time: the rate cap's clock is the runtime's, and this proves
+    /// the order without leaning on paused time.
+    #[tokio::test]
+    async fn when_the_rate_cap_binds_the_next_start_goes_to_the_highest_rank() {
+        // Plenty of permits, one start per 100 ms, none left right now.
+        let caps = Arc::new(Caps::new(100, 10));
+        let _first = caps.admit(Start::ANYTIME).await.unwrap();
+        let by = Instant::now() + Duration::from_secs(2);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let waiter = |rank: u64| {
+            let (caps, order) = (caps.clone(), order.clone());
+            tokio::spawn(async move {
+                let permit = caps.admit(Start::by(by, rank)).await;
+                order.lock().unwrap().push(rank);
+                permit.map(|_| ())
+            })
+        };
+        let low = waiter(0);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let high = waiter(5);
+        assert_eq!(high.await.unwrap(), Ok(()));
+        assert_eq!(low.await.unwrap(), Ok(()));
+        assert_eq!(
+            *order.lock().unwrap(),
+            [5, 0],
+            "the higher rank came later but starts first"
+        );
+        assert_eq!(caps.usage().started, 3);
     }
 
     #[tokio::test(start_paused = true)]
