@@ -58,6 +58,36 @@ pub struct Polled {
     pub stats: StatsUpdate,
     /// When the poll was sent (unix seconds), as stamped in the record.
     pub at: f64,
+    /// When the request went out, on the runtime's clock: the scheduler's
+    /// lag is from the slot to here.
+    pub sent: Instant,
+}
+
+/// When a read began waiting for the caps, on the record's clock and the
+/// runtime's, to stamp its record with when the request actually left.
+pub(crate) struct Asked {
+    wall: DateTime<Utc>,
+    at: Instant,
+}
+
+impl Asked {
+    pub(crate) fn now(clock: &Clock) -> Asked {
+        Asked {
+            wall: clock.now(),
+            at: Instant::now(),
+        }
+    }
+
+    /// `polled_at`, `latency_ms` and the send instant of a reading whose
+    /// request left at `sent` (`None`: when it was asked). Under load the
+    /// wait for the caps is up to `max_start_lag`; it is neither the
+    /// meter's time nor its latency.
+    pub(crate) fn stamp(&self, sent: Option<Instant>) -> (DateTime<Utc>, u64, Instant) {
+        let sent = sent.unwrap_or(self.at);
+        let waited = chrono::Duration::from_std(sent.saturating_duration_since(self.at));
+        let latency_ms = sent.elapsed().as_millis() as u64;
+        (self.wall + waited.unwrap_or_default(), latency_ms, sent)
+    }
 }
 
 /// Reads meters and writes their records.
@@ -114,13 +144,12 @@ impl Poller {
         start: Start,
     ) -> Result<Polled, PollError> {
         let source = user.source();
-        let polled_at = self.clock.now();
-        let started = Instant::now();
+        let asked = Asked::now(&self.clock);
         let reading = self
             .eagle
             .read_demand_by(user.cloud_id, &source, start)
             .await?;
-        let latency_ms = started.elapsed().as_millis() as u64;
+        let (polled_at, latency_ms, sent) = asked.stamp(reading.sent);
         let kind = source.kind();
         let mut record = Record::new(user.cloud_id, polled_at, latency_ms, kind, &reading);
         if let Some(slot) = slot {
@@ -137,7 +166,12 @@ impl Poller {
             last_demand_kw: Some(record.demand_kw),
             ..StatsUpdate::new(user.cloud_id)
         };
-        Ok(Polled { record, stats, at })
+        Ok(Polled {
+            record,
+            stats,
+            at,
+            sent,
+        })
     }
 }
 

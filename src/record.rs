@@ -159,6 +159,7 @@ mod tests {
             meter_time: Some(d.header.meter_time()),
             meter_mac_id: Some(d.header.meter_mac_id.clone()),
             raw: Some(d),
+            sent: None,
         };
         let t = DateTime::parse_from_rfc3339("2025-01-15T10:36:05.123Z")
             .unwrap()
@@ -182,6 +183,7 @@ mod tests {
             meter_time: None,
             meter_mac_id: None,
             raw: None,
+            sent: None,
         };
         let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
         let line = Record::new(

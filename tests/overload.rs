@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use rainforest::cloud_id::CloudId;
-use rainforest::poll::{PollError, Polled};
+use rainforest::poll::{PollError, Polled, Poller};
 use rainforest::protocol::pacing::Caps;
 use rainforest::protocol::{AddressPolicy, Eagle, EagleOptions, ReadError, Reading, Source, Start};
 use rainforest::record::Record;
@@ -28,6 +28,7 @@ use rainforest::registry::{StatsUpdate, User};
 use rainforest::scheduler::{ReadMeter, Scheduler, SchedulerOptions, slots};
 use rainforest::secret::Secret;
 use rainforest::simulator::{self, SimulateArgs, Simulator};
+use rainforest::spool::{Spool, SpoolOptions};
 use support::process::{Proc, rainforest, wait_for};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -92,6 +93,7 @@ impl ReadMeter for Relay {
                 .entry(id)
                 .or_default()
                 .push(Instant::now());
+            let sent = Instant::now();
             let latency = Duration::from_millis(relay.latency_ms.load(Ordering::Relaxed));
             tokio::time::sleep(latency).await;
             let reading = Reading {
@@ -99,11 +101,13 @@ impl ReadMeter for Relay {
                 meter_time: None,
                 raw: None,
                 meter_mac_id: None,
+                sent: Some(sent),
             };
             Ok(Polled {
                 record: Record::new(id, Utc::now(), 0, "relay", &reading),
                 stats: StatsUpdate::new(id),
                 at: 0.0,
+                sent,
             })
         }
     }
@@ -143,11 +147,12 @@ async fn a_minute_of_overload_skips_evenly(sched: &mut Scheduler<Relay>, relay: 
     sched.apply(users(METERS));
     tokio::time::sleep(INTERVAL).await;
     let from = Instant::now();
-    let skipped_before = counters.snapshot().skipped_overload;
+    let before = counters.snapshot();
     tokio::time::sleep(Duration::from_secs(60)).await;
     let to = Instant::now();
     let arrivals = relay.arrivals();
-    let skipped = counters.snapshot().skipped_overload - skipped_before;
+    let minute = counters.snapshot().since(&before);
+    let skipped = minute.skipped_overload;
 
     let polls: Vec<usize> = (0..METERS)
         .map(|i| {
@@ -184,6 +189,29 @@ async fn a_minute_of_overload_skips_evenly(sched: &mut Scheduler<Relay>, relay: 
             );
         }
     }
+    // What the pinger reports as on time (its summary line, /metrics) is
+    // what reached the relay on time: the lag runs to when the request
+    // left, not to when the poll began waiting for the caps.
+    let sent: Vec<Duration> = arrivals
+        .iter()
+        .flat_map(|(id, times)| {
+            times
+                .iter()
+                .filter(|a| **a >= from && **a < to)
+                .map(|a| off_phase(*id, origin, *a))
+        })
+        .collect();
+    let prompt = sent
+        .iter()
+        .filter(|off| **off <= Duration::from_millis(500))
+        .count();
+    let (reported, reported_prompt) = (minute.slots_polled, minute.slots_on_time);
+    assert!(
+        reported.abs_diff(sent.len() as u64) <= 5 && reported_prompt.abs_diff(prompt as u64) <= 5,
+        "the pinger reports {reported_prompt} of {reported} polls on time; the relay saw \
+         {prompt} of {}",
+        sent.len()
+    );
 }
 
 /// The same minute with the rate cap short instead of the in-flight cap:
@@ -255,8 +283,9 @@ async fn meters_that_join_during_overload_start_at_the_fleet_minimum() {
     sched.drain().await;
 }
 
-#[tokio::test]
-async fn a_request_that_cannot_go_out_by_its_deadline_is_late_not_sent() {
+/// The simulator with two meters answering in 600 ms (arrivals recorded)
+/// and a real EAGLE client with one permit in the whole process.
+async fn one_permit_against_a_600ms_relay() -> (Simulator, Eagle) {
     let sim = Simulator::start(SimulateArgs {
         listen: ([127, 0, 0, 1], 0).into(),
         meters: 2,
@@ -266,7 +295,6 @@ async fn a_request_that_cannot_go_out_by_its_deadline_is_late_not_sent() {
     })
     .await
     .expect("simulator");
-    // One permit in the whole process.
     let client = Eagle::new(EagleOptions {
         relay_url: sim.relay_url(),
         request_timeout: Duration::from_secs(5),
@@ -277,6 +305,12 @@ async fn a_request_that_cannot_go_out_by_its_deadline_is_late_not_sent() {
         max_per_second: 10_000,
     })
     .expect("client builds");
+    (sim, client)
+}
+
+#[tokio::test]
+async fn a_request_that_cannot_go_out_by_its_deadline_is_late_not_sent() {
+    let (sim, client) = one_permit_against_a_600ms_relay().await;
     let relay = |i: u32| {
         let id = simulator::meter_cloud_id(i);
         let source = Source::Relay {
@@ -323,6 +357,56 @@ async fn a_request_that_cannot_go_out_by_its_deadline_is_late_not_sent() {
             (second.as_str(), &[true][..])
         ]
     );
+}
+
+#[tokio::test]
+async fn a_poll_that_waits_for_the_caps_is_stamped_when_its_request_leaves() {
+    let (_sim, client) = one_permit_against_a_600ms_relay().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = Spool::start(SpoolOptions {
+        data_dir: dir.path().to_path_buf(),
+        prefix: "iseif-rainforest".into(),
+        open_files: 16,
+        flush_every: Duration::from_secs(1),
+    })
+    .expect("spool");
+    let poller = Poller::new(client.clone(), spool.clone());
+    // The only permit is busy for 600 ms from here.
+    let busy = tokio::spawn({
+        let (client, user) = (client.clone(), simulator::meter_user(0));
+        async move { client.read_demand(user.cloud_id, &user.source()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let asked_wall = Utc::now();
+    let asked = Instant::now();
+    let polled = poller
+        .poll_by(
+            &simulator::meter_user(1),
+            Some(asked_wall),
+            Start::by(asked + Duration::from_secs(3), 0),
+        )
+        .await
+        .expect("sent once the permit is free");
+    assert!(busy.await.unwrap().is_ok());
+    let waited = polled.sent.duration_since(asked);
+    assert!(
+        waited >= Duration::from_millis(400),
+        "the request waited ~500 ms for the permit: {waited:?}"
+    );
+    let polled_at = chrono::DateTime::parse_from_rfc3339(&polled.record.polled_at)
+        .expect("polled_at")
+        .to_utc();
+    let stamped_after = (polled_at - asked_wall).to_std().unwrap_or_default();
+    assert!(
+        stamped_after >= Duration::from_millis(400),
+        "polled_at is when the request left, {stamped_after:?} after the poll began waiting"
+    );
+    assert!(
+        (550..1_000).contains(&polled.record.latency_ms),
+        "latency_ms is the 600 ms round trip, without the wait: {}",
+        polled.record.latency_ms
+    );
+    spool.close().await;
 }
 
 #[tokio::test]

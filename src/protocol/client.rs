@@ -29,6 +29,23 @@ use super::trace::Curl;
 use super::{Command, ProtocolError, Reading, Source, parse};
 use crate::cloud_id::CloudId;
 
+/// An EAGLE's answer body and when its request went out: after any wait
+/// for the device's pace and the caps, which is the scheduler's doing, not
+/// the meter's latency.
+#[derive(Debug)]
+pub(super) struct Answer {
+    pub(super) body: Vec<u8>,
+    pub(super) sent: Instant,
+}
+
+impl std::ops::Deref for Answer {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.body
+    }
+}
+
 /// Largest answer read from a relay or EAGLE-200; a demand notification is
 /// well under 2 KiB, a device list a few.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -179,6 +196,7 @@ impl Eagle {
                     meter_time: Some(demand.header.meter_time()),
                     meter_mac_id: Some(demand.header.meter_mac_id.clone()),
                     raw: Some(demand),
+                    sent: Some(body.sent),
                 })
             }
             Source::Local { host, .. } => {
@@ -197,6 +215,7 @@ impl Eagle {
                     meter_time: None,
                     raw: None,
                     meter_mac_id: Some(address),
+                    sent: Some(body.sent),
                 })
             }
         }
@@ -213,6 +232,7 @@ impl Eagle {
             self.relay_by(cloud_id, source, command, Start::ANYTIME)
                 .await,
         )
+        .map(|a| a.body)
     }
 
     pub(super) async fn relay_by(
@@ -221,7 +241,7 @@ impl Eagle {
         source: &Source,
         command: &Command,
         start: Start,
-    ) -> Result<Vec<u8>, ReadError> {
+    ) -> Result<Answer, ReadError> {
         let Source::Relay { user, password } = source else {
             return Err(ProtocolError::Malformed {
                 reason: "relay command sent to a local EAGLE-200 source".into(),
@@ -258,7 +278,7 @@ impl Eagle {
         source: &Source,
         body: &str,
     ) -> Result<Vec<u8>, ProtocolError> {
-        anytime(self.local_by(cloud_id, source, body, Start::ANYTIME).await)
+        anytime(self.local_by(cloud_id, source, body, Start::ANYTIME).await).map(|a| a.body)
     }
 
     pub(super) async fn local_by(
@@ -267,7 +287,7 @@ impl Eagle {
         source: &Source,
         body: &str,
         start: Start,
-    ) -> Result<Vec<u8>, ReadError> {
+    ) -> Result<Answer, ReadError> {
         let Source::Local { host, install_code } = source else {
             return Err(ProtocolError::Malformed {
                 reason: "local command sent to a relay source".into(),
@@ -370,9 +390,9 @@ impl Eagle {
         request: reqwest::RequestBuilder,
         trace: Option<String>,
         start: Start,
-    ) -> Result<Vec<u8>, ReadError> {
-        let _permit = self.caps.admit(start).await?;
-        let started = Instant::now();
+    ) -> Result<Answer, ReadError> {
+        let permit = self.caps.admit(start).await?;
+        let started = permit.sent_at();
         let result = self.send_inner(request).await;
         if let Some(curl) = trace {
             let elapsed_ms = started.elapsed().as_millis() as u64;
@@ -385,7 +405,10 @@ impl Eagle {
                 }
             }
         }
-        Ok(result.map(|(_, body)| body)?)
+        Ok(result.map(|(_, body)| Answer {
+            body,
+            sent: started,
+        })?)
     }
 
     async fn send_inner(

@@ -30,6 +30,9 @@ pub struct SummationReading {
     pub raw: Option<parse::Summation>,
     /// The meter's MAC id (`0x…`), when known.
     pub meter_mac_id: Option<String>,
+    /// When the request went out, after any wait for the caps (`None`
+    /// for a reading no request of ours produced, such as a history entry).
+    pub sent: Option<tokio::time::Instant>,
 }
 
 impl SummationReading {
@@ -41,6 +44,7 @@ impl SummationReading {
             meter_time: Some(raw.header.meter_time()),
             meter_mac_id: Some(raw.header.meter_mac_id.clone()),
             raw: Some(raw),
+            sent: None,
         }
     }
 }
@@ -57,6 +61,9 @@ pub struct PriceReading {
     pub raw: Option<parse::Price>,
     /// The meter's MAC id (`0x…`), when known.
     pub meter_mac_id: Option<String>,
+    /// When the request went out, after any wait for the caps (`None`
+    /// for a reading no request of ours produced, such as a history entry).
+    pub sent: Option<tokio::time::Instant>,
 }
 
 impl PriceReading {
@@ -67,6 +74,7 @@ impl PriceReading {
             meter_time: Some(raw.header.meter_time()),
             meter_mac_id: Some(raw.header.meter_mac_id.clone()),
             raw: Some(raw),
+            sent: None,
         }
     }
 }
@@ -90,10 +98,13 @@ impl Eagle {
                 let body = self
                     .relay_by(cloud_id, source, &Command::CurrentSummation, start)
                     .await?;
-                Ok(SummationReading::from_relay(parse::summation(&body)?))
+                Ok(SummationReading {
+                    sent: Some(body.sent),
+                    ..SummationReading::from_relay(parse::summation(&body)?)
+                })
             }
             Source::Local { .. } => {
-                let (address, reading) = self
+                let (address, reading, sent) = self
                     .query(cloud_id, source, SUMMATION_VARIABLES, start)
                     .await?;
                 let delivered_kwh = reading
@@ -105,6 +116,7 @@ impl Eagle {
                     meter_time: None,
                     raw: None,
                     meter_mac_id: Some(address),
+                    sent: Some(sent),
                 })
             }
         }
@@ -122,10 +134,13 @@ impl Eagle {
                 let body = self
                     .relay_by(cloud_id, source, &Command::Price, start)
                     .await?;
-                Ok(PriceReading::from_relay(parse::price(&body)?))
+                Ok(PriceReading {
+                    sent: Some(body.sent),
+                    ..PriceReading::from_relay(parse::price(&body)?)
+                })
             }
             Source::Local { .. } => {
-                let (address, reading) =
+                let (address, reading, sent) =
                     self.query(cloud_id, source, PRICE_VARIABLES, start).await?;
                 let price = reading.price.ok_or_else(|| not_reported("zigbee:Price"))?;
                 Ok(PriceReading {
@@ -133,6 +148,7 @@ impl Eagle {
                     meter_time: None,
                     raw: None,
                     meter_mac_id: Some(address),
+                    sent: Some(sent),
                 })
             }
         }
@@ -173,7 +189,7 @@ impl Eagle {
         source: &Source,
         variables: &[&str],
         start: Start,
-    ) -> Result<(String, parse::LocalReading), ReadError> {
+    ) -> Result<(String, parse::LocalReading, tokio::time::Instant), ReadError> {
         let Source::Local { host, .. } = source else {
             return Err(ProtocolError::Malformed {
                 reason: "device_query sent to a relay source".into(),
@@ -186,7 +202,7 @@ impl Eagle {
         let body = self
             .local_by(cloud_id, source, &query_xml(&address, variables), start)
             .await?;
-        Ok((address, parse::device_query(&body)?))
+        Ok((address, parse::device_query(&body)?, body.sent))
     }
 }
 

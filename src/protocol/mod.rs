@@ -120,6 +120,11 @@ pub struct Reading {
     pub raw: Option<Demand>,
     /// The meter's MAC id (`0x…`), when known.
     pub meter_mac_id: Option<String>,
+    /// When the request went out, after any wait for the device's pace and
+    /// the caps (`None` when no request of ours produced it): the record's
+    /// time and the scheduler's lag are measured from here, not from when
+    /// the poll started waiting.
+    pub sent: Option<tokio::time::Instant>,
 }
 
 /// The kind of a failure, which decides what the scheduler does next.

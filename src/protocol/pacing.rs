@@ -169,6 +169,13 @@ pub struct Permit {
     sent: bool,
 }
 
+impl Permit {
+    /// When the request went out (when [`Caps::admit`] let it through).
+    pub fn sent_at(&self) -> Instant {
+        self.since
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(gate) = self.gate.take() {

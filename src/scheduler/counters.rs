@@ -40,7 +40,7 @@ pub struct Counters {
     pub failures: [AtomicU64; ErrorKind::ALL.len()],
     /// Slots whose poll started (on time or late).
     pub slots_polled: AtomicU64,
-    /// Slots whose poll started within [`ON_TIME`].
+    /// Slots whose poll's request went out within [`ON_TIME`] of the slot.
     pub slots_on_time: AtomicU64,
     /// Slots skipped because the previous poll overran.
     pub missed_slots: AtomicU64,
@@ -121,7 +121,7 @@ impl Counters {
         self.failures[i].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records how late a slot's poll started.
+    /// Records how late after its slot a poll's request went out.
     pub fn lag(&self, lag: Duration) {
         let ms = lag.as_millis() as u64;
         let i = LAG_BOUNDS_MS

@@ -27,13 +27,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::time::Instant;
 
 use super::slots;
 use crate::backfill::Backfill;
 use crate::clock::Clock;
 use crate::cloud_id::CloudId;
-use crate::poll::PollError;
+use crate::poll::{Asked, PollError};
 use crate::protocol::{Eagle, Start};
 use crate::record::price::PriceRecord;
 use crate::record::summation::SummationRecord;
@@ -104,17 +103,17 @@ impl KindReader {
     ) -> Result<(), PollError> {
         let source = user.source();
         let id = user.cloud_id;
-        let polled_at = self.clock.now();
-        let started = Instant::now();
+        // Stamped when the request left, as demand is.
+        let asked = Asked::now(&self.clock);
         let line = match kind {
             Kind::Summation => {
                 let reading = self.eagle.read_summation_by(id, &source, start).await?;
-                let ms = started.elapsed().as_millis() as u64;
+                let (polled_at, ms, _) = asked.stamp(reading.sent);
                 SummationRecord::new(id, polled_at, slot, ms, source.kind(), &reading).to_line()
             }
             Kind::Price => {
                 let reading = self.eagle.read_price_by(id, &source, start).await?;
-                let ms = started.elapsed().as_millis() as u64;
+                let (polled_at, ms, _) = asked.stamp(reading.sent);
                 PriceRecord::new(id, polled_at, slot, ms, source.kind(), &reading).to_line()
             }
             // Demand has its own path (`Poller`); never scheduled here.

@@ -331,11 +331,11 @@ async fn meter_task<R: ReadMeter>(
             k += 1;
             continue;
         }
-        let started = Instant::now();
+        let woke = Instant::now();
         seen = version;
         let current = handle.user();
         // Waits for the device's pace and the global caps inside, by the
-        // deadline; the latency includes queueing under the caps.
+        // deadline.
         let start = Start::by(slot + shared.opts.max_start_lag, run.skips);
         let slot_wall = shared.origin_wall + chrono::Duration::from_std(offset).unwrap_or_default();
         // Boxed: the request's state machine is kilobytes, and inline it
@@ -351,8 +351,17 @@ async fn meter_task<R: ReadMeter>(
             k += 1;
             continue;
         }
-        counters.lag(started.saturating_duration_since(slot));
-        counters.latency(started.elapsed());
+        // From the slot to when the request left, and from there to the
+        // answer. A failed poll does not say when its request left (many
+        // never sent one), so its lag counts from when it woke and it adds
+        // no round trip.
+        match &result {
+            Ok(polled) => {
+                counters.lag(polled.sent.saturating_duration_since(slot));
+                counters.latency(polled.sent.elapsed());
+            }
+            Err(_) => counters.lag(woke.saturating_duration_since(slot)),
+        }
         let shutting_down = matches!(result, Err(PollError::Spool(_)));
         outcome(&shared, id, &mut run, result);
         handle.set_pause(run.backoff_until);

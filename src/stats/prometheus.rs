@@ -163,7 +163,7 @@ impl Collector for HubCollector {
                 let (buckets, sum, count) = c.latency_histogram();
                 let mut h = enc.encode_descriptor(
                     "poll_latency_seconds",
-                    "Round trip of EAGLE requests",
+                    "Round trip of answered EAGLE polls, from when the request went out (not counting the wait for the caps)",
                     None,
                     MetricType::Histogram,
                 )?;
