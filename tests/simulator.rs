@@ -8,7 +8,7 @@ use chrono::Utc;
 use clap::Parser;
 use rainforest::cloud_id::CloudId;
 use rainforest::protocol::{
-    AddressPolicy, Command, Eagle, EagleOptions, ErrorKind, ProtocolError, Source, parse,
+    AddressPolicy, Command, Eagle, EagleOptions, ErrorKind, ProtocolError, Source, Start, parse,
 };
 use rainforest::secret::Secret;
 use rainforest::simulator::{
@@ -489,4 +489,46 @@ fn command_line_defaults_and_flags() {
         (20000, 7, 0.05, 0.01)
     );
     assert!(Cli::try_parse_from(["simulate", "--latency", "soon"]).is_err());
+}
+
+#[tokio::test]
+async fn the_arrival_record_tells_demand_polls_from_other_reads() {
+    let sim = start(SimulateArgs {
+        record_arrivals: true,
+        ..args()
+    })
+    .await;
+    let eagle = eagle(&sim, TIMEOUT);
+    let (relay_id, local_id) = (meter_cloud_id(1), meter_cloud_id(2));
+    let relay_source = relay(relay_id);
+    eagle.read_demand(relay_id, &relay_source).await.unwrap();
+    eagle
+        .read_summation_by(relay_id, &relay_source, Start::ANYTIME)
+        .await
+        .unwrap();
+    eagle
+        .read_price_by(relay_id, &relay_source, Start::ANYTIME)
+        .await
+        .unwrap();
+    // device_list, then a device_query for demand, then one for summation.
+    let local_source = local(&sim, &meter_install_code(local_id));
+    eagle.read_demand(local_id, &local_source).await.unwrap();
+    eagle
+        .read_summation_by(local_id, &local_source, Start::ANYTIME)
+        .await
+        .unwrap();
+
+    let record = sim.arrivals();
+    let demand = |id: CloudId| {
+        let m = record
+            .meters
+            .iter()
+            .find(|m| m.cloud_id == id.as_str())
+            .expect("the meter's arrivals");
+        assert_eq!(m.demand.len(), m.at_ms.len());
+        m.demand.clone()
+    };
+    assert_eq!(demand(relay_id), [true, false, false]);
+    assert_eq!(demand(local_id), [false, true, false]);
+    sim.stop().await;
 }

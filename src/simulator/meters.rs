@@ -240,6 +240,9 @@ pub(crate) struct Arrival {
     pub(crate) at_ms: u64,
     /// Whether the answer was a reading (authorized, no injected fault).
     pub(crate) served: bool,
+    /// Whether it asked for instantaneous demand (the every-interval poll)
+    /// rather than summation, price, history or a device list.
+    pub(crate) demand: bool,
 }
 
 impl MeterState {

@@ -103,6 +103,10 @@ pub struct MeterArrivals {
     pub at_ms: Vec<u64>,
     /// Per arrival: answered with a reading (a line the pinger should write).
     pub served: Vec<bool>,
+    /// Per arrival: a demand read (the poll graded for timing), not a
+    /// summation, price or history read, which share the meter.
+    #[serde(default)]
+    pub demand: Vec<bool>,
 }
 
 impl Default for SimulateArgs {

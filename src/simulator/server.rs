@@ -88,6 +88,7 @@ impl Shared {
                     cloud_id: m.id.to_string(),
                     at_ms: list.iter().map(|a| a.at_ms).collect(),
                     served: list.iter().map(|a| a.served).collect(),
+                    demand: list.iter().map(|a| a.demand).collect(),
                 })
             })
             .collect();
@@ -302,12 +303,32 @@ async fn post_manager(State(sim): State<Arc<Shared>>, request: Request) -> Respo
             .arrivals
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        list.push(Arrival { at_ms, served });
+        list.push(Arrival {
+            at_ms,
+            served,
+            demand: asks_for_demand(caller.protocol, &body),
+        });
     }
     if faults.garble {
         garbage(answer, faults.garbage_bits)
     } else {
         answer.into_response()
+    }
+}
+
+/// Whether a command body asks for instantaneous demand: the relay's
+/// `get_instantaneous_demand`, or an EAGLE-200 `device_query` naming the
+/// demand variable (its summation and price queries name others).
+fn asks_for_demand(protocol: Protocol, body: &[u8]) -> bool {
+    let name = tag_text(body, b"name").unwrap_or_default();
+    match protocol {
+        Protocol::Relay => name.eq_ignore_ascii_case("get_instantaneous_demand"),
+        Protocol::Local => {
+            name.eq_ignore_ascii_case("device_query")
+                && body
+                    .windows(b"instantaneousdemand".len())
+                    .any(|w| w.eq_ignore_ascii_case(b"instantaneousdemand"))
+        }
     }
 }
 

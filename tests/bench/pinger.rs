@@ -130,13 +130,13 @@ fn lines_per_meter(dir: &Path) -> anyhow::Result<HashMap<String, u64>> {
 struct Graded {
     /// Slots in the steady window (meters x whole intervals).
     slots: u64,
-    /// Requests that arrived in the window.
+    /// Demand polls that arrived in the window.
     arrived: u64,
     /// Arrivals one interval (±0.5 s) after the meter's previous one.
     on_time: u64,
     /// Arrivals a whole number of intervals (±0.5 s) after the previous one.
     on_phase: u64,
-    /// Fewest and most requests any meter got in the window.
+    /// Fewest and most demand polls any meter got in the window.
     per_meter: (u64, u64),
     /// Requests answered with something other than a reading (whole run).
     failed_served: u64,
@@ -152,12 +152,28 @@ fn grade(arrivals: &Arrivals, meters: u32, interval_ms: u64, from_ms: u64, to_ms
     };
     let mut asked = 0;
     for m in &arrivals.meters {
+        // Every answer counts against the lines on disk, whatever its kind.
+        let served = m.served.iter().filter(|s| **s).count() as u64;
+        g.failed_served += m.served.len() as u64 - served;
+        g.served.insert(m.cloud_id.clone(), served);
+        // Timing is the demand polls': a summation or price read of the
+        // same meter in between is not a poll early or late.
+        let polls: Vec<u64> = m
+            .at_ms
+            .iter()
+            .zip(&m.demand)
+            .filter(|(_, demand)| **demand)
+            .map(|(at, _)| *at)
+            .collect();
+        if polls.is_empty() {
+            continue;
+        }
         asked += 1;
         let mut in_window = 0;
-        for (i, at) in m.at_ms.iter().enumerate() {
+        for (i, at) in polls.iter().enumerate() {
             if *at >= from_ms && *at < to_ms {
                 in_window += 1;
-                if let Some(prev) = i.checked_sub(1).map(|j| m.at_ms[j]) {
+                if let Some(prev) = i.checked_sub(1).map(|j| polls[j]) {
                     let gap = (*at - prev) as i64;
                     let k = (gap + interval_ms as i64 / 2) / interval_ms as i64;
                     let off = (gap - k * interval_ms as i64).abs();
@@ -172,9 +188,6 @@ fn grade(arrivals: &Arrivals, meters: u32, interval_ms: u64, from_ms: u64, to_ms
         }
         g.arrived += in_window;
         g.per_meter = (g.per_meter.0.min(in_window), g.per_meter.1.max(in_window));
-        let served = m.served.iter().filter(|s| **s).count() as u64;
-        g.failed_served += m.served.len() as u64 - served;
-        g.served.insert(m.cloud_id.clone(), served);
     }
     if asked < meters {
         g.per_meter.0 = 0;
@@ -346,7 +359,15 @@ fn main() -> anyhow::Result<ExitCode> {
     // end at the last request it saw (the pinger stopping) and start after
     // the warm-up, which ends `warmup` after the first request.
     let interval_ms = config.poll_interval.as_millis() as u64;
-    let times = || arrivals.meters.iter().flat_map(|m| m.at_ms.iter().copied());
+    let times = || {
+        arrivals.meters.iter().flat_map(|m| {
+            m.at_ms
+                .iter()
+                .zip(&m.demand)
+                .filter(|(_, demand)| **demand)
+                .map(|(at, _)| *at)
+        })
+    };
     let first = times().min().context("the simulator saw no request")?;
     let last = times().max().unwrap_or(first);
     let whole = last.saturating_sub(first + warmup.as_millis() as u64) / interval_ms;
