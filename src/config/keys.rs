@@ -288,7 +288,9 @@ pub fn env_name(key: &str) -> String {
 /// Renders the TOML file we ship: every key, its default and its comment.
 pub fn default_toml() -> String {
     let mut out = String::from(
-        "# rainforest configuration. Every key, with its default.\n\
+        "# rainforest configuration. Every key, commented out, with its default:\n\
+         # uncomment a line to set it. A key left commented keeps its built-in default\n\
+         # (and `run --demo` its own, such as listening on loopback only).\n\
          # Precedence: built-in defaults < this file < RAINFOREST_* environment variables < flags.\n\
          # Durations accept 6s, 500ms, 2m. Empty strings mean unset.\n\n",
     );
@@ -299,7 +301,7 @@ pub fn default_toml() -> String {
             d if !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()) => d.to_string(),
             d => format!("{d:?}"),
         };
-        out.push_str(&format!("{} = {value}\n\n", k.name));
+        out.push_str(&format!("# {} = {value}\n\n", k.name));
     }
     out
 }

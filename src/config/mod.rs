@@ -867,10 +867,37 @@ mod tests {
             keys::default_toml(),
             "regenerate config/rainforest.toml"
         );
+        // Shipped as it is, the file sets nothing: every value keeps its
+        // built-in origin, so `run --demo` from a checkout still listens on
+        // loopback only.
         let c = Layers::defaults()
             .file(Path::new("s"), shipped)
             .build()
             .unwrap();
+        for k in keys::KEYS {
+            assert_eq!(c.origin(k.name), Origin::Default, "{} is set", k.name);
+        }
+        // Uncommented, every line is a valid setting of its default.
+        let uncommented: String = shipped
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(setting)
+                    if keys::KEYS
+                        .iter()
+                        .any(|k| setting.starts_with(&format!("{} = ", k.name))) =>
+                {
+                    setting
+                }
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = Layers::defaults()
+            .file(Path::new("s"), &uncommented)
+            .build()
+            .unwrap();
+        assert_eq!(c.origin("listen"), Origin::File("s".into()));
         assert_eq!(c.poll_interval, Duration::from_secs(6));
+        assert_eq!(c.listen, Config::defaults().unwrap().listen);
     }
 }
