@@ -14,7 +14,7 @@ use rainforest::config::ArchiveSetting;
 use rainforest::spool::HourBucket;
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::readings::{demand_at, rainforest_over, write_object};
+use support::readings::{assert_success, demand_at, rainforest_over, write_object};
 use support::server::{Backend, TestServer};
 
 const DAY: &str = "2025-03-10";
@@ -158,6 +158,35 @@ fn check_known_gaps(days: &[Value], counted: &BTreeMap<String, usize>) {
     }
 }
 
+/// `rainforest coverage` of [`DAY`] over the hand-made archive at `root`
+/// and spool `data`, at the archive's one reading a minute, with `extra`
+/// flags after the day.
+fn coverage_of_day(root: &Path, data: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "--set",
+        "poll_interval=60s",
+        "coverage",
+        "--from",
+        DAY,
+        "--to",
+        DAY,
+    ];
+    args.extend_from_slice(extra);
+    rainforest_over(root, data, &args).output().unwrap()
+}
+
+/// A server reading the directory archive at `root`, polling once a
+/// minute as the hand-made archives here do.
+async fn server_over(root: &Path) -> TestServer {
+    let archive_root = root.to_path_buf();
+    TestServer::start(Backend::UsersFile, Default::default(), move |c| {
+        c.archive = ArchiveSetting::Dir(archive_root);
+        c.poll_interval = std::time::Duration::from_secs(60);
+    })
+    .await
+    .expect("server")
+}
+
 #[test]
 fn coverage_of_a_hand_made_archive_gives_exactly_its_gaps() {
     let dir = tempfile::tempdir().unwrap();
@@ -165,48 +194,12 @@ fn coverage_of_a_hand_made_archive_gives_exactly_its_gaps() {
     std::fs::create_dir_all(&data).unwrap();
     archive(&root, &data);
     let counted = independent_count(&root, &data);
-    let run = rainforest_over(
-        &root,
-        &data,
-        &[
-            "--set",
-            "poll_interval=60s",
-            "coverage",
-            "--from",
-            DAY,
-            "--to",
-            DAY,
-            "--format",
-            "json",
-        ],
-    )
-    .output()
-    .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let run = coverage_of_day(&root, &data, &["--format", "json"]);
+    assert_success(&run);
     let report: Value = serde_json::from_slice(&run.stdout).unwrap();
     check_known_gaps(report["days"].as_array().unwrap(), &counted);
 
-    let table = rainforest_over(
-        &root,
-        &data,
-        &[
-            "--set",
-            "poll_interval=60s",
-            "coverage",
-            "--from",
-            DAY,
-            "--to",
-            DAY,
-            "--meter",
-            "0b0001",
-        ],
-    )
-    .output()
-    .unwrap();
+    let table = coverage_of_day(&root, &data, &["--meter", "0b0001"]);
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(
         text.contains("0b0001   2025-03-10 demand     93.06%"),
@@ -224,13 +217,7 @@ async fn api_coverage_serves_the_same_report_worst_first_and_rejects_bad_paramet
     std::fs::create_dir_all(&spool).unwrap();
     archive(&root, &spool);
     let counted = independent_count(&root, &spool);
-    let archive_root = root.clone();
-    let server = TestServer::start(Backend::UsersFile, Default::default(), move |c| {
-        c.archive = ArchiveSetting::Dir(archive_root);
-        c.poll_interval = std::time::Duration::from_secs(60);
-    })
-    .await
-    .expect("server");
+    let server = server_over(&root).await;
     // The server's spool is its own; copy the spooled hour there.
     copy_tree(&spool, &server.data);
 
@@ -304,13 +291,7 @@ async fn yesterdays_coverage_is_computed_in_the_background_and_the_status_page_h
         .map(|i| demand_at(m, start + Duration::minutes(i), 50, 1.0))
         .collect();
     write_object(&root, m, HourBucket::of(start), &lines);
-    let archive_root = root.clone();
-    let server = TestServer::start(Backend::UsersFile, Default::default(), move |c| {
-        c.archive = ArchiveSetting::Dir(archive_root);
-        c.poll_interval = std::time::Duration::from_secs(60);
-    })
-    .await
-    .expect("server");
+    let server = server_over(&root).await;
     let mut body = Value::Null;
     support::process::wait_for("yesterday's coverage in the cache", async || {
         let a = server

@@ -6,14 +6,13 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use rainforest::cloud_id::CloudId;
-use rainforest::spool::{HourBucket, SpoolName, WriterId};
+use rainforest::spool::{HourBucket, SpoolName};
 use rainforest::stream::Kind;
-use support::readings::{demand_at, rainforest_over, write_object};
-use support::spool::PREFIX;
+use support::readings::{assert_success, demand_at, rainforest_over, write_object};
+use support::spool::{PREFIX, write_spool, write_spool_as};
 
 fn id(s: &str) -> CloudId {
     CloudId::parse(s).unwrap()
@@ -66,7 +65,7 @@ fn fixture() -> Fixture {
     }
     for ((m, h), lines) in &files {
         if *h == hour(13) {
-            write_spool(&data, *m, *h, None, lines);
+            write_spool(&data, *m, *h, lines, "");
         } else {
             write_object(&archive, *m, *h, lines);
         }
@@ -75,8 +74,8 @@ fn fixture() -> Fixture {
     let slot2 = hour(11).start() + Duration::minutes(7);
     let earlier = demand_at(b, slot2, 10, 77.0);
     expected.insert((slot2, b), earlier.clone());
-    write_spool(&data, a, hour(10), Some("w2"), &[later]);
-    write_spool(&data, b, hour(11), Some("w2"), &[earlier]);
+    write_spool_as(&data, Kind::Demand, "w2", a, hour(10), &[later]);
+    write_spool_as(&data, Kind::Demand, "w2", b, hour(11), &[earlier]);
     Fixture {
         _dir: dir,
         archive,
@@ -84,19 +83,6 @@ fn fixture() -> Fixture {
         out,
         expected,
     }
-}
-
-fn write_spool(data: &Path, m: CloudId, h: HourBucket, writer: Option<&str>, lines: &[String]) {
-    let name = SpoolName {
-        kind: Kind::Demand,
-        cloud_id: m,
-        hour: h,
-        writer: writer.map(|w| WriterId::parse(w).unwrap()),
-    };
-    let path = name.path(data, PREFIX);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    std::fs::write(path, text).unwrap();
 }
 
 fn export(f: &Fixture, format: &str, extra: &[&str]) -> std::process::Output {
@@ -141,11 +127,7 @@ fn every_reading_once_in_time_order_with_spool_lines_and_duplicates_by_slot_drop
 fn csv_has_a_header_and_iso_utc_times_and_an_existing_output_is_not_replaced() {
     let f = fixture();
     let run = export(&f, "csv", &[]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_success(&run);
     let text = std::fs::read_to_string(&f.out).unwrap();
     let mut rows = text.lines();
     assert_eq!(
@@ -215,11 +197,7 @@ fn a_range_with_nothing_archived_is_empty_not_an_error() {
     )
     .output()
     .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_success(&run);
     assert_eq!(String::from_utf8_lossy(&run.stdout).lines().count(), 1);
 }
 
@@ -227,11 +205,7 @@ fn a_range_with_nothing_archived_is_empty_not_an_error() {
 fn duckdb_reads_the_parquet_file_with_the_same_rows_and_demand() {
     let f = fixture();
     let run = export(&f, "parquet", &[]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_success(&run);
     let probe = std::process::Command::new("python3")
         .args(["-c", "import duckdb"])
         .output();
@@ -370,11 +344,7 @@ fn price_lines_export_their_currency_tier_and_labels() {
     )
     .output()
     .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_success(&run);
     let text = String::from_utf8_lossy(&run.stdout).to_string();
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();

@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -17,7 +17,9 @@ use rainforest::cloud_id::CloudId;
 use rainforest::rotator::{Rotator, RotatorOptions};
 use rainforest::spool::{HourBucket, hour_file};
 use support::process::Proc;
-use support::rotator::{options, still_in_spool, unshipped_files};
+use support::rotator::{
+    one_at_a_time, options, race_two_passes, still_in_spool, two_hosts_same_keys, unshipped_files,
+};
 use support::s3::S3Server;
 use support::s3_proxy::{Fault, On, S3Proxy};
 use support::spool::{KEY_PREFIX, PREFIX, canonical, gunzip, hours_ago, key, line, write_spool};
@@ -60,6 +62,18 @@ async fn rotator(s3: &S3Server, bucket: &str, data_dir: &Path) -> Rotator {
     Rotator::new(options(data_dir), s3_archive(s3, bucket).await)
 }
 
+/// What most tests here start from: moto with a fresh bucket, and a spool
+/// directory (`logs`, not created yet) in a temporary directory that lives
+/// as long as it is held; `None` where the harness skips for want of an S3
+/// server.
+async fn moto_and_spool() -> Option<(S3Server, String, tempfile::TempDir, PathBuf)> {
+    let s3 = S3Server::start()?;
+    let bucket = s3.create_bucket().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("logs");
+    Some((s3, bucket, dir, data))
+}
+
 /// `rainforest rotator` with a clean environment: no RAINFOREST_* or AWS_*
 /// variables from the caller, the server's keys, no instance metadata.
 fn rotator_command(s3: &S3Server, bucket: &str, data_dir: &Path, args: &[&str]) -> Command {
@@ -79,10 +93,9 @@ fn rotator_command(s3: &S3Server, bucket: &str, data_dir: &Path, args: &[&str]) 
 
 #[tokio::test]
 async fn completed_hours_are_uploaded_with_the_documented_key_and_plain_gzip() {
-    let Some(s3) = S3Server::start() else { return };
-    let bucket = s3.create_bucket().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("logs");
+    let Some((s3, bucket, dir, data)) = moto_and_spool().await else {
+        return;
+    };
     let (a, b) = (id("00ce69"), id("0a0b0c"));
     let h = hours_ago(2);
     let lines_a: Vec<String> = (0..50).map(|s| line(a, h, s)).collect();
@@ -249,10 +262,9 @@ async fn backlog_survives_an_outage_and_drains_with_every_line() {
 
 #[tokio::test]
 async fn late_lines_are_merged_into_the_existing_object() {
-    let Some(s3) = S3Server::start() else { return };
-    let bucket = s3.create_bucket().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("logs");
+    let Some((s3, bucket, _dir, data)) = moto_and_spool().await else {
+        return;
+    };
     let m = id("00ce69");
     let h = hours_ago(5);
     // Already archived: seconds 0..20. Late lines: 15..40 (15..20 overlap).
@@ -273,10 +285,9 @@ async fn late_lines_are_merged_into_the_existing_object() {
 
 #[tokio::test]
 async fn a_file_already_archived_is_deleted_without_rewriting_the_object() {
-    let Some(s3) = S3Server::start() else { return };
-    let bucket = s3.create_bucket().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("logs");
+    let Some((s3, bucket, _dir, data)) = moto_and_spool().await else {
+        return;
+    };
     let m = id("00ce69");
     let h = hours_ago(5);
     let lines: Vec<String> = (0..20).map(|s| line(m, h, s)).collect();
@@ -340,46 +351,17 @@ async fn two_rotators_racing_on_the_same_keys_lose_no_line() {
     let bucket = s3.create_bucket().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (d1, d2) = (dir.path().join("host1"), dir.path().join("host2"));
-    let mut expected = Vec::new();
-    for n in 0..40u32 {
-        let m = CloudId::from_index(n % 5);
-        let h = hours_ago(2 + i64::from(n / 5));
-        // Two hosts polled the same meter during a hand-over: even seconds
-        // on one, odd on the other, and seconds 100..110 on both.
-        let one: Vec<String> = (0..60)
-            .filter(|s| s % 2 == 0)
-            .chain(100..110)
-            .map(|s| line(m, h, s))
-            .collect();
-        let two: Vec<String> = (0..60)
-            .filter(|s| s % 2 == 1)
-            .chain(100..110)
-            .map(|s| line(m, h, s))
-            .collect();
-        write_spool(&d1, m, h, &one, "");
-        write_spool(&d2, m, h, &two, "");
-        let mut all = one;
-        all.extend(two);
-        expected.push((key(m, h), canonical(&all)));
-    }
+    // Two hosts polled the same meters during a hand-over.
+    let expected = two_hosts_same_keys(&d1, &d2);
     // Both rotators go through a proxy that holds the first two uploads
     // until both have arrived: one file at a time each, both start with the
     // oldest key, so both have read it absent and both create it at once.
     let proxy = S3Proxy::start(&s3.endpoint()).await;
     proxy.arm(On::Put, Fault::Hold, 2);
     let at = s3.at(&bucket).via(&proxy.endpoint());
-    let one_at_a_time = |d: &Path| RotatorOptions {
-        concurrency: 1,
-        ..options(d)
-    };
     let r1 = Rotator::new(one_at_a_time(&d1), at.archive().await);
     let r2 = Rotator::new(one_at_a_time(&d2), at.archive().await);
-    let none = CancellationToken::new();
-    let race = async {
-        proxy.wait_held(2, Duration::from_secs(10)).await;
-        proxy.release(2);
-    };
-    let (a, b, ()) = tokio::join!(r1.run_once(&none), r2.run_once(&none), race);
+    let (a, b) = race_two_passes(&r1, &r2, &proxy, Duration::from_secs(10)).await;
     assert!(a.all_archived(), "{a:?}");
     assert!(b.all_archived(), "{b:?}");
     for (k, lines) in &expected {
@@ -396,10 +378,9 @@ async fn two_rotators_racing_on_the_same_keys_lose_no_line() {
 
 #[tokio::test]
 async fn torn_last_line_is_dropped_before_upload() {
-    let Some(s3) = S3Server::start() else { return };
-    let bucket = s3.create_bucket().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("logs");
+    let Some((s3, bucket, _dir, data)) = moto_and_spool().await else {
+        return;
+    };
     let m = id("00ce69");
     let h = hours_ago(2);
     let lines: Vec<String> = (0..3).map(|s| line(m, h, s)).collect();
@@ -414,10 +395,9 @@ async fn torn_last_line_is_dropped_before_upload() {
 
 #[tokio::test]
 async fn unreadable_file_is_quarantined_not_retried_or_deleted() {
-    let Some(s3) = S3Server::start() else { return };
-    let bucket = s3.create_bucket().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("logs");
+    let Some((s3, bucket, _dir, data)) = moto_and_spool().await else {
+        return;
+    };
     let m = id("00ce69");
     let h = hours_ago(2);
     let path = hour_file(&data, PREFIX, m, h);
@@ -452,10 +432,9 @@ async fn unreadable_file_is_quarantined_not_retried_or_deleted() {
 
 #[tokio::test]
 async fn dry_run_touches_nothing() {
-    let Some(s3) = S3Server::start() else { return };
-    let bucket = s3.create_bucket().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("logs");
+    let Some((s3, bucket, _dir, data)) = moto_and_spool().await else {
+        return;
+    };
     let m = id("00ce69");
     let h = hours_ago(2);
     let file = write_spool(&data, m, h, &[line(m, h, 1)], "{\"torn");
@@ -541,10 +520,9 @@ async fn dir_archive_has_the_same_layout_and_merges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_uploads_then_restart_loses_and_duplicates_nothing() {
-    let Some(s3) = S3Server::start() else { return };
-    let bucket = s3.create_bucket().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("logs");
+    let Some((s3, bucket, _dir, data)) = moto_and_spool().await else {
+        return;
+    };
     let mut expected = Vec::new();
     let files = 240u32;
     for n in 0..files {

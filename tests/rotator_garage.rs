@@ -13,13 +13,15 @@ use std::time::Duration;
 
 use rainforest::archive::{Archive, ObjectKey};
 use rainforest::cloud_id::CloudId;
-use rainforest::rotator::{ArchiveLock, LockError, Rotator, RotatorOptions};
+use rainforest::rotator::{ArchiveLock, LockError, Rotator};
 use rainforest::spool::hour_file;
 use support::RedisServer;
 use support::garage::GarageServer;
-use support::rotator::{options, still_in_spool};
+use support::rotator::{
+    one_at_a_time, options, race_two_passes, still_in_spool, two_hosts_same_keys,
+};
 use support::s3_proxy::{Fault, On, S3Proxy};
-use support::spool::{KEY_PREFIX, PREFIX, canonical, gunzip, hours_ago, key, line, write_spool};
+use support::spool::{KEY_PREFIX, PREFIX, gunzip, hours_ago, key, line, write_spool};
 use tokio_util::sync::CancellationToken;
 
 /// The object's lines, or an empty list when it does not exist.
@@ -33,33 +35,6 @@ async fn object_lines(garage: &GarageServer, key: &str) -> Vec<String> {
 /// Each call connects its own client, as a second host would.
 async fn garage_archive(garage: &GarageServer) -> Archive {
     garage.at().archive().await
-}
-
-/// Two hosts' spool files for the same 40 (meter, hour) keys: even seconds
-/// on one, odd on the other, seconds 100..110 on both (a hand-over).
-/// Returns every key with the union of lines it must end up holding.
-fn two_hosts_same_keys(d1: &Path, d2: &Path) -> Vec<(String, Vec<String>)> {
-    let mut expected = Vec::new();
-    for n in 0..40u32 {
-        let m = CloudId::from_index(n % 5);
-        let h = hours_ago(2 + i64::from(n / 5));
-        let one: Vec<String> = (0..60)
-            .filter(|s| s % 2 == 0)
-            .chain(100..110)
-            .map(|s| line(m, h, s))
-            .collect();
-        let two: Vec<String> = (0..60)
-            .filter(|s| s % 2 == 1)
-            .chain(100..110)
-            .map(|s| line(m, h, s))
-            .collect();
-        write_spool(d1, m, h, &one, "");
-        write_spool(d2, m, h, &two, "");
-        let mut all = one;
-        all.extend(two);
-        expected.push((key(m, h), canonical(&all)));
-    }
-    expected
 }
 
 /// Keys of every lock left in Redis under `namespace`.
@@ -119,10 +94,6 @@ async fn two_rotators_racing_on_garage_with_the_redis_lock_lose_no_line() {
     // lock: the two really contend, one file at a time each.
     let proxy = S3Proxy::start(&garage.endpoint()).await;
     let at = garage.at().via(&proxy.endpoint());
-    let one_at_a_time = |d: &Path| RotatorOptions {
-        concurrency: 1,
-        ..options(d)
-    };
     let r1 = Rotator::new(one_at_a_time(&d1), at.archive().await).with_lock(lock());
     let r2 = Rotator::new(one_at_a_time(&d2), at.archive().await).with_lock(lock());
     r1.preflight().await.expect("preflight");
@@ -172,19 +143,10 @@ async fn without_the_lock_two_writers_racing_on_garage_lose_lines() {
     let expected = two_hosts_same_keys(&d1, &d2);
     let proxy = S3Proxy::start(&garage.endpoint()).await;
     let at = garage.at().via(&proxy.endpoint());
-    let one_at_a_time = |d: &Path| RotatorOptions {
-        concurrency: 1,
-        ..options(d)
-    };
     let r1 = Rotator::new(one_at_a_time(&d1), at.archive().await);
     let r2 = Rotator::new(one_at_a_time(&d2), at.archive().await);
     proxy.arm(On::Put, Fault::Hold, 2);
-    let none = CancellationToken::new();
-    let race = async {
-        proxy.wait_held(2, Duration::from_secs(20)).await;
-        proxy.release(2);
-    };
-    let (a, b, ()) = tokio::join!(r1.run_once(&none), r2.run_once(&none), race);
+    let (a, b) = race_two_passes(&r1, &r2, &proxy, Duration::from_secs(20)).await;
     assert!(a.all_archived() && b.all_archived(), "{a:?} {b:?}");
     let mut short = Vec::new();
     for (k, lines) in &expected {

@@ -18,6 +18,7 @@
 
 #[path = "../support/mod.rs"]
 mod support;
+mod usage;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -88,22 +89,6 @@ impl Drop for Sim {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn proc_field(file: &str, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(file).ok()?;
-    let line = text.lines().find(|l| l.starts_with(key))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-    let ticks = field(11) + field(12);
-    ticks as f64 / 100.0
 }
 
 /// Lines on disk per cloud id.
@@ -308,7 +293,7 @@ fn main() -> anyhow::Result<ExitCode> {
         }
         let eagle = pinger::eagle_from_config(&config, false)?;
         let spool = pinger::spool_from_config(&config)?;
-        let cpu0 = cpu_seconds();
+        let cpu0 = usage::cpu_seconds();
         let stop = CancellationToken::new();
         let spool_stats = spool.clone();
         let p = Pinger::start(&config, registry, eagle, spool, stop.clone());
@@ -318,16 +303,16 @@ fn main() -> anyhow::Result<ExitCode> {
         // is taken after them.
         let warmup = (config.poll_interval * 2).min(Duration::from_secs(a.seconds / 2));
         tokio::time::sleep(warmup).await;
-        let (cpu_warm, warm) = (cpu_seconds(), counters.snapshot());
+        let (cpu_warm, warm) = (usage::cpu_seconds(), counters.snapshot());
         tokio::time::sleep(Duration::from_secs(a.seconds).saturating_sub(warmup)).await;
-        let steady_cpu = cpu_seconds() - cpu_warm;
+        let steady_cpu = usage::cpu_seconds() - cpu_warm;
         let steady = counters.snapshot().since(&warm);
         stop.cancel();
         p.join().await;
-        let cpu = cpu_seconds() - cpu0;
+        let cpu = usage::cpu_seconds() - cpu0;
         // Taken before the arrival record is fetched and parsed, which is the
         // benchmark's memory, not the pinger's.
-        let peak_rss_kb = proc_field("/proc/self/status", "VmHWM:").unwrap_or(0);
+        let peak_rss_mb = usage::peak_rss_mb();
         let st = spool_stats.stats();
         let spool = (
             SpoolStats::get(&st.write_errors),
@@ -347,12 +332,12 @@ fn main() -> anyhow::Result<ExitCode> {
             steady_cpu,
             spool,
             arrivals,
-            peak_rss_kb,
+            peak_rss_mb,
         ))
     });
     drop(sim);
     drop(redis);
-    let (s, steady, warmup, cpu, steady_cpu, (write_errors, lines_dropped), arrivals, peak_rss_kb) =
+    let (s, steady, warmup, cpu, steady_cpu, (write_errors, lines_dropped), arrivals, peak_rss_mb) =
         result?;
 
     // The steady window in the simulator's clock: the whole intervals that
@@ -429,7 +414,7 @@ fn main() -> anyhow::Result<ExitCode> {
             "cpu_s_per_1000_polls": if steady_polls == 0 { 0.0 } else { (steady_cpu / steady_polls as f64 * 1000.0 * 1000.0).round() / 1000.0 },
             "cpu_s_per_1000_polls_incl_startup": if polls == 0 { 0.0 } else { (cpu / polls as f64 * 1000.0 * 1000.0).round() / 1000.0 },
             "cpu_cores_used": (cpu / a.seconds as f64 * 1000.0).round() / 1000.0,
-            "peak_rss_mb": peak_rss_kb / 1024,
+            "peak_rss_mb": peak_rss_mb,
             "readings_served": served_total,
             "lines_written": lines_on_disk,
             "lines_match_served": differ.is_empty(),

@@ -22,6 +22,7 @@
 
 #[path = "../support/mod.rs"]
 mod support;
+mod usage;
 
 use std::io::{BufWriter, Read, Write};
 use std::path::Path;
@@ -224,43 +225,6 @@ async fn verify(s3: &S3Server, bucket: &str, files: u32, lines: u32) -> anyhow::
     results.into_iter().collect()
 }
 
-/// This process's user + system CPU time so far.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command name, which is in parentheses.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15 of the whole line.
-    let total = ticks(11) + ticks(12);
-    Duration::from_secs_f64(total as f64 / clock_ticks_per_second())
-}
-
-fn clock_ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-fn peak_rss_mb() -> u64 {
-    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    text.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .unwrap_or(0)
-        / 1024
-}
-
 async fn run_case(
     s3: &S3Server,
     redis: &RedisServer,
@@ -294,10 +258,10 @@ async fn run_case(
         let lock = ArchiveLock::new(&redis.url(), &redis.namespace())?;
         rotator = rotator.with_lock(lock);
     }
-    let (cpu0, started) = (cpu_time(), Instant::now());
+    let (cpu0, started) = (usage::cpu_seconds(), Instant::now());
     let report = rotator.run_once(&CancellationToken::new()).await;
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = (cpu_time() - cpu0).as_secs_f64();
+    let cpu = usage::cpu_seconds() - cpu0;
     if !report.all_archived() {
         bail!("{}: not every file was archived: {report:?}", case.name());
     }
@@ -328,7 +292,7 @@ async fn run_case(
         "spool_mb": round(spool_bytes as f64 / 1e6, 1),
         "gzip_mb": round(stats.bytes_uploaded as f64 / 1e6, 1),
         "verified_objects": a.files,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": usage::peak_rss_mb(),
     }))
 }
 

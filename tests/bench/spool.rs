@@ -17,6 +17,8 @@
 //! `target/bench-spool` (a real disk, not tmpfs, which would make syncs
 //! free) unless `--dir` says otherwise, and are removed afterwards.
 
+mod usage;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -76,39 +78,9 @@ fn thread_cpu(name: &str) -> f64 {
             continue;
         }
         let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-        // The fields after the command name, which is in parentheses;
-        // utime and stime are fields 14 and 15 of the whole line.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        return (ticks(11) + ticks(12)) as f64 / clock_ticks_per_second();
+        return usage::stat_cpu_seconds(&stat);
     }
     0.0
-}
-
-fn clock_ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-fn peak_rss_mb() -> u64 {
-    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    text.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .unwrap_or(0)
-        / 1024
 }
 
 /// A demand line of [`LINE_BYTES`] for meter `m`.
@@ -228,7 +200,7 @@ async fn run(a: Args) -> anyhow::Result<serde_json::Value> {
         "longest_append_ms": round(longest_append.as_secs_f64() * 1000.0, 1),
         "lines_dropped": SpoolStats::get(&st.lines_dropped),
         "write_errors": SpoolStats::get(&st.write_errors),
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": usage::peak_rss_mb(),
     });
     spool.close().await;
     Ok(figures)

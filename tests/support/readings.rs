@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 use chrono::{DateTime, Duration, Utc};
 use rainforest::archive::ObjectKey;
@@ -62,4 +62,15 @@ pub fn rainforest_over(archive: &Path, data_dir: &Path, args: &[&str]) -> Comman
         .arg(data_dir)
         .args(args);
     cmd
+}
+
+/// Asserts that a run of the binary exited 0, showing its stderr if not
+/// (the panic names the caller's line).
+#[track_caller]
+pub fn assert_success(run: &Output) {
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
 }

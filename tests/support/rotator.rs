@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use rainforest::archive::{Archive, S3Archive, S3Settings, StaticCredentials};
 use rainforest::backoff::Backoff;
-use rainforest::rotator::RotatorOptions;
+use rainforest::cloud_id::CloudId;
+use rainforest::rotator::{PassReport, Rotator, RotatorOptions};
 use rainforest::secret::Secret;
+use tokio_util::sync::CancellationToken;
 
-use super::spool::{KEY_PREFIX, PREFIX};
+use super::s3_proxy::S3Proxy;
+use super::spool::{KEY_PREFIX, PREFIX, canonical, hours_ago, key, line, write_spool};
 
 /// Options for tests: the default prefixes, a 1 ms grace (files written
 /// for past hours are completed at once), and backoffs and pauses of a few
@@ -32,6 +35,61 @@ pub fn options(data_dir: &Path) -> RotatorOptions {
         operator_pause: Duration::from_millis(300),
         shutdown_grace: Duration::from_secs(5),
     }
+}
+
+/// [`options`] shipping one file at a time, so two racing rotators both
+/// start with the oldest key and meet on it.
+pub fn one_at_a_time(data_dir: &Path) -> RotatorOptions {
+    RotatorOptions {
+        concurrency: 1,
+        ..options(data_dir)
+    }
+}
+
+/// Two hosts' spool files for the same 40 (meter, hour) keys: even seconds
+/// on one, odd on the other, seconds 100..110 on both (a hand-over).
+/// Returns every key with the union of lines it must end up holding.
+pub fn two_hosts_same_keys(d1: &Path, d2: &Path) -> Vec<(String, Vec<String>)> {
+    let mut expected = Vec::new();
+    for n in 0..40u32 {
+        let m = CloudId::from_index(n % 5);
+        let h = hours_ago(2 + i64::from(n / 5));
+        let one: Vec<String> = (0..60)
+            .filter(|s| s % 2 == 0)
+            .chain(100..110)
+            .map(|s| line(m, h, s))
+            .collect();
+        let two: Vec<String> = (0..60)
+            .filter(|s| s % 2 == 1)
+            .chain(100..110)
+            .map(|s| line(m, h, s))
+            .collect();
+        write_spool(d1, m, h, &one, "");
+        write_spool(d2, m, h, &two, "");
+        let mut all = one;
+        all.extend(two);
+        expected.push((key(m, h), canonical(&all)));
+    }
+    expected
+}
+
+/// One pass of each rotator at the same time, with `proxy` (armed by the
+/// caller to hold the first two PUTs) letting both held uploads go at once
+/// when both have arrived (waiting up to `limit`): the two rotators have
+/// then both read the key and both write it, the race the tests force.
+pub async fn race_two_passes(
+    r1: &Rotator,
+    r2: &Rotator,
+    proxy: &S3Proxy,
+    limit: Duration,
+) -> (PassReport, PassReport) {
+    let none = CancellationToken::new();
+    let race = async {
+        proxy.wait_held(2, limit).await;
+        proxy.release(2);
+    };
+    let (a, b, ()) = tokio::join!(r1.run_once(&none), r2.run_once(&none), race);
+    (a, b)
 }
 
 /// Where an S3 archive lives and the keys it signs with.
