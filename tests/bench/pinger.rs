@@ -31,7 +31,7 @@ use rainforest::config::{Config, Layers};
 use rainforest::pinger::{self, Pinger};
 use rainforest::registry::{Registry, User};
 use rainforest::secret::Secret;
-use rainforest::simulator::{Arrivals, meter_cloud_id, meter_email, meter_password};
+use rainforest::simulator::{Arrivals, MeterArrivals, meter_cloud_id, meter_email, meter_password};
 use rainforest::spool::SpoolStats;
 use tokio_util::sync::CancellationToken;
 
@@ -129,6 +129,16 @@ struct Graded {
     served: HashMap<String, u64>,
 }
 
+/// When a meter's demand polls arrived (ms): its summation and price reads
+/// share the record but are not polls.
+fn demand_polls(m: &MeterArrivals) -> impl Iterator<Item = u64> + '_ {
+    m.at_ms
+        .iter()
+        .zip(&m.demand)
+        .filter(|(_, demand)| **demand)
+        .map(|(at, _)| *at)
+}
+
 fn grade(arrivals: &Arrivals, meters: u32, interval_ms: u64, from_ms: u64, to_ms: u64) -> Graded {
     let mut g = Graded {
         slots: u64::from(meters) * ((to_ms - from_ms) / interval_ms),
@@ -143,13 +153,7 @@ fn grade(arrivals: &Arrivals, meters: u32, interval_ms: u64, from_ms: u64, to_ms
         g.served.insert(m.cloud_id.clone(), served);
         // Timing is the demand polls': a summation or price read of the
         // same meter in between is not a poll early or late.
-        let polls: Vec<u64> = m
-            .at_ms
-            .iter()
-            .zip(&m.demand)
-            .filter(|(_, demand)| **demand)
-            .map(|(at, _)| *at)
-            .collect();
+        let polls: Vec<u64> = demand_polls(m).collect();
         if polls.is_empty() {
             continue;
         }
@@ -344,15 +348,7 @@ fn main() -> anyhow::Result<ExitCode> {
     // end at the last request it saw (the pinger stopping) and start after
     // the warm-up, which ends `warmup` after the first request.
     let interval_ms = config.poll_interval.as_millis() as u64;
-    let times = || {
-        arrivals.meters.iter().flat_map(|m| {
-            m.at_ms
-                .iter()
-                .zip(&m.demand)
-                .filter(|(_, demand)| **demand)
-                .map(|(at, _)| *at)
-        })
-    };
+    let times = || arrivals.meters.iter().flat_map(demand_polls);
     let first = times().min().context("the simulator saw no request")?;
     let last = times().max().unwrap_or(first);
     let whole = last.saturating_sub(first + warmup.as_millis() as u64) / interval_ms;
