@@ -111,6 +111,10 @@ impl ReadMeter for Relay {
             })
         }
     }
+
+    fn caps(&self) -> Option<&Caps> {
+        Some(&self.0.caps)
+    }
 }
 
 fn users(n: u32) -> Vec<User> {
@@ -138,14 +142,15 @@ fn off_phase(id: CloudId, origin: Instant, at: Instant) -> Duration {
     Duration::from_nanos((since.as_nanos() % INTERVAL.as_nanos()) as u64)
 }
 
-/// Runs the meters through a minute of overload, after one interval for the
-/// queue to form, and checks what the caps allow (80 % of the slots) went
-/// out, no sooner or later than allowed, with the skips rotating.
+/// Runs the meters through a minute of overload, after two intervals for
+/// the shedding to learn the round trip, and checks that what the caps
+/// allow (80 % of the slots, less a little headroom) went out on its slot,
+/// with the skips rotating.
 async fn a_minute_of_overload_skips_evenly(sched: &mut Scheduler<Relay>, relay: &Relay) {
     let origin = sched.origin();
     let counters = sched.counters();
     sched.apply(users(METERS));
-    tokio::time::sleep(INTERVAL).await;
+    tokio::time::sleep(INTERVAL * 2).await;
     let from = Instant::now();
     let before = counters.snapshot();
     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -154,15 +159,24 @@ async fn a_minute_of_overload_skips_evenly(sched: &mut Scheduler<Relay>, relay: 
     let minute = counters.snapshot().since(&before);
     let skipped = minute.skipped_overload;
 
+    // Each poll counts for its slot (when it went out less how far after
+    // the slot that was), so one that went out a moment after its slot at
+    // the minute's edge is not counted in the wrong minute.
     let polls: Vec<usize> = (0..METERS)
         .map(|i| {
-            let times = arrivals.get(&simulator::meter_cloud_id(i));
-            times.map_or(0, |t| t.iter().filter(|a| **a >= from && **a < to).count())
+            let id = simulator::meter_cloud_id(i);
+            arrivals.get(&id).map_or(0, |t| {
+                t.iter()
+                    .map(|a| *a - off_phase(id, origin, *a))
+                    .filter(|slot| *slot >= from && *slot < to)
+                    .count()
+            })
         })
         .collect();
     let (least, most) = (*polls.iter().min().unwrap(), *polls.iter().max().unwrap());
     let total: usize = polls.iter().sum();
-    // 10 slots per meter in the minute; the caps allow 80 % of them.
+    // 10 slots per meter in the minute; the caps allow 80 % of them, and
+    // planned shedding leaves 3 % of that free so no queue forms.
     assert!(
         (4_600..=5_000).contains(&total),
         "{total} polls went out in a minute; the caps allow about 4,800"
@@ -175,9 +189,11 @@ async fn a_minute_of_overload_skips_evenly(sched: &mut Scheduler<Relay>, relay: 
         most - least <= 1,
         "polls per meter over a minute range {least}..{most}: skips must rotate"
     );
+    // Between two rounds of skips the counts span two for up to an
+    // interval (see `scheduler::shed`); never more.
     let (fewest, most_skips) = sched.skip_spread().unwrap();
     assert!(
-        most_skips - fewest <= 1,
+        most_skips - fewest <= 2,
         "skips per meter range {fewest}..{most_skips}"
     );
     for (id, times) in &arrivals {
@@ -205,9 +221,21 @@ async fn a_minute_of_overload_skips_evenly(sched: &mut Scheduler<Relay>, relay: 
         .iter()
         .filter(|off| **off <= Duration::from_millis(500))
         .count();
-    let (reported, reported_prompt) = (minute.slots_polled, minute.slots_on_time);
+    // The slots that are not shed go out on their slot, not after a wait
+    // at the caps: shedding at the slot leaves no queue to wait in.
     assert!(
-        reported.abs_diff(sent.len() as u64) <= 5 && reported_prompt.abs_diff(prompt as u64) <= 5,
+        prompt * 100 >= sent.len() * 99,
+        "{prompt} of {} polls went out within 500 ms of their slot",
+        sent.len()
+    );
+    // (Shares, not counts: the pinger counts a poll when it ends, the relay
+    // when it arrives, and the shed slots make each second's count vary.)
+    let (reported, reported_prompt) = (minute.slots_polled, minute.slots_on_time);
+    let share = |n: u64, of: u64| n as f64 / of.max(1) as f64;
+    assert!(
+        reported.abs_diff(sent.len() as u64) <= 20
+            && (share(reported_prompt, reported) - share(prompt as u64, sent.len() as u64)).abs()
+                <= 0.002,
         "the pinger reports {reported_prompt} of {reported} polls on time; the relay saw \
          {prompt} of {}",
         sent.len()
@@ -269,14 +297,19 @@ async fn meters_that_join_during_overload_start_at_the_fleet_minimum() {
     let shutdown = CancellationToken::new();
     let mut sched = scheduler(relay.clone(), shutdown.clone());
     sched.apply(users(METERS / 2));
-    tokio::time::sleep(Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(180)).await;
     let (floor, _) = sched.skip_spread().unwrap();
-    assert!(floor >= 1, "the first half skipped in a minute of overload");
+    assert!(
+        floor >= 4,
+        "the first half skipped {floor} or more in three minutes of overload"
+    );
     sched.apply(users(METERS));
     tokio::time::sleep(Duration::from_secs(60)).await;
+    // Newcomers starting from zero would be `floor` behind; two is the
+    // most a round's edge allows (see `scheduler::shed`).
     let (fewest, most) = sched.skip_spread().unwrap();
     assert!(
-        most - fewest <= 1,
+        most - fewest <= 2,
         "newcomers neither jump the queue nor pay for old skips: {fewest}..{most}"
     );
     shutdown.cancel();

@@ -378,6 +378,11 @@ impl Caps {
         self.gate.max.saturating_sub(self.gate.lock().in_flight)
     }
 
+    /// Requests waiting for a permit now.
+    pub fn waiting(&self) -> usize {
+        self.gate.lock().queue.len()
+    }
+
     /// `max_concurrent_requests` as applied.
     pub fn max_concurrent(&self) -> usize {
         self.gate.max

@@ -47,8 +47,12 @@ pub struct Counters {
     /// Slots skipped because the meter was backing off.
     pub backoff_skips: AtomicU64,
     /// Slots skipped because the poll could not go out within
-    /// `max_start_lag` of its slot (the caps were full).
+    /// `max_start_lag` of its slot (the caps were full), or shed at the
+    /// slot because the caps could not carry it (`shed_at_slot`).
     pub skipped_overload: AtomicU64,
+    /// The part of `skipped_overload` shed at the slot by planned shedding
+    /// ([`super::shed`]); the rest waited and missed its start deadline.
+    pub shed_at_slot: AtomicU64,
     /// Achievable over needed polls per second, as `f64` bits; set once per
     /// interval from [`Capacity`] (0 until the first estimate).
     pub capacity_ratio_bits: AtomicU64,
@@ -152,6 +156,7 @@ impl Counters {
             missed_slots: get(&self.missed_slots),
             backoff_skips: get(&self.backoff_skips),
             skipped_overload: get(&self.skipped_overload),
+            shed_at_slot: get(&self.shed_at_slot),
             capacity_ratio: f64::from_bits(get(&self.capacity_ratio_bits)),
             backfilled_readings: get(&self.backfilled_readings),
             gaps_open: self.gaps_open.load(Ordering::Relaxed),
@@ -182,6 +187,8 @@ pub struct Snapshot {
     pub backoff_skips: u64,
     /// See [`Counters::skipped_overload`].
     pub skipped_overload: u64,
+    /// See [`Counters::shed_at_slot`].
+    pub shed_at_slot: u64,
     /// Gauge: achievable over needed polls per second (see [`Capacity`]).
     pub capacity_ratio: f64,
     /// See [`Counters::backfilled_readings`].
@@ -214,6 +221,7 @@ impl Snapshot {
             skipped_overload: self
                 .skipped_overload
                 .saturating_sub(earlier.skipped_overload),
+            shed_at_slot: self.shed_at_slot.saturating_sub(earlier.shed_at_slot),
             backfilled_readings: self
                 .backfilled_readings
                 .saturating_sub(earlier.backfilled_readings),
@@ -262,7 +270,7 @@ impl Snapshot {
         let capacity = window.as_micros() as f64 * max_concurrent.max(1) as f64;
         let spare = (1.0 - self.busy_micros as f64 / capacity).clamp(0.0, 1.0) * 100.0;
         format!(
-            "meters={} ok={} failed={} [{}] in_backoff={} auth_failed={} missed_slots={} skipped_overload={} capacity={:.2} lag_p50={} lag_p99={} spare={spare:.1}%",
+            "meters={} ok={} failed={} [{}] in_backoff={} auth_failed={} missed_slots={} skipped_overload={} (shed_at_slot={}) capacity={:.2} lag_p50={} lag_p99={} spare={spare:.1}%",
             self.meters,
             self.polls_ok,
             self.failed(),
@@ -271,6 +279,7 @@ impl Snapshot {
             self.meters_auth_failed,
             self.missed_slots,
             self.skipped_overload,
+            self.shed_at_slot,
             self.capacity_ratio,
             q(0.5),
             q(0.99),

@@ -4,10 +4,10 @@
 //! minimum of those counts. A meter's count is its rank at the caps
 //! ([`crate::protocol::Start::rank`]): a freed permit goes to the meter that
 //! has skipped most, so the meters still waiting at their deadline, the
-//! ones that skip, are those that skipped least. Skips therefore rotate:
-//! no meter skips twice while another has not skipped once, and over any
-//! stretch the most- and least-polled meters differ by about one poll. A
-//! meter that joins starts at the fleet's minimum, so it neither jumps the
+//! ones that skip, are those that skipped least. Skips at the deadline
+//! therefore rotate; most skips under sustained overload are shed at the
+//! slot instead ([`super::shed`]), and they count here too, so a meter shed
+//! often waits at the caps with a high rank. A meter that joins starts at the fleet's minimum, so it neither jumps the
 //! queue nor pays for skips that happened before it existed. It knows
 //! nothing about slots or requests.
 

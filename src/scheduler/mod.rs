@@ -6,9 +6,11 @@
 //! EAGLE client's ([`crate::protocol::pacing`]): each request waits for its
 //! device's pace first and only then for a global permit, and on-demand
 //! reads through the same client share the same caps. Overload is a state,
-//! not a collapse: each poll must go out within `max_start_lag` of its slot
-//! or the slot is skipped and counted (never run late), so the polls that
-//! do run keep their meter's phase; which meters yield is the skip
+//! not a collapse: the share of slots the caps cannot carry is shed at the
+//! slot ([`shed`]), so the polls that run find a permit at once, and each
+//! poll must go out within `max_start_lag` of its slot or the slot is
+//! skipped and counted (never run late), so the polls that do run keep
+//! their meter's phase; which waiting meters yield at the caps is the skip
 //! ledger's call ([`fairness`]). It decides what a failure means for the meter's
 //! cadence: ordinary failures wait with the shared [`crate::backoff::Backoff`]
 //! (one interval, doubling to `max_backoff`, jittered), rejected credentials
@@ -23,6 +25,7 @@ pub mod counters;
 pub mod fairness;
 pub mod handle;
 pub mod kinds;
+pub mod shed;
 pub mod slots;
 pub mod spark;
 pub mod streams;
@@ -47,6 +50,7 @@ use crate::backoff::{self, Backoff};
 use crate::clock::now_unix;
 use crate::cloud_id::CloudId;
 use crate::poll::{self, PollError, Polled, Poller};
+use crate::protocol::pacing::Caps;
 use crate::protocol::{ErrorKind, Start};
 use crate::registry::{MeterState, StatsUpdate, StatsWriter, User};
 
@@ -77,6 +81,12 @@ pub trait ReadMeter: Send + Sync + 'static {
         slot: DateTime<Utc>,
         start: Start,
     ) -> impl Future<Output = Result<Polled, PollError>> + Send;
+
+    /// The caps the reads wait for, which planned shedding ([`shed`])
+    /// measures; `None`: nothing is shed before the start deadline.
+    fn caps(&self) -> Option<&Caps> {
+        None
+    }
 }
 
 impl ReadMeter for Poller {
@@ -87,6 +97,10 @@ impl ReadMeter for Poller {
         start: Start,
     ) -> impl Future<Output = Result<Polled, PollError>> + Send {
         self.poll_by(user, Some(slot), start)
+    }
+
+    fn caps(&self) -> Option<&Caps> {
+        Some(self.eagle().caps())
     }
 }
 
@@ -103,6 +117,8 @@ struct Shared<R> {
     stats: Option<StatsWriter>,
     counters: Arc<Counters>,
     skips: SkipLedger,
+    /// The share of slots shed at the slot, set by [`shed::control`].
+    shed: Arc<shed::Shed>,
 }
 
 /// Runs the per-meter tasks; [`Scheduler::apply`] reconciles them with the
@@ -117,6 +133,8 @@ pub struct Scheduler<R = Poller> {
     /// Their one driver task, started with the first meter (inside the
     /// runtime, which building a scheduler need not be).
     streams: Option<streams::Streams>,
+    /// Whether the shedding controller runs (started with the first meter).
+    shedding: bool,
 }
 
 impl<R: ReadMeter> Scheduler<R> {
@@ -136,6 +154,7 @@ impl<R: ReadMeter> Scheduler<R> {
             origin_wall: wall - chrono::Duration::from_std(into).unwrap_or_default(),
             counters: Arc::new(Counters::default()),
             skips: SkipLedger::default(),
+            shed: Arc::default(),
             poller,
             stats,
             opts,
@@ -147,6 +166,7 @@ impl<R: ReadMeter> Scheduler<R> {
             shutdown,
             kinds: None,
             streams: None,
+            shedding: false,
         }
     }
 
@@ -220,6 +240,11 @@ impl<R: ReadMeter> Scheduler<R> {
                     }
                 }
                 None => {
+                    if !self.shedding {
+                        self.shedding = true;
+                        self.tracker
+                            .spawn(shed::control(self.shared.clone(), self.shutdown.clone()));
+                    }
                     let handle = MeterHandle::new(user.clone());
                     // The meter's other streams start and stop with its
                     // demand task, so they follow the same owner.
@@ -227,6 +252,7 @@ impl<R: ReadMeter> Scheduler<R> {
                         let streams = self.streams.get_or_insert_with(|| {
                             streams::Streams::spawn(
                                 kinds.clone(),
+                                self.shared.shed.clone(),
                                 &self.tracker,
                                 self.shutdown.clone(),
                             )
@@ -283,6 +309,8 @@ struct MeterRun {
     auth_failed: bool,
     /// Slots skipped for overload: the meter's rank at the caps.
     skips: u64,
+    /// Its part of the planned shedding.
+    debt: shed::Debt,
 }
 
 impl MeterRun {
@@ -308,6 +336,7 @@ async fn meter_task<R: ReadMeter>(
     let mut k = slots::first_slot_at_or_after(shared.origin.elapsed(), phase, interval);
     let mut run = MeterRun {
         skips: shared.skips.join(),
+        debt: shed::Debt::new(id),
         ..MeterRun::default()
     };
     let mut seen = handle.version();
@@ -331,6 +360,16 @@ async fn meter_task<R: ReadMeter>(
             k += 1;
             continue;
         }
+        // The caps cannot carry every slot: shed this one now rather than
+        // queue it, so the slots that run start on time.
+        let shed = shared.shed.demand();
+        if run.debt.at_slot(shed) {
+            counters.skipped_overload.fetch_add(1, Ordering::Relaxed);
+            counters.shed_at_slot.fetch_add(1, Ordering::Relaxed);
+            shared.skips.skipped(&mut run.skips);
+            k += 1;
+            continue;
+        }
         let woke = Instant::now();
         seen = version;
         let current = handle.user();
@@ -347,6 +386,7 @@ async fn meter_task<R: ReadMeter>(
             // the next meters later still; skip it and keep the grid.
             counters.skipped_overload.fetch_add(1, Ordering::Relaxed);
             shared.skips.skipped(&mut run.skips);
+            run.debt.paid();
             tracing::trace!(cloud_id = %id, waited_ms = late.waited_ms, "Slot skipped: over capacity.");
             k += 1;
             continue;

@@ -29,6 +29,9 @@ use tokio_util::time::{DelayQueue, delay_queue};
 
 use super::handle::MeterHandle;
 use super::kinds::{Kinds, SCHEDULED, next_slot, phase_for_kind};
+#[cfg(test)]
+use super::shed::Shares;
+use super::shed::{Debt, Shed};
 use crate::backoff::Backoff;
 use crate::cloud_id::CloudId;
 use crate::poll::PollError;
@@ -53,10 +56,16 @@ impl Streams {
     /// Starts the driver of `kinds` on `tracker`; it ends with `shutdown`
     /// or when every [`Streams`] is dropped, and reads already sent finish
     /// on the tracker.
-    pub fn spawn(kinds: Arc<Kinds>, tracker: &TaskTracker, shutdown: CancellationToken) -> Self {
+    pub fn spawn(
+        kinds: Arc<Kinds>,
+        shed: Arc<Shed>,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
         let (commands, rx) = mpsc::unbounded_channel();
         let driver = Driver {
             kinds,
+            shed,
             tracker: tracker.clone(),
             meters: HashMap::new(),
             queue: DelayQueue::new(),
@@ -109,6 +118,8 @@ struct Stream {
     timer: Option<delay_queue::Key>,
     failures: u32,
     in_flight: bool,
+    /// Its part of the planned shedding ([`super::shed`]).
+    debt: Debt,
 }
 
 impl Stream {
@@ -118,6 +129,7 @@ impl Stream {
         timer: None,
         failures: 0,
         in_flight: false,
+        debt: Debt::ZERO,
     };
 }
 
@@ -132,6 +144,8 @@ type Due = (CloudId, u8, i64);
 
 struct Driver {
     kinds: Arc<Kinds>,
+    /// Planned shedding, which sheds these streams' slots like demand's.
+    shed: Arc<Shed>,
     tracker: TaskTracker,
     meters: HashMap<CloudId, Meter>,
     queue: DelayQueue<Due>,
@@ -167,10 +181,13 @@ impl Driver {
 
     fn add(&mut self, id: CloudId, handle: Arc<MeterHandle>) {
         self.remove(id);
-        let meter = Meter {
-            handle,
-            streams: [Stream::NEW, Stream::NEW],
-        };
+        // Each stream's shedding debt starts apart from the meter's demand
+        // and from its other stream's.
+        let streams = std::array::from_fn(|index| Stream {
+            debt: Debt::for_key(u64::from(id.as_u32()) | ((index as u64 + 1) << 32)),
+            ..Stream::NEW
+        });
+        let meter = Meter { handle, streams };
         self.meters.insert(id, meter);
         self.replan(id);
     }
@@ -243,9 +260,11 @@ impl Driver {
         };
         let due = Instant::now();
         let skipped = &self.kinds.counters.skipped[kind as usize];
+        self.shed.other_due();
         if s.in_flight
             || meter.handle.paused_at(due)
             || s.backoff_until.is_some_and(|until| due < until)
+            || s.debt.at_slot(self.shed.other())
         {
             skipped.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -343,7 +362,7 @@ mod tests {
         let (kinds, _clock) = kinds(dir.path(), MINUTE, Duration::ZERO);
         let counters = kinds.counters();
         let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
-        let streams = Streams::spawn(kinds, &tracker, shutdown.clone());
+        let streams = Streams::spawn(kinds, Arc::default(), &tracker, shutdown.clone());
         let mut user = crate::simulator::meter_user(7);
         let id = user.cloud_id;
         let handle = MeterHandle::new(user.clone());
@@ -384,6 +403,62 @@ mod tests {
             .expect("the driver and its reads end at shutdown");
     }
 
+    /// Planned shedding sheds the streams' slots by their share, evenly
+    /// over the meters: at a quarter, each of 100 meters sheds exactly 2 of
+    /// 8 summation slots that would otherwise be read.
+    #[tokio::test(start_paused = true)]
+    async fn summation_slots_are_shed_by_their_share() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (kinds, _clock) = kinds(dir.path(), MINUTE, Duration::ZERO);
+        let counters = kinds.counters();
+        let shed = Arc::new(Shed::default());
+        shed.set(Shares {
+            demand: 0.0,
+            other: 0.25,
+        });
+        let mut driver = Driver {
+            kinds,
+            shed: shed.clone(),
+            tracker: TaskTracker::new(),
+            meters: HashMap::new(),
+            queue: DelayQueue::new(),
+        };
+        let ids: Vec<CloudId> = (0..100).map(crate::simulator::meter_cloud_id).collect();
+        for (n, id) in ids.iter().enumerate() {
+            driver.add(
+                *id,
+                MeterHandle::new(crate::simulator::meter_user(n as u32)),
+            );
+        }
+        let (done, _reads) = mpsc::unbounded_channel();
+        let mut shed_by_meter = vec![0; ids.len()];
+        for slot in 0..8i64 {
+            for (n, id) in ids.iter().enumerate() {
+                let before = counters.skipped(Kind::Summation);
+                driver.due(*id, 0, 1_700_000_000_000 + slot * 60_000, &done);
+                shed_by_meter[n] += counters.skipped(Kind::Summation) - before;
+                // As if the read had ended at once, without a failure.
+                let s = &mut driver.meters.get_mut(id).expect("meter").streams[0];
+                s.in_flight = false;
+            }
+        }
+        assert!(
+            shed_by_meter.iter().all(|n| *n == 2),
+            "sheds per meter: {shed_by_meter:?}"
+        );
+        assert_eq!(shed.other_due.load(Ordering::Relaxed), 800);
+        shed.set(Shares::default());
+        let before = counters.skipped(Kind::Summation);
+        for id in &ids {
+            driver.due(*id, 0, 1_700_000_000_000 + 9 * 60_000, &done);
+        }
+        assert_eq!(
+            counters.skipped(Kind::Summation),
+            before,
+            "nothing shed at 0"
+        );
+    }
+
     /// One driver serves 1,000 meters' slots, each kind on its own grid,
     /// without a task per meter. Every meter is paused (as its demand task
     /// would after failures), so each slot is served as a counted skip at
@@ -397,7 +472,7 @@ mod tests {
         let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
         let metrics = tokio::runtime::Handle::current().metrics();
         let tasks_before = metrics.num_alive_tasks();
-        let streams = Streams::spawn(kinds, &tracker, shutdown.clone());
+        let streams = Streams::spawn(kinds, Arc::default(), &tracker, shutdown.clone());
         let start = clock.now();
         let pause = Instant::now() + 24 * 60 * MINUTE;
         let mut ids = Vec::new();
@@ -480,7 +555,7 @@ mod tests {
         ));
         let counters = kinds.counters();
         let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
-        let streams = Streams::spawn(kinds, &tracker, shutdown.clone());
+        let streams = Streams::spawn(kinds, Arc::default(), &tracker, shutdown.clone());
         let user = crate::simulator::meter_user(3);
         let id = user.cloud_id;
         let start = clock.now();
