@@ -133,6 +133,10 @@ impl Eagle {
                 .pool_idle_timeout(Duration::from_secs(90))
                 .tcp_nodelay(true)
                 .redirect(reqwest::redirect::Policy::none())
+                // Retrying is the scheduler's call (backoff, start deadlines);
+                // reqwest's own retry layer would also copy every request's
+                // headers and body up front in case it retries.
+                .retry(reqwest::retry::never().max_retries_per_request(0))
         };
         let build_error = |e: reqwest::Error| ProtocolError::Connect {
             message: format!("cannot build HTTP client: {e}"),
