@@ -222,6 +222,14 @@ fn main() -> anyhow::Result<ExitCode> {
             )
         })?);
 
+    let cleaned_s_ago = last_cleanup_s_ago();
+    if let Some(s) = cleaned_s_ago.filter(|s| *s < QUIET_S) {
+        eprintln!(
+            "warning: the previous benchmark deleted its spool {s} s ago; ext4 hands out no \
+             recently freed inode, so creating this run's files costs far more and the figures \
+             read low (see README, Benchmarks). Wait {QUIET_S} s between runs."
+        );
+    }
     let dir = tempfile::tempdir()?;
     let users: Vec<User> = (0..a.meters)
         .map(|i| {
@@ -416,8 +424,13 @@ fn main() -> anyhow::Result<ExitCode> {
             "lines_match_served": differ.is_empty(),
             "spool_write_errors": write_errors,
             "spool_lines_dropped": lines_dropped,
+            "quiet_disk": cleaned_s_ago.is_none_or(|s| s >= QUIET_S),
         })
     );
+    // The spool goes now, not at exit, so the next run can tell how long
+    // ago that was.
+    drop(dir);
+    mark_cleanup();
     if !differ.is_empty() {
         differ.sort();
         eprintln!(
@@ -433,4 +446,36 @@ fn main() -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long before a run a deletion of many files skews it: ext4 keeps a
+/// freed inode from reuse for a minute, five while its table is dirty.
+const QUIET_S: u64 = 300;
+
+/// Where a run notes when it deleted its spool.
+fn cleanup_mark() -> PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    PathBuf::from(target).join("bench-pinger-cleaned-at")
+}
+
+fn mark_cleanup() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // Only a warning depends on it.
+    let _ = std::fs::write(cleanup_mark(), now.to_string());
+}
+
+/// Seconds since a previous run deleted its spool, if one did.
+fn last_cleanup_s_ago() -> Option<u64> {
+    let at: u64 = std::fs::read_to_string(cleanup_mark())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some(now.saturating_sub(at))
 }
