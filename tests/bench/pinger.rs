@@ -92,22 +92,42 @@ impl Drop for Sim {
 }
 
 /// Lines on disk per cloud id.
-fn lines_per_meter(dir: &Path) -> anyhow::Result<HashMap<String, u64>> {
+fn lines_per_meter(dir: &Path, slots: (i64, i64)) -> anyhow::Result<OnDisk> {
     #[derive(serde::Deserialize)]
     struct Line {
         cloud_id: String,
+        slot: Option<String>,
     }
-    let mut out = HashMap::new();
+    let mut out = OnDisk::default();
     for p in support::spool::spool_files(dir) {
+        let demand = support::spool::file_kind(&p) == rainforest::stream::Kind::Demand;
         let text = std::fs::read_to_string(&p)
             .with_context(|| format!("cannot read spool file {}", p.display()))?;
         for (n, line) in text.lines().enumerate() {
             let parsed: Line = serde_json::from_str(line)
                 .with_context(|| format!("{} line {}: not a record", p.display(), n + 1))?;
-            *out.entry(parsed.cloud_id).or_insert(0) += 1;
+            let slot_ms = parsed
+                .slot
+                .as_deref()
+                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                .map(|t| t.timestamp_millis());
+            if demand {
+                let in_window = slot_ms.is_some_and(|ms| ms >= slots.0 && ms < slots.1);
+                *out.by_slot.entry(parsed.cloud_id.clone()).or_insert(0) += u64::from(in_window);
+            }
+            *out.lines.entry(parsed.cloud_id).or_insert(0) += 1;
         }
     }
     Ok(out)
+}
+
+/// What the spool holds, meter by meter.
+#[derive(Default)]
+struct OnDisk {
+    /// Lines of every kind.
+    lines: HashMap<String, u64>,
+    /// Demand lines whose `slot` falls in the slot window.
+    by_slot: HashMap<String, u64>,
 }
 
 /// The simulator's verdict on a run.
@@ -316,9 +336,16 @@ fn main() -> anyhow::Result<ExitCode> {
         let warmup = (config.poll_interval * 2).min(Duration::from_secs(a.seconds / 2));
         tokio::time::sleep(warmup).await;
         let (cpu_warm, warm) = (usage::cpu_seconds(), counters.snapshot());
+        let warm_wall = chrono::Utc::now().timestamp_millis();
         tokio::time::sleep(Duration::from_secs(a.seconds).saturating_sub(warmup)).await;
         let steady_cpu = usage::cpu_seconds() - cpu_warm;
         let steady = counters.snapshot().since(&warm);
+        // Slots of the steady window on the wall clock, whole intervals,
+        // the last one ended an interval before the stop so its polls are
+        // done: every meter has exactly `whole` slots in it.
+        let interval_ms = config.poll_interval.as_millis() as i64;
+        let whole = ((chrono::Utc::now().timestamp_millis() - warm_wall) / interval_ms - 1).max(0);
+        let slot_window = (warm_wall, warm_wall + whole * interval_ms, whole as u64);
         stop.cancel();
         p.join().await;
         let cpu = usage::cpu_seconds() - cpu0;
@@ -337,6 +364,7 @@ fn main() -> anyhow::Result<ExitCode> {
             .await
             .context("the simulator's arrival record")?;
         anyhow::Ok((
+            slot_window,
             counters.snapshot(),
             steady,
             warmup,
@@ -349,8 +377,17 @@ fn main() -> anyhow::Result<ExitCode> {
     });
     drop(sim);
     drop(redis);
-    let (s, steady, warmup, cpu, steady_cpu, (write_errors, lines_dropped), arrivals, peak_rss_mb) =
-        result?;
+    let (
+        slot_window,
+        s,
+        steady,
+        warmup,
+        cpu,
+        steady_cpu,
+        (write_errors, lines_dropped),
+        arrivals,
+        peak_rss_mb,
+    ) = result?;
 
     // The steady window in the simulator's clock: the whole intervals that
     // end at the last request it saw (the pinger stopping) and start after
@@ -369,7 +406,15 @@ fn main() -> anyhow::Result<ExitCode> {
         to_ms,
     );
 
-    let on_disk = lines_per_meter(&data)?;
+    let disk = lines_per_meter(&data, (slot_window.0, slot_window.1))?;
+    let on_disk = &disk.lines;
+    // Each poll counted for its slot, from the `slot` of its record: no
+    // window edge adds or takes one, as the arrivals' window does.
+    let by_slot = (0..a.meters).map(|i| {
+        let id = meter_cloud_id(i).to_string();
+        disk.by_slot.get(&id).copied().unwrap_or(0)
+    });
+    let by_slot = by_slot.fold((u64::MAX, 0), |(lo, hi), n| (lo.min(n), hi.max(n)));
     let mut differ: Vec<String> = g
         .served
         .iter()
@@ -406,6 +451,9 @@ fn main() -> anyhow::Result<ExitCode> {
             "skipped_overload_share": ratio(steady.skipped_overload, g.slots),
             "polls_per_meter_min": g.per_meter.0,
             "polls_per_meter_max": g.per_meter.1,
+            "slot_window_slots_per_meter": slot_window.2,
+            "polls_per_meter_by_slot_min": by_slot.0,
+            "polls_per_meter_by_slot_max": by_slot.1,
             "failed_served": g.failed_served,
             "failed_polls": s.failed(),
             "failures_by_kind": rainforest::protocol::ErrorKind::ALL
