@@ -7,9 +7,10 @@
 //! ones that skip, are those that skipped least. Skips at the deadline
 //! therefore rotate; most skips under sustained overload are shed at the
 //! slot instead ([`super::shed`]), and they count here too, so a meter shed
-//! often waits at the caps with a high rank. A meter that joins starts at the fleet's minimum, so it neither jumps the
-//! queue nor pays for skips that happened before it existed. It knows
-//! nothing about slots or requests.
+//! often waits at the caps with a high rank. A meter that joins starts at
+//! the fleet's minimum, so it neither jumps the queue nor pays for skips
+//! that happened before it existed. It knows nothing about slots or
+//! requests.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

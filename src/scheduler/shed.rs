@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{ReadMeter, Shared};
+use super::{Capacity, ReadMeter, Shared};
 use crate::cloud_id::CloudId;
 
 /// How often the shed fraction is worked out again: often enough that a
@@ -173,13 +173,12 @@ pub(super) async fn control<R: ReadMeter>(shared: Arc<Shared<R>>, shutdown: Canc
         return;
     };
     let counters = &shared.counters;
-    let interval = shared.opts.poll_interval.as_secs_f64().max(1e-3);
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     let mut last = caps.usage();
     let mut last_other = shared.shed.other_due.load(Ordering::Relaxed);
-    let mut round_trip_s = 0.0;
+    let mut achievable = f64::INFINITY;
     let mut other_per_s: f64 = 0.0;
     loop {
         tokio::select! {
@@ -188,20 +187,22 @@ pub(super) async fn control<R: ReadMeter>(shared: Arc<Shared<R>>, shutdown: Canc
         }
         let usage = caps.usage();
         let used = usage.since(&last);
-        // A second in which nothing finished keeps the last round trip: with
+        let due = counters.meters.load(Ordering::Relaxed)
+            - counters.meters_in_backoff.load(Ordering::Relaxed);
+        // The warning's own estimate, over the last second.
+        let capacity = Capacity::estimate(
+            EVERY,
+            shared.opts.poll_interval,
+            due,
+            used,
+            caps.max_concurrent(),
+            caps.max_per_second(),
+        );
+        // A second in which nothing finished keeps the last estimate: with
         // round trips longer than a second that is most seconds' news.
         if used.finished > 0 {
-            round_trip_s = used.mean_round_trip_s();
+            achievable = capacity.achievable_per_s;
         }
-        let by_concurrency = if round_trip_s > 0.0 {
-            caps.max_concurrent() as f64 / round_trip_s
-        } else {
-            f64::INFINITY
-        };
-        let achievable = by_concurrency.min(f64::from(caps.max_per_second()));
-        let meters = counters.meters.load(Ordering::Relaxed)
-            - counters.meters_in_backoff.load(Ordering::Relaxed);
-        let demand_per_s = meters.max(0) as f64 / interval;
         // Summation and price slots come a minute or more apart per meter,
         // so a second's count is smoothed over a few.
         let other = shared.shed.other_due.load(Ordering::Relaxed);
@@ -211,9 +212,12 @@ pub(super) async fn control<R: ReadMeter>(shared: Arc<Shared<R>>, shutdown: Canc
         // over the next second too, or it only drains at the headroom's
         // pace while every poll behind it starts late.
         let backlog = caps.waiting() as f64 / EVERY.as_secs_f64();
-        shared
-            .shed
-            .set(shares(demand_per_s, other_per_s, backlog, achievable));
+        shared.shed.set(shares(
+            capacity.needed_per_s,
+            other_per_s,
+            backlog,
+            achievable.min(f64::from(caps.max_per_second())),
+        ));
         last = usage;
         last_other = other;
     }

@@ -29,8 +29,6 @@ use tokio_util::time::{DelayQueue, delay_queue};
 
 use super::handle::MeterHandle;
 use super::kinds::{Kinds, SCHEDULED, next_slot, phase_for_kind};
-#[cfg(test)]
-use super::shed::Shares;
 use super::shed::{Debt, Shed};
 use crate::backoff::Backoff;
 use crate::cloud_id::CloudId;
@@ -408,6 +406,7 @@ mod tests {
     /// 8 summation slots that would otherwise be read.
     #[tokio::test(start_paused = true)]
     async fn summation_slots_are_shed_by_their_share() {
+        use crate::scheduler::shed::Shares;
         let dir = tempfile::tempdir().expect("tempdir");
         let (kinds, _clock) = kinds(dir.path(), MINUTE, Duration::ZERO);
         let counters = kinds.counters();
